@@ -95,7 +95,7 @@ def symmetrize_upper(acc: torch.Tensor, block: int = 256) -> torch.Tensor:
 def _inverse_cholesky_upper(hessian: torch.Tensor, percdamp: float, name: str) -> torch.Tensor:
     """Upper Cholesky factor of H⁻¹, dampening more (with a warning) until it exists."""
     eye = torch.eye(hessian.shape[0], dtype=hessian.dtype)
-    mean_diag = torch.diag(hessian).mean().item()
+    mean_diag = abs(torch.diag(hessian).mean().item()) or 1.0
     damp = percdamp
     for attempt in range(6):
         factor, info = torch.linalg.cholesky_ex(hessian + damp * mean_diag * eye)
@@ -106,9 +106,10 @@ def _inverse_cholesky_upper(hessian: torch.Tensor, percdamp: float, name: str) -
                 if attempt:
                     warnings.warn(f"{name}: Hessian needed dampening {damp:g} (asked {percdamp:g}) to factorise")
                 return upper
-        damp *= 10
+        damp = damp * 10 if damp else 1e-4
     warnings.warn(f"{name}: Hessian could not be factorised; falling back to its diagonal")
-    return torch.diag(1.0 / torch.sqrt(torch.diag(hessian) + percdamp * mean_diag))
+    diag = torch.diag(hessian).abs()
+    return torch.diag(1.0 / torch.sqrt(torch.where(diag > 0, diag, torch.ones_like(diag))))
 
 
 def sparsegpt_prune(

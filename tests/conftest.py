@@ -1,0 +1,52 @@
+"""Tiny random-initialised models, one per supported architecture, built in code (offline, < 1 s)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import transformers as tf
+
+VOCAB = 96
+H, FFN, LAYERS, HEADS = 32, 64, 3, 4
+
+ARCHITECTURES = {
+    "llama": lambda: tf.LlamaForCausalLM(tf.LlamaConfig(vocab_size=VOCAB, hidden_size=H, intermediate_size=FFN, num_hidden_layers=LAYERS, num_attention_heads=HEADS, num_key_value_heads=2)),
+    "gpt2": lambda: tf.GPT2LMHeadModel(tf.GPT2Config(vocab_size=VOCAB, n_embd=H, n_layer=LAYERS, n_head=HEADS, bos_token_id=1, eos_token_id=2)),
+    "bloom": lambda: tf.BloomForCausalLM(tf.BloomConfig(vocab_size=VOCAB, hidden_size=H, n_layer=LAYERS, n_head=HEADS)),
+    "opt": lambda: tf.OPTForCausalLM(tf.OPTConfig(vocab_size=VOCAB, hidden_size=H, ffn_dim=FFN, num_hidden_layers=LAYERS, num_attention_heads=HEADS, word_embed_proj_dim=H, bos_token_id=1, eos_token_id=2, pad_token_id=0)),
+    "xglm": lambda: tf.XGLMForCausalLM(tf.XGLMConfig(vocab_size=VOCAB, d_model=H, ffn_dim=FFN, num_layers=LAYERS, attention_heads=HEADS, bos_token_id=1, eos_token_id=2, pad_token_id=0)),
+    "qwen2": lambda: tf.Qwen2ForCausalLM(tf.Qwen2Config(vocab_size=VOCAB, hidden_size=H, intermediate_size=FFN, num_hidden_layers=LAYERS, num_attention_heads=HEADS, num_key_value_heads=2)),
+    "cohere": lambda: tf.CohereForCausalLM(tf.CohereConfig(vocab_size=VOCAB, hidden_size=H, intermediate_size=FFN, num_hidden_layers=LAYERS, num_attention_heads=HEADS, num_key_value_heads=2, bos_token_id=1, eos_token_id=2, pad_token_id=0)),
+    "gemma3": lambda: tf.Gemma3ForCausalLM(tf.Gemma3TextConfig(vocab_size=VOCAB, hidden_size=H, intermediate_size=FFN, num_hidden_layers=LAYERS, num_attention_heads=HEADS, num_key_value_heads=1, head_dim=8, sliding_window=4, layer_types=["sliding_attention", "full_attention", "sliding_attention"])),
+}  # fmt: skip
+
+
+def tiny_model(arch: str, seed: int = 0) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    tf.utils.logging.set_verbosity_error()
+    return ARCHITECTURES[arch]().eval()
+
+
+def token_ids(n: int = 6, seqlen: int = 12, seed: int = 0) -> torch.Tensor:
+    return torch.randint(3, VOCAB, (n, seqlen), generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.fixture(params=sorted(ARCHITECTURES))
+def arch(request) -> str:
+    return request.param
+
+
+def tiny_tokenizer(folder):
+    """A word-level tokenizer over a small alphabet, saved in Hugging Face format."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    vocab = {"<pad>": 0, "<s>": 1, "</s>": 2, "<unk>": 3}
+    for word in "the of and to in a is that for it as was with be by on not he this are or his from at which".split():
+        vocab.setdefault(word, len(vocab))
+    for ch in "abcdefghijklmnopqrstuvwxyz.,":
+        vocab.setdefault(ch, len(vocab))
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    fast = tf.PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>")
+    fast.save_pretrained(folder)
+    return fast
