@@ -126,16 +126,18 @@ def build(
             ({"name": corpus, "language": lang}, _language_texts(corpus, lang, "calibration", seed), share)
             for lang, share in zip(arg, shares)
         ]
-    rows, sources = [], []
+    rows, sources, shortfalls = [], [], []
     for source, texts, share in groups:
         windows = _windows(tokenizer, texts, seqlen)
         if len(windows) > share:
             windows = [windows[i] for i in sorted(rng.sample(range(len(windows)), share))]
         if len(windows) < share:
-            warnings.warn(f"{source.get('language') or source.get('path')}: text for only {len(windows)} of {share} sequences of {seqlen} tokens")
+            shortfalls.append(f"{source.get('language') or source.get('path')}: {len(windows)} of {share}")
         rows += windows
         sources.append({**source, "sequences": len(windows), "tokens": len(windows) * seqlen})
     if not rows:
         raise UserError(f"calibration recipe {recipe!r} gave no sequence of {seqlen} tokens: lower --seqlen or add text")
+    if shortfalls:
+        warnings.warn(f"text ran out, fewer sequences of {seqlen} tokens than asked ({'; '.join(shortfalls)})")
     ids = torch.tensor(rows, dtype=torch.long)
     return CalibrationSet(ids, torch.ones_like(ids), sources, recipe, seed)

@@ -43,15 +43,17 @@ def prune_command(
     """Prune a model block by block and save a Hugging Face checkpoint with masks and a report."""
     from . import calibration as calibration_module
     from .evaluation import perplexity
+    from .methods import get_method
     from .models import load_model
     from .pruning import prune
     from .run_folder import check_out, provenance, save_run
     from .sparsity import Sparsity
 
     target = Sparsity.parse(sparsity)
+    chosen = get_method(method)
     check_out(out, overwrite)
     languages = _languages(eval_langs)
-    if method not in ("magnitude", "random") and not calib:
+    if chosen.statistic is not None and not calib:
         raise UserError(f"{method} needs calibration text: pass --calib, e.g. --calib mix:en+de")
     if calib:
         calibration_module.parse_recipe(calib)
@@ -124,6 +126,7 @@ def main() -> None:
 
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()
+    warnings.showwarning = lambda message, *args, **kwargs: err_console.print(f"warning: {message}", highlight=False)
     try:
         app(standalone_mode=False)
     except UserError as exc:

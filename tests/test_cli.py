@@ -1,0 +1,102 @@
+"""The command line on a tiny local checkpoint: outputs, inspection, and one-line errors for bad input."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM
+
+from conftest import tiny_model, tiny_tokenizer
+
+TEXT = "the cat is on the mat and it was not a dog .\n\n" * 60
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tiny-gpt2")
+    tiny_model("gpt2").save_pretrained(folder)
+    tiny_tokenizer(folder)
+    (folder / "calib.txt").write_text(TEXT)
+    return folder
+
+
+def langprune(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "langprune", *map(str, args)], capture_output=True, text=True, cwd=cwd)
+
+
+def test_prune_writes_a_loadable_checkpoint_masks_and_report(checkpoint, tmp_path):
+    out = tmp_path / "run"
+    done = langprune("prune", "--model", checkpoint, "--calib", f"file:{checkpoint / 'calib.txt'}", "--method",
+                     "sparsegpt", "--sparsity", "2:4", "--nsamples", "4", "--seqlen", "16", "--out", out)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    model = AutoModelForCausalLM.from_pretrained(out)
+    masks = load_file(str(out / "masks.safetensors"))
+    assert len(masks) == 3 * 4 and all(m.dtype == torch.bool for m in masks.values())
+    weight = dict(model.named_modules())["transformer.h.0.mlp.c_fc"].weight  # Conv1D: (in, out)
+    assert masks["transformer.h.0.mlp.c_fc"].shape == weight.shape
+    assert (weight[~masks["transformer.h.0.mlp.c_fc"]] == 0).all()
+    report = json.loads((out / "report.json").read_text())
+    assert report["method"] == "sparsegpt" and report["sparsity"] == "2:4"
+    assert report["calibration"]["sequences"] == 4 and report["calibration"]["tokens"] == 64
+    assert report["sparsity_pruned_layers"] == pytest.approx(0.5)
+    assert report["provenance"]["versions"]["torch"]
+    assert not (tmp_path / "run.partial").exists()
+    shown = langprune("inspect", out)
+    assert shown.returncode == 0 and "weights left where masks prune: 0" in shown.stdout
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--model", "gema-3-270m"], "Did you mean gemma-3-270m"),
+        (["--sparsity", "1.0"], "outside [0, 1)"),
+        (["--sparsity", "-0.1"], "outside [0, 1)"),
+        (["--sparsity", "4:2"], "0 < N <= M"),
+        (["--sparsity", "2:x"], "malformed N:M"),
+        (["--calib", "nonsense"], "malformed calibration recipe"),
+        (["--calib", "file:EMPTY"], "gave no sequence"),
+        (["--method", "obs"], "unknown method"),
+        (["--model", "NOCONFIG"], "has no config.json"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2_and_nothing_written(checkpoint, tmp_path, args, message):
+    (tmp_path / "empty.txt").write_text("")
+    (tmp_path / "noconfig").mkdir()
+    args = [str(a).replace("EMPTY", str(tmp_path / "empty.txt")).replace("NOCONFIG", str(tmp_path / "noconfig")) for a in args]
+    base = {"--model": str(checkpoint), "--calib": f"file:{checkpoint / 'calib.txt'}", "--nsamples": "2", "--seqlen": "8"}
+    for i in range(0, len(args), 2):
+        base[args[i]] = args[i + 1]
+    out = tmp_path / "out"
+    done = langprune("prune", *[x for kv in base.items() for x in kv], "--out", out)
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], done.stderr
+    assert not out.exists() and not (tmp_path / "out.partial").exists()
+
+
+def test_existing_output_is_refused_unless_overwrite(checkpoint, tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "keep.txt").write_text("x")
+    done = langprune("prune", "--model", checkpoint, "--method", "magnitude", "--out", out)
+    assert done.returncode == 2 and "--overwrite" in done.stderr and (out / "keep.txt").exists()
+    done = langprune("prune", "--model", checkpoint, "--method", "magnitude", "--out", out, "--overwrite")
+    assert done.returncode == 0 and not (out / "keep.txt").exists() and (out / "report.json").exists()
+
+
+def test_no_decoder_blocks_is_a_user_error():
+    from langprune import UserError, prune
+
+    with pytest.raises(UserError, match="no decoder blocks"):
+        prune(torch.nn.Sequential(torch.nn.Embedding(5, 4)), torch.ones(1, 3, dtype=torch.long), "magnitude", 0.5)
+
+
+def test_hub_id_offline_fails_with_a_clear_message(monkeypatch):
+    from langprune import UserError, load_model
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(UserError, match="could not load model"):
+        load_model("someorg/some-model")
