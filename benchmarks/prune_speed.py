@@ -1,0 +1,110 @@
+"""Wall time and peak RSS of wanda and sparsegpt against the floor of two dense passes.
+
+    python benchmarks/prune_speed.py [--model gemma-3-270m] [--nsamples 32] [--seqlen 512]
+
+The floor is the work no implementation of these methods avoids: the
+calibration set passed densely through every decoder block twice (collect,
+then propagate), run by the same engine without hooks. Each case runs in a
+fresh process, so peaks do not leak between cases; peak RSS is sampled every
+5 ms and reported against the RSS right after loading the model. The
+calibration set is real multilingual text (all 16 UDHR languages, equal
+shares) or, with --tokens FILE, a saved (n x seqlen) tensor of input ids.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import threading
+import time
+
+import psutil
+import torch
+
+
+class PeakRSS:
+    def __init__(self):
+        self.process, self.peak, self._stop = psutil.Process(), 0, threading.Event()
+
+    def __enter__(self):
+        self.peak = self.process.memory_info().rss
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def _sample(self):
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self.process.memory_info().rss)
+            time.sleep(0.005)
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+
+def calibration_set(tokenizer, args):
+    from langprune import calibration
+    from langprune.data import UDHR
+
+    if args.tokens:
+        return calibration.CalibrationSet.from_tokens(torch.load(args.tokens))
+    recipe = "mix:" + "+".join(UDHR.languages)
+    return calibration.build(recipe, tokenizer, nsamples=args.nsamples, seqlen=args.seqlen, seed=0)
+
+
+def run_case(case: str, args) -> dict:
+    from langprune import load_model, prune
+    from langprune.engine import BlockEngine
+
+    model, tokenizer = load_model(args.model)
+    calib = calibration_set(tokenizer, args)
+    loaded = psutil.Process().memory_info().rss
+    with PeakRSS() as rss:
+        start = time.perf_counter()
+        if case == "floor":
+            with torch.no_grad():
+                engine = BlockEngine(model, calib.batches(args.batch_size))
+                engine.capture()
+                for index in range(len(engine.blocks)):
+                    engine.run_block(index, write_outputs=False)
+                    engine.run_block(index)
+        else:
+            prune(model, calib, case, args.sparsity, batch_size=args.batch_size)
+        seconds = time.perf_counter() - start
+    return {"case": case, "seconds": seconds, "rss_loaded_mb": loaded / 2**20, "rss_peak_mb": rss.peak / 2**20,
+            "sequences": int(calib.input_ids.shape[0]), "seqlen": int(calib.input_ids.shape[1])}  # fmt: skip
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="gemma-3-270m")
+    parser.add_argument("--nsamples", type=int, default=32)
+    parser.add_argument("--seqlen", type=int, default=512)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--sparsity", default="0.5")
+    parser.add_argument("--tokens", help="a torch-saved (n x seqlen) tensor of input ids to use instead of UDHR")
+    parser.add_argument("--cases", default="floor,wanda,sparsegpt")
+    parser.add_argument("--one", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.one:
+        print(json.dumps(run_case(args.one, args)))
+        return
+    results = {}
+    for case in args.cases.split(","):
+        cmd = [sys.executable, __file__, "--one", case] + [a for a in sys.argv[1:] if not a.startswith("--cases")]
+        done = subprocess.run(cmd, capture_output=True, text=True, check=True)
+        results[case] = json.loads(done.stdout.strip().splitlines()[-1])
+        r = results[case]
+        print(f"{case:10s} {r['seconds']:8.1f} s   peak RSS {r['rss_peak_mb']:7.0f} MB "
+              f"({r['rss_peak_mb'] / r['rss_loaded_mb']:.3f}x of {r['rss_loaded_mb']:.0f} MB after loading)"
+              f"   {r['sequences']} x {r['seqlen']} tokens", flush=True)  # fmt: skip
+    if "floor" in results:
+        for case, r in results.items():
+            if case != "floor":
+                print(f"{case}: {r['seconds'] / results['floor']['seconds']:.3f}x of the two-pass floor")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,51 @@
+"""Integration tests on the real default model, gemma-3-270m (marked slow)."""
+
+import math
+
+import pytest
+import torch
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def gemma():
+    from langprune import load_model
+
+    return load_model("gemma-3-270m")
+
+
+def test_alias_loads_a_real_multilingual_model(gemma):
+    from langprune.evaluation import text_nll
+
+    model, tokenizer = gemma
+    assert type(model).__name__ == "Gemma3ForCausalLM" and model.dtype == torch.float32
+    real = text_nll(model, tokenizer, ["Alle Menschen sind frei und gleich an Würde und Rechten geboren."])
+    shuffled = text_nll(model, tokenizer, ["Würde sind Rechten Menschen an frei geboren und gleich Alle und."])
+    assert real["nll"] / real["tokens"] < shuffled["nll"] / shuffled["tokens"]
+
+
+def test_wanda_on_udhr_prunes_gemma_and_keeps_it_a_language_model(gemma, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from langprune import calibration, prune
+    from langprune.evaluation import perplexity
+    from langprune.run_folder import save_run
+
+    model, tokenizer = gemma
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    try:
+        calib = calibration.build("mix:en+de+sw", tokenizer, nsamples=6, seqlen=128, seed=0)
+        dense = perplexity(model, tokenizer, ["en", "sw"], seqlen=256)
+        result = prune(model, calib, "wanda", "0.3", batch_size=3)
+        pruned = perplexity(model, tokenizer, ["en", "sw"], seqlen=256)
+        assert result.summary["sparsity_pruned_layers"] == pytest.approx(0.3, abs=0.002)
+        assert len(result.masks) == 18 * 7
+        for lang in ("en", "sw"):
+            assert math.isfinite(pruned[lang]["ppl"]) and dense[lang]["ppl"] < pruned[lang]["ppl"] < 20 * dense[lang]["ppl"]
+        save_run(tmp_path / "run", model, tokenizer, result.masks, {"model": "gemma-3-270m", **result.summary})
+        reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "run")
+        q = reloaded.model.layers[3].self_attn.q_proj.weight
+        assert (q == 0).float().mean().item() == pytest.approx(0.3, abs=0.002)
+    finally:
+        model.load_state_dict(state)
