@@ -14,7 +14,7 @@ from langprune.errors import UserError
 PAGE = """<!doctype html><html lang="{lang}"><body><h1>Title</h1>
 <header><h2>Preamble</h2><p>{lang} preamble one.</p><p>{lang} preamble two.</p></header>
 {articles}</body></html>"""
-ARTICLE = '<article data-number="{n}"><h2>Article {n}</h2><p>{lang} right number {n} applies to everyone.</p><ol><li>{lang} item.</li></ol></article>'
+ARTICLE = '<article data-number="{n}"><h2>Article {n}</h2><p>{lang} right number {n} applies to everyone.</p><ol><li>{lang} item {n}.</li></ol></article>'
 
 
 @pytest.fixture
