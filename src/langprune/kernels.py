@@ -63,8 +63,13 @@ def mask_from_scores(scores: torch.Tensor, sparsity: Sparsity) -> torch.Tensor:
         return keep
     k = int(cols * sparsity.ratio)
     if k:
-        order = torch.sort(scores, dim=-1, stable=True).indices[:, :k]
-        keep.scatter_(1, order, False)
+        # Selection instead of a full sort: everything below the k-th smallest score,
+        # then as many of the scores equal to it as needed, lowest index first.
+        threshold = torch.kthvalue(scores, k, dim=1, keepdim=True).values
+        below = scores < threshold
+        ties = scores == threshold
+        needed = k - below.sum(1, keepdim=True)
+        keep = ~(below | (ties & (ties.cumsum(1) <= needed)))
     return keep
 
 

@@ -129,10 +129,10 @@ def measure_sparsity(model: nn.Module, pruned_layers: list[str]) -> dict:
     per_layer, zeros, total = {}, 0, 0
     for name in pruned_layers:
         weight = modules[name].weight
-        z = int((weight == 0).sum())
+        z = weight.numel() - int(torch.count_nonzero(weight))
         per_layer[name] = {"shape": list(weight_matrix(modules[name]).shape), "sparsity": z / weight.numel()}
         zeros, total = zeros + z, total + weight.numel()
-    all_zeros = sum(int((p == 0).sum()) for p in model.parameters())
+    all_zeros = sum(p.numel() - int(torch.count_nonzero(p)) for p in model.parameters())
     all_params = sum(p.numel() for p in model.parameters())
     return {
         "layers": per_layer,

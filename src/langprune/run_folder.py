@@ -97,11 +97,11 @@ def remeasure(run: Path) -> dict:
         weight = weights.get(f"{name}.weight")
         if weight is None:
             raise UserError(f"{run}: mask {name} has no matching weight in the checkpoint")
-        z = int((weight == 0).sum())
+        z = weight.numel() - int(torch.count_nonzero(weight))
         violations += int((weight[~keep] != 0).sum())
         per_layer[name] = z / weight.numel()
         zeros, total = zeros + z, total + weight.numel()
-    all_zeros = sum(int((w == 0).sum()) for w in weights.values())
+    all_zeros = sum(w.numel() - int(torch.count_nonzero(w)) for w in weights.values())
     all_params = sum(w.numel() for w in weights.values())
     return {
         "layers": per_layer,
