@@ -55,7 +55,7 @@ def calibration_set(tokenizer, args):
 
 
 def run_case(case: str, args) -> dict:
-    from langprune import load_model, prune
+    from langprune import load_model, prune_model
     from langprune.engine import BlockEngine
 
     model, tokenizer = load_model(args.model)
@@ -76,7 +76,7 @@ def run_case(case: str, args) -> dict:
                     engine.run_block(index, write_outputs=False)
                     engine.run_block(index)
         else:
-            prune(model, calib, case, args.sparsity, batch_size=args.batch_size)
+            prune_model(model, calib, case, args.sparsity, batch_size=args.batch_size)
         seconds = time.perf_counter() - start
     return {"case": case, "seconds": seconds, "rss_loaded_mb": loaded / 2**20, "rss_peak_mb": rss.peak / 2**20,
             "sequences": int(calib.input_ids.shape[0]), "seqlen": int(calib.input_ids.shape[1])}  # fmt: skip

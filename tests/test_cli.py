@@ -88,10 +88,10 @@ def test_existing_output_is_refused_unless_overwrite(checkpoint, tmp_path):
 
 
 def test_no_decoder_blocks_is_a_user_error():
-    from langprune import UserError, prune
+    from langprune import UserError, prune_model
 
     with pytest.raises(UserError, match="no decoder blocks"):
-        prune(torch.nn.Sequential(torch.nn.Embedding(5, 4)), torch.ones(1, 3, dtype=torch.long), "magnitude", 0.5)
+        prune_model(torch.nn.Sequential(torch.nn.Embedding(5, 4)), torch.ones(1, 3, dtype=torch.long), "magnitude", 0.5)
 
 
 def test_hub_id_offline_fails_with_a_clear_message(monkeypatch):

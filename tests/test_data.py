@@ -65,3 +65,20 @@ def test_mix_gives_equal_shares_exact_lengths_and_reproduces(udhr_archive, tmp_p
     assert short.input_ids.shape[0] < 10_000 and "ran out" in str(caught[0].message)
     with pytest.raises(UserError, match="malformed"):
         calibration.build("mono", tok)
+
+
+def test_python_api_takes_texts_recipes_and_pretokenized_input(tmp_path):
+    import torch
+
+    import langprune
+    from conftest import tiny_model, tiny_tokenizer
+
+    tok = tiny_tokenizer(tmp_path / "tok")
+    texts = ["the cat is on the mat and it was not a dog ."] * 20
+    model, result = langprune.prune(tiny_model("qwen2"), tok, texts, "wanda", 0.5, nsamples=4, seqlen=8)
+    assert result.summary["calibration"]["sequences"] == 4 and result.summary["calibration"]["tokens"] == 32
+    ids = torch.randint(3, 90, (3, 10))
+    mask = torch.ones_like(ids)
+    mask[1, 6:] = 0
+    _, result = langprune.prune(tiny_model("qwen2"), tok, {"input_ids": ids, "attention_mask": mask}, "sparsegpt", "2:4")
+    assert result.summary["calibration"]["tokens"] == 26

@@ -7,7 +7,7 @@ from conftest import token_ids, tiny_model
 from langprune.architecture import find_blocks, prunable_layers, LayerFilter, weight_matrix
 from langprune.calibration import CalibrationSet
 from langprune.engine import BlockEngine
-from langprune.pruning import prune
+from langprune.pruning import prune_model as prune
 from langprune.sparsity import Sparsity
 from langprune.statistics import SquaredNorms
 from test_kernels import brute_force_mask

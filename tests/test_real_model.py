@@ -37,7 +37,7 @@ def test_wanda_on_udhr_prunes_gemma_and_keeps_it_a_language_model(gemma, tmp_pat
     try:
         calib = calibration.build("mix:en+de+sw", tokenizer, nsamples=6, seqlen=128, seed=0)
         dense = perplexity(model, tokenizer, ["en", "sw"], seqlen=256)
-        result = prune(model, calib, "wanda", "0.3", batch_size=3)
+        model, result = prune(model, tokenizer, calib, "wanda", "0.3", batch_size=3)
         pruned = perplexity(model, tokenizer, ["en", "sw"], seqlen=256)
         assert result.summary["sparsity_pruned_layers"] == pytest.approx(0.3, abs=0.002)
         assert len(result.masks) == 18 * 7

@@ -111,21 +111,30 @@ def build(
 ) -> CalibrationSet:
     """Build a calibration set from a recipe; fewer sequences, with a warning, if text runs out."""
     kind, arg = parse_recipe(recipe)
-    if nsamples < 1 or seqlen < 2:
-        raise UserError("calibration needs nsamples >= 1 and seqlen >= 2")
-    rng = random.Random(seed)
     if kind == "file":
         path = Path(arg).expanduser()
         if not path.is_file():
             raise UserError(f"calibration file {arg} does not exist")
         texts = [t for t in path.read_text(encoding="utf-8").split("\n\n") if t.strip()]
-        groups = [({"name": "file", "path": str(path)}, texts, nsamples)]
-    else:
-        shares = [nsamples // len(arg) + (i < nsamples % len(arg)) for i in range(len(arg))]
-        groups = [
-            ({"name": corpus, "language": lang}, _language_texts(corpus, lang, "calibration", seed), share)
-            for lang, share in zip(arg, shares)
-        ]
+        return _assemble([({"name": "file", "path": str(path)}, texts, nsamples)], tokenizer, seqlen, seed, recipe)
+    shares = [nsamples // len(arg) + (i < nsamples % len(arg)) for i in range(len(arg))]
+    groups = [
+        ({"name": corpus, "language": lang}, _language_texts(corpus, lang, "calibration", seed), share)
+        for lang, share in zip(arg, shares)
+    ]
+    return _assemble(groups, tokenizer, seqlen, seed, recipe)
+
+
+def from_texts(texts: list[str], tokenizer, nsamples: int = 128, seqlen: int = 512, seed: int = 0) -> CalibrationSet:
+    """A calibration set from the caller's own texts (in memory)."""
+    return _assemble([({"name": "texts", "documents": len(texts)}, list(texts), nsamples)], tokenizer, seqlen, seed, "texts")
+
+
+def _assemble(groups, tokenizer, seqlen: int, seed: int, recipe: str) -> CalibrationSet:
+    """Cut each group's text into windows and sample its share of them with the seed."""
+    if any(share < 1 for _, _, share in groups) or seqlen < 2:
+        raise UserError("calibration needs at least one sequence per source and seqlen >= 2")
+    rng = random.Random(seed)
     rows, sources, shortfalls = [], [], []
     for source, texts, share in groups:
         windows = _windows(tokenizer, texts, seqlen)
@@ -136,7 +145,7 @@ def build(
         rows += windows
         sources.append({**source, "sequences": len(windows), "tokens": len(windows) * seqlen})
     if not rows:
-        raise UserError(f"calibration recipe {recipe!r} gave no sequence of {seqlen} tokens: lower --seqlen or add text")
+        raise UserError(f"calibration {recipe!r} gave no sequence of {seqlen} tokens: lower --seqlen or add text")
     if shortfalls:
         warnings.warn(f"text ran out, fewer sequences of {seqlen} tokens than asked ({'; '.join(shortfalls)})")
     ids = torch.tensor(rows, dtype=torch.long)

@@ -45,7 +45,7 @@ def prune_command(
     from .evaluation import perplexity
     from .methods import get_method
     from .models import load_model
-    from .pruning import prune
+    from .pruning import prune_model
     from .run_folder import check_out, provenance, save_run
     from .sparsity import Sparsity
 
@@ -65,7 +65,7 @@ def prune_command(
     before = perplexity(lm, tokenizer, languages) if languages else {}
     with _progress() as bar:
         task = bar.add_task(f"{method} {target}", total=None)
-        result = prune(
+        result = prune_model(
             lm, calibration, method, target, propagate=propagate, include=tuple(include),
             exclude=tuple(exclude), seed=seed, batch_size=batch_size,
             progress=lambda done, total: bar.update(task, completed=done, total=total),

@@ -36,7 +36,7 @@ class PruneResult:
     summary: dict = field(default_factory=dict)
 
 
-def prune(
+def prune_model(
     model: nn.Module,
     calibration: CalibrationSet | torch.Tensor | None,
     method: str | Method = "wanda",
