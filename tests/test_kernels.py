@@ -79,7 +79,7 @@ def test_sparsegpt_reconstructs_better_than_wanda_and_magnitude(spec):
     w, x = _layer_problem()
     hessian = 2 * x.T @ x / x.shape[0]
     pruned, keep = kernels.sparsegpt_prune(w, hessian, spec, blocksize=16)
-    assert torch.equal(pruned == 0, ~keep) or ((pruned == 0) >= ~keep).all()
+    assert (pruned[~keep] == 0).all()
     if spec.structured:
         assert (keep.view(w.shape[0], -1, spec.m).sum(-1) == spec.n).all()
     else:
