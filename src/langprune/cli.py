@@ -9,7 +9,16 @@ from typing import Optional
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TransferSpeedColumn,
+)
 from rich.table import Table
 
 from .errors import UserError
@@ -52,7 +61,7 @@ def prune_command(
     from .calibration import load_tokens
     from .data import get_corpus
     from .pruning import method_for_contrast, prune_model
-    from .run_folder import check_out, provenance, save_run
+    from .run_folder import RunWriter, check_out, provenance
     from .sparsity import Sparsity
 
     target = Sparsity.parse(sparsity)
@@ -79,20 +88,22 @@ def prune_command(
             console.print(f"{role} {chosen_set.recipe}: {chosen_set.input_ids.shape[0]} x "
                           f"{chosen_set.input_ids.shape[1]} ({chosen_set.tokens} real tokens)")  # fmt: skip
     before = perplexity(lm, tokenizer, languages, corpus=eval_corpus) if languages else {}
-    with _progress() as bar:
-        task = bar.add_task(f"{method} {target}", total=None)
-        result = prune_model(
-            lm, calibration, method, target, propagate=propagate, include=tuple(include),
-            exclude=tuple(exclude), seed=seed, batch_size=batch_size, contrast=contrast_set,
-            progress=lambda done, total: bar.update(task, completed=done, total=total),
-        )  # fmt: skip
-    after = perplexity(lm, tokenizer, languages, corpus=eval_corpus) if languages else {}
-    report = {"model": model, **result.summary, "provenance": provenance()}
-    if languages:
-        report["perplexity"] = {"corpus": eval_corpus, "dense": before, "pruned": after}
-    save_run(out, lm, tokenizer, result.masks, report, overwrite)
+    with RunWriter(out, overwrite) as run:
+        with _progress() as bar:
+            task = bar.add_task(f"{method} {target}", total=None)
+            result = prune_model(
+                lm, calibration, method, target, propagate=propagate, include=tuple(include),
+                exclude=tuple(exclude), seed=seed, batch_size=batch_size, contrast=contrast_set,
+                progress=lambda done, total: bar.update(task, completed=done, total=total),
+                on_masks=lambda masks: run.add_masks(lm, masks),
+            )  # fmt: skip
+        after = perplexity(lm, tokenizer, languages, corpus=eval_corpus) if languages else {}
+        report = {"model": model, **result.summary, "provenance": provenance()}
+        if languages:
+            report["perplexity"] = {"corpus": eval_corpus, "dense": before, "pruned": after}
+        run.finish(lm, tokenizer, report)
     console.print(
-        f"pruned {len(result.masks)} layers: {result.summary['sparsity_pruned_layers']:.2%} of pruned layers, "
+        f"pruned {len(result.summary['layers'])} layers: {result.summary['sparsity_pruned_layers']:.2%} of pruned layers, "
         f"{result.summary['sparsity_all_parameters']:.2%} of all parameters, in {result.summary['seconds']:.1f} s"
     )
     if languages:
@@ -136,6 +147,94 @@ app.add_typer(data_app, name="data")
 app.add_typer(calib_app, name="calib")
 
 
+@app.command("eval")
+def eval_command(
+    run: Optional[Path] = typer.Argument(None, help="A run folder written by langprune prune (or use --model)."),
+    model: Optional[str] = typer.Option(None, help="Evaluate this dense model instead (alias, folder or hub id)."),
+    tasks: str = typer.Option("ppl,fidelity,cloze,mcq", help="Tasks or groups: ppl, fidelity, cloze, mcq, translation, rankc, or task names (xnli, multiemo, mmlu...)."),
+    langs: str = typer.Option("en,de,fr", help="Comma-separated evaluation languages."),
+    limit: Optional[int] = typer.Option(None, help="At most this many examples (or sentences) per task and language."),
+    corpus: Optional[str] = typer.Option(None, help="Corpus for ppl and fidelity [default: udhr]."),
+    mt_corpus: Optional[str] = typer.Option(None, help="Parallel corpus for translation [default: flores if fetched, else libreoffice-help]."),
+    seqlen: int = typer.Option(512, help="Tokens per perplexity/fidelity window."),
+    batch_size: int = typer.Option(8, help="Sequences per forward pass."),
+    seed: int = typer.Option(0, help="Seed for translation shots and sampling."),
+    sample: bool = typer.Option(False, help="Translation: sample with the paper's Table 5 settings instead of greedy."),
+    skip_missing: bool = typer.Option(False, help="Skip (and record) tasks without data for a language instead of failing."),
+    out: Optional[Path] = typer.Option(None, help="Folder for eval.json [default: the run folder; runs/<model>-dense with --model]."),
+):
+    """Evaluate a pruned run (or a dense model) per language; writes eval.json and prints a table."""
+    from .evaluation import Settings, evaluate
+    from .evaluation.runner import plan
+    from .models import load_model
+    from .run_folder import EVAL_FILE, load_report, provenance, write_json_atomic
+
+    if (run is None) == (model is None):
+        raise UserError("give a run folder or --model, not both and not neither")
+    names, languages = _languages(tasks), _languages(langs)
+    settings = Settings(seqlen, batch_size, limit, seed, sample, corpus, mt_corpus, skip_missing)
+    plan(names, languages, settings)  # refuse a task without data before loading anything
+    if run is not None:
+        report = load_report(run)
+        if not (run / "config.json").is_file():
+            raise UserError(f"{run} has no model (config.json): it is not a complete run folder; prune again")
+        source, dense_name, target = str(run), report["model"], out or run
+    else:
+        source, dense_name, target = model, None, out or Path("runs") / f"{Path(model).name}-dense"
+    with console.status(f"loading {source}"):
+        lm, tokenizer = load_model(source)
+        dense = None
+        if "fidelity" in names:
+            dense = load_model(dense_name)[0] if dense_name else lm
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=err_console) as bar:  # fmt: skip
+        task = bar.add_task("evaluating", total=None)
+        results = evaluate(lm, tokenizer, names, languages, settings, dense,
+                           progress=lambda done, total, what: bar.update(task, completed=done, total=total, description=what))  # fmt: skip
+    results.update(model=source, dense_model=dense_name, provenance=provenance())
+    path = write_json_atomic(Path(target) / EVAL_FILE, results)
+    _print_results(results)
+    if results["skipped"]:
+        console.print(f"skipped (no data): {'; '.join(results['skipped'])}")
+    console.print(f"wrote {path}")
+
+
+@app.command("compare")
+def compare_command(
+    a: Path = typer.Argument(..., help="Baseline: a folder with eval.json (or the file)."),
+    b: Path = typer.Argument(..., help="Compared run: a folder with eval.json (or the file)."),
+    samples: int = typer.Option(1000, help="Bootstrap resamples."),
+    seed: int = typer.Option(0, help="Bootstrap seed."),
+    alpha: float = typer.Option(0.05, help="Mark differences with p below this."),
+):
+    """Paired bootstrap tests of B against A on every task and language both evaluated."""
+    from .evaluation.significance import compare_results
+    from .run_folder import load_eval
+
+    rows = compare_results(load_eval(a), load_eval(b), samples, seed)
+    if not rows:
+        raise UserError(f"{a} and {b} share no evaluated task and language with per-item results")
+    table = Table("task", "language", "metric", "A", "B", "B - A", "p", "n", title=f"B = {b} against A = {a}")
+    for r in rows:
+        mark = " *" if r["p_value"] < alpha else ""
+        table.add_row(r["task"], r["key"], r["metric"], f"{r['a']:.4g}", f"{r['b']:.4g}", f"{r['delta']:+.4g}",
+                      f"{r['p_value']:.4f}{mark}", str(r["n"]))  # fmt: skip
+    console.print(table)
+    console.print(f"* p < {alpha} (paired bootstrap, {samples} resamples)")
+
+
+def _print_results(results: dict) -> None:
+    """One row per task and metric, one column per language or translation direction."""
+    from .evaluation.tables import metric_rows
+
+    rows = metric_rows(results)
+    columns = sorted({key for _, _, values in rows for key in values}, key=lambda k: (len(k) > 3, k))
+    table = Table("task", "metric", *columns)
+    for task, metric, values in rows:
+        table.add_row(task, metric, *(values.get(c, "") for c in columns))
+    console.print(table)
+
+
 @data_app.command("list")
 def data_list_command():
     """Show every corpus: kind, languages, where it comes from, and its size once fetched."""
@@ -174,15 +273,19 @@ def data_fetch_command(
             import shutil
 
             shutil.rmtree(corpus.folder())
-        with err_console.status(f"{corpus.name}") as status:
+        columns = (SpinnerColumn(), TextColumn("{task.description}"), DownloadColumn(), TransferSpeedColumn(),
+                   TimeElapsedColumn())  # fmt: skip
+        with Progress(*columns, console=err_console, transient=True) as bar:
+            task = bar.add_task(corpus.name, total=None)
             if source is not None:
-                status.update(f"{corpus.name}: reading {source}")
+                bar.update(task, description=f"{corpus.name}: reading {source}")
                 try:
                     corpus.install([source])
                 except ValueError as exc:
                     raise UserError(str(exc)) from None
             else:
-                corpus.fetch(report=lambda step, c=corpus: status.update(f"{c.name}: {step}"))
+                corpus.fetch(report=lambda step, c=corpus: bar.update(task, description=f"{c.name}: {step}"),
+                             received=lambda n: bar.update(task, completed=n))  # fmt: skip
         sizes = corpus.sizes()
         console.print(f"{corpus.name}: {len(sizes)} languages, {sum(sizes.values())} units in {corpus.fetch()}")
 

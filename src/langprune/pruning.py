@@ -33,7 +33,7 @@ PROPAGATE = ("pruned", "dense")
 class PruneResult:
     """What a pruning run did: masks (``(out, in)`` keep masks per layer) and a JSON-ready summary."""
 
-    masks: dict[str, torch.Tensor]
+    masks: dict[str, torch.Tensor]  # empty when they were handed to ``on_masks``
     summary: dict = field(default_factory=dict)
 
 
@@ -50,10 +50,13 @@ def prune_model(
     batch_size: int = 8,
     progress: Callable[[int, int], None] | None = None,
     contrast: CalibrationSet | torch.Tensor | None = None,
+    on_masks: Callable[[dict[str, torch.Tensor]], None] | None = None,
 ) -> PruneResult:
     """Prune ``model`` in place; returns the keep masks and a summary with measured sparsity.
 
-    With a ``contrast`` set, wanda becomes the contrastive score of the
+    ``on_masks`` receives each block's masks as soon as they exist (a run
+    writer streams them to disk) and they are not kept, so memory does not
+    grow with the model; without it the masks are returned. With a ``contrast`` set, wanda becomes the contrastive score of the
     translation-feature paper: X is always ``calibration`` and Z ``contrast``;
     both pass through the same engine, block by block, in one run.
     """
@@ -69,6 +72,7 @@ def prune_model(
     blocks_name, blocks = find_blocks(model)
     started = time.perf_counter()
     masks: dict[str, torch.Tensor] = {}
+    pruned: list[str] = []
     engine = None
     if method.statistic is not None:
         if calibration is None:
@@ -83,15 +87,21 @@ def prune_model(
         for index in range(len(blocks)):
             layers = prunable_layers(blocks[index], f"{blocks_name}.{index}", layer_filter)
             if engine is None:
+                block_masks = {}
                 for name, layer in layers.items():
-                    masks.update(method.prune_group({name: weight_matrix(layer)}, None, sparsity, seed))
+                    block_masks.update(method.prune_group({name: weight_matrix(layer)}, None, sparsity, seed))
             else:
-                masks.update(_prune_block(engine, index, layers, method, sparsity, seed, propagate, contrast_from))
+                block_masks = _prune_block(engine, index, layers, method, sparsity, seed, propagate, contrast_from)
+            pruned += list(block_masks)
+            if on_masks is not None:
+                on_masks(block_masks)
+            else:
+                masks.update(block_masks)
             if progress:
                 progress(index + 1, len(blocks))
     if engine is not None:
         engine.release()
-    if not masks:
+    if not pruned:
         raise UserError("no layer was selected for pruning: check --include/--exclude patterns")
     summary = {
         "method": method.name,
@@ -103,7 +113,7 @@ def prune_model(
         "calibration": calibration.summary() if calibration is not None and engine is not None else None,
         **({"contrast": contrast.summary(), "roles": {"X": "calibration", "Z": "contrast"}} if contrast else {}),
         "seconds": round(time.perf_counter() - started, 3),
-        **measure_sparsity(model, list(masks)),
+        **measure_sparsity(model, pruned),
     }
     return PruneResult(masks, summary)
 

@@ -1,7 +1,9 @@
 """A run folder: the pruned checkpoint, its masks and ``report.json``, written atomically.
 
 Everything is written into ``<out>.partial`` and renamed at the end, so a
-failed or interrupted run never leaves a half-written folder behind.
+failed or interrupted run never leaves a half-written folder behind. Masks
+live in ``masks/``: one safetensors shard per pruned block (boolean, one
+tensor per layer, True = kept) and ``index.json`` mapping layers to shards.
 """
 
 from __future__ import annotations
@@ -20,8 +22,10 @@ from safetensors.torch import load_file, save_file
 from .architecture import is_conv1d
 from .errors import UserError
 
-MASKS_FILE = "masks.safetensors"
+MASKS_DIR = "masks"
+MASKS_INDEX = "index.json"
 REPORT_FILE = "report.json"
+EVAL_FILE = "eval.json"
 PACKAGES = ("langprune", "torch", "transformers", "safetensors", "accelerate", "gguf", "numpy")
 
 
@@ -54,24 +58,67 @@ def provenance() -> dict:
     }
 
 
+class RunWriter:
+    """A run folder being written: everything goes into ``<out>.partial``, renamed into place by ``finish``.
+
+    Masks are streamed: ``add_masks`` writes each block's masks to their own
+    safetensors shard under ``masks/`` at once, so pruning a 70B model never
+    holds its masks in memory. Leaving the ``with`` block without ``finish``
+    (an error, an interrupt) removes the partial folder.
+    """
+
+    def __init__(self, out: Path, overwrite: bool = False):
+        check_out(out, overwrite)
+        self.out, self.partial = Path(out), Path(out).with_name(Path(out).name + ".partial")
+        shutil.rmtree(self.partial, ignore_errors=True)
+        (self.partial / MASKS_DIR).mkdir(parents=True)
+        self.index: dict[str, str] = {}
+
+    def __enter__(self) -> "RunWriter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        shutil.rmtree(self.partial, ignore_errors=True)
+
+    def add_masks(self, model, masks: dict[str, torch.Tensor]) -> None:
+        """Store keep masks (True = kept) in each parameter's own layout (Conv1D weights are (in, out))."""
+        if not masks:
+            return
+        modules = dict(model.named_modules())
+        shard = f"{len(set(self.index.values())):05d}.safetensors"
+        stored = {name: (keep.T if is_conv1d(modules[name]) else keep).contiguous() for name, keep in masks.items()}
+        save_file(stored, str(self.partial / MASKS_DIR / shard))
+        self.index.update({name: shard for name in masks})
+
+    def finish(self, model, tokenizer, report: dict) -> Path:
+        model.save_pretrained(self.partial)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(self.partial)
+        (self.partial / MASKS_DIR / MASKS_INDEX).write_text(json.dumps(self.index, indent=1) + "\n")
+        (self.partial / REPORT_FILE).write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        if self.out.exists():
+            shutil.rmtree(self.out)
+        self.partial.rename(self.out)
+        return self.out
+
+
 def save_run(out: Path, model, tokenizer, masks: dict[str, torch.Tensor], report: dict, overwrite: bool = False) -> Path:
-    """Write checkpoint, masks (boolean, parameter-shaped, True = kept) and report; then rename into place."""
-    check_out(out, overwrite)
-    partial = out.with_name(out.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
-    model.save_pretrained(partial)
-    if tokenizer is not None:
-        tokenizer.save_pretrained(partial)
-    modules = dict(model.named_modules())
-    # Masks are stored in each parameter's own layout (Conv1D weights are (in, out)).
-    stored = {name: (keep.T if is_conv1d(modules[name]) else keep).contiguous() for name, keep in masks.items()}
-    save_file(stored, str(partial / MASKS_FILE))
-    (partial / REPORT_FILE).write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    if out.exists():
-        shutil.rmtree(out)
-    partial.rename(out)
-    return out
+    """Write checkpoint, masks held in memory and report in one go."""
+    with RunWriter(out, overwrite) as run:
+        run.add_masks(model, masks)
+        return run.finish(model, tokenizer, report)
+
+
+def load_masks(run: Path) -> dict[str, torch.Tensor]:
+    """All keep masks of a run folder, by layer name."""
+    folder = Path(run) / MASKS_DIR
+    index = folder / MASKS_INDEX
+    if not index.is_file():
+        raise UserError(f"{run} has no {MASKS_DIR}/{MASKS_INDEX}: it was not written by langprune prune")
+    masks = {}
+    for shard in sorted(set(json.loads(index.read_text()).values())):
+        masks.update(load_file(str(folder / shard)))
+    return masks
 
 
 def load_report(run: Path) -> dict:
@@ -86,7 +133,7 @@ def remeasure(run: Path) -> dict:
     from safetensors import safe_open
 
     run = Path(run)
-    masks = load_file(str(run / MASKS_FILE))
+    masks = load_masks(run)
     weights = {}
     for shard in sorted(run.glob("model*.safetensors")):
         with safe_open(str(shard), framework="pt") as f:
@@ -109,3 +156,20 @@ def remeasure(run: Path) -> dict:
         "sparsity_all_parameters": all_zeros / all_params if all_params else 0.0,
         "nonzero_where_mask_prunes": violations,
     }
+
+
+def write_json_atomic(path: Path, value: dict) -> Path:
+    """Write JSON to a temporary name beside ``path``, then rename: readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(json.dumps(value, indent=1, ensure_ascii=False, allow_nan=False) + "\n", encoding="utf-8")
+    partial.replace(path)
+    return path
+
+
+def load_eval(where: Path) -> dict:
+    """An ``eval.json``, given itself or the folder holding it."""
+    path = Path(where) / EVAL_FILE if Path(where).is_dir() else Path(where)
+    if not path.is_file():
+        raise UserError(f"{where} has no {EVAL_FILE}: run `langprune eval` on it first")
+    return json.loads(path.read_text(encoding="utf-8"))

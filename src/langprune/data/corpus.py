@@ -101,14 +101,18 @@ class Corpus:
         marker = self.folder() / MARKER
         return marker.exists() and marker.read_text().strip() == str(FORMAT)
 
-    def fetch(self, report=None) -> Path:
-        """Download with the registry's client and extract, once; ``report(step)`` narrates progress."""
+    def fetch(self, report=None, received=None) -> Path:
+        """Download with the registry's client and extract, once.
+
+        ``report(step)`` narrates the steps; ``received(bytes)`` is told how
+        much the client has downloaded so far.
+        """
         if self.fetched():
             return self.folder()
         with tempfile.TemporaryDirectory() as scratch:
             if report:
                 report(f"downloading: {self.source}")
-            files = self.source.download(Path(scratch))
+            files = self.source.download(Path(scratch), received)
             if report:
                 report(f"extracting {self.name}")
             self.install(files)

@@ -13,18 +13,42 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from ..errors import UserError
 
 
-def _run(command: list[str], cwd: Path, client: str, what: str) -> None:
+Received = Callable[[int], None]
+"""Told the bytes received so far while a client downloads."""
+
+
+def folder_bytes(folder: Path) -> int:
+    """Bytes of all files under ``folder`` (files may vanish while a client renames them)."""
+    total = 0
+    for path in folder.rglob("*"):
+        try:
+            total += path.stat().st_size if path.is_file() else 0
+        except OSError:
+            pass
+    return total
+
+
+def _run(command: list[str], cwd: Path, client: str, what: str, received: Received | None = None) -> None:
+    """Run a registry client in ``cwd``; while it runs, report the bytes it has written there."""
     if shutil.which(command[0]) is None:
         raise UserError(f"fetching {what} needs {client} ({command[0]} not found on PATH); install it or fetch elsewhere")
-    done = subprocess.run(command, cwd=cwd, capture_output=True, text=True, check=False)
-    if done.returncode:
-        said = (done.stderr or done.stdout).strip().splitlines()
+    with subprocess.Popen(command, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as process:
+        while received is not None and process.poll() is None:
+            received(folder_bytes(cwd))
+            time.sleep(0.25)
+        stdout, stderr = process.communicate()
+    if received is not None:
+        received(folder_bytes(cwd))
+    if process.returncode:
+        said = (stderr or stdout).strip().splitlines()
         raise UserError(f"{client} could not fetch {what}: `{' '.join(command)}` failed"
                         + (f": {said[-1]}" if said else ""))  # fmt: skip
 
@@ -37,8 +61,8 @@ class NpmPackage:
     def __str__(self) -> str:
         return f"npm pack {self.spec}"
 
-    def download(self, into: Path) -> list[Path]:
-        _run(["npm", "pack", self.spec, "--silent"], into, self.client, self.spec)
+    def download(self, into: Path, received: Received | None = None) -> list[Path]:
+        _run(["npm", "pack", self.spec, "--silent"], into, self.client, self.spec, received)
         return sorted(into.glob("*.tgz"))
 
 
@@ -53,10 +77,10 @@ class PyPIPackage:
     def __str__(self) -> str:
         return f"pip download --no-deps {self.spec}" + ("" if self.binary else " (sdist)")
 
-    def download(self, into: Path) -> list[Path]:
+    def download(self, into: Path, received: Received | None = None) -> list[Path]:
         kind = "--only-binary=:all:" if self.binary else "--no-binary=:all:"
         _run([sys.executable, "-m", "pip", "download", "--no-deps", kind, "-q", "-d", str(into), self.spec],
-             into, self.client, self.spec)  # fmt: skip
+             into, self.client, self.spec, received)  # fmt: skip
         return sorted(p for p in into.iterdir() if p.suffix in (".whl", ".gz", ".zip"))
 
 
@@ -68,8 +92,8 @@ class DebianPackages:
     def __str__(self) -> str:
         return f"apt-get download {' '.join(self.names)}"
 
-    def download(self, into: Path) -> list[Path]:
-        _run(["apt-get", "download", *self.names], into, self.client, ", ".join(self.names))
+    def download(self, into: Path, received: Received | None = None) -> list[Path]:
+        _run(["apt-get", "download", *self.names], into, self.client, ", ".join(self.names), received)
         return sorted(into.glob("*.deb"))
 
 
@@ -86,7 +110,7 @@ class HubDataset:
     def __str__(self) -> str:
         return f"hub dataset {self.repo_id}"
 
-    def download(self, into: Path) -> list[Path]:
+    def download(self, into: Path, received: Received | None = None) -> list[Path]:
         try:
             from huggingface_hub import snapshot_download
 
@@ -109,7 +133,7 @@ class Interpreter:
     def __str__(self) -> str:
         return "the running interpreter's standard library"
 
-    def download(self, into: Path) -> list[Path]:
+    def download(self, into: Path, received: Received | None = None) -> list[Path]:
         return []
 
 

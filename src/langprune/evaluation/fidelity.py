@@ -1,0 +1,83 @@
+"""Fidelity to the dense model: per-layer hidden-state pruning error and SNR (language-specific calibration paper, D.1).
+
+For layer k with dense hidden states H (N real tokens x d features) and
+pruned ones H~, both are divided by mu = mean over tokens of ||h_i||_2 of the
+dense states; the pruning error is the mean squared difference of the
+normalised states, the signal their mean square, and
+SNR_dB = 10 log10(signal / error). The model SNR is the mean of the layers'
+SNR_dB. Sums are kept in float64 over real tokens only, so padding and
+batching do not change them. A layer whose states are identical has error 0
+and no finite SNR: it is reported as identical and left out of the mean.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ..calibration import evaluation_texts
+from .scoring import backbone, padded, text_windows
+
+
+class LayerSums:
+    """Float64 running sums for one layer: sum h^2, sum (h - h~)^2, sum ||h_i||, tokens."""
+
+    def __init__(self):
+        self.signal = self.error = self.norms = 0.0
+        self.tokens = 0
+        self.features = 0
+
+    def add(self, dense: torch.Tensor, pruned: torch.Tensor) -> None:
+        dense, pruned = dense.double(), pruned.double()
+        self.signal += float((dense**2).sum())
+        self.error += float(((dense - pruned) ** 2).sum())
+        self.norms += float(dense.norm(dim=-1).sum())
+        self.tokens += dense.shape[0]
+        self.features = dense.shape[-1]
+
+    def result(self) -> dict:
+        mu = self.norms / self.tokens
+        scale = self.tokens * self.features * mu * mu
+        error, signal = self.error / scale, self.signal / scale
+        snr = 10 * math.log10(signal / error) if error > 0 else None
+        return {"pruning_error": error, "snr_db": snr, "identical": error == 0, "mu": mu}
+
+
+@torch.no_grad()
+def hidden_states(model, ids: torch.Tensor, mask: torch.Tensor) -> list[torch.Tensor]:
+    """Every decoder block's output (not the embeddings), for real tokens only: one (tokens x d) tensor per layer."""
+    out = backbone(model)(input_ids=ids, attention_mask=mask, use_cache=False, output_hidden_states=True)
+    keep = mask.reshape(-1).bool()
+    return [h.reshape(-1, h.shape[-1])[keep] for h in out.hidden_states[1:]]
+
+
+def compare_hidden_states(dense_model, pruned_model, windows: list[list[int]], pad: int = 0,
+                          batch_size: int = 4) -> dict:  # fmt: skip
+    """Per-layer pruning error and SNR of ``pruned_model`` against ``dense_model`` on token windows."""
+    device = next(pruned_model.parameters()).device
+    layers: list[LayerSums] = []
+    for start in range(0, len(windows), batch_size):
+        ids, mask = padded(windows[start : start + batch_size], pad, device)
+        dense = hidden_states(dense_model, ids.to(next(dense_model.parameters()).device), mask)
+        pruned = hidden_states(pruned_model, ids, mask)
+        if len(dense) != len(pruned):
+            raise ValueError(f"the models have {len(dense)} and {len(pruned)} layers: fidelity needs the same architecture")
+        layers = layers or [LayerSums() for _ in dense]
+        for sums, d, p in zip(layers, dense, pruned):
+            sums.add(d.to(p.device), p)
+    per_layer = [sums.result() for sums in layers]
+    finite = [layer["snr_db"] for layer in per_layer if layer["snr_db"] is not None]
+    return {
+        "snr_db": sum(finite) / len(finite) if finite else None,
+        "pruning_error": sum(layer["pruning_error"] for layer in per_layer) / len(per_layer),
+        "identical_layers": sum(layer["identical"] for layer in per_layer),
+        "tokens": layers[0].tokens if layers else 0,
+        "layers": per_layer,
+    }
+
+
+def evaluate_fidelity(dense_model, model, tokenizer, corpus: str, language: str, seqlen: int = 512,
+                      batch_size: int = 4) -> dict:  # fmt: skip
+    windows = text_windows(tokenizer, evaluation_texts(language, corpus), seqlen)
+    return {"corpus": corpus, **compare_hidden_states(dense_model, model, windows, tokenizer.pad_token_id or 0, batch_size)}

@@ -1,0 +1,135 @@
+"""Run evaluation tasks over languages: plan which corpus serves each (task, language), then score.
+
+Planning comes first so that a task without data for a language is refused
+before any model work (or skipped and recorded, when asked). Results keep
+per-item details (window NLLs, option scores, hypotheses) so that
+``langprune compare`` can run paired significance tests later.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+from ..errors import UserError
+from ..languages import check_language
+from .choice import evaluate_choices
+from .fidelity import evaluate_fidelity
+from .perplexity import evaluate_perplexity
+from .rankc import rankc, rankings_of
+from .tasks import GROUPS, TaskSpec, catalog, select, with_overrides
+from .translation import directions, evaluate_translation
+
+
+@dataclass
+class Settings:
+    seqlen: int = 512
+    batch_size: int = 8
+    limit: int | None = None  # examples (or sentences) per task and language; None = all
+    seed: int = 0
+    sample: bool = False  # translation: the paper's sampling settings instead of greedy decoding
+    corpus: str | None = None  # overrides the corpus of ppl and fidelity
+    translation_corpus: str | None = None  # overrides the corpora of translation
+    skip_missing: bool = False
+
+
+@dataclass(frozen=True)
+class Job:
+    task: TaskSpec
+    key: str  # a language, or "src-tgt" for translation
+    corpus: str
+    source: str | None = None
+    target: str | None = None
+
+
+def plan(names: list[str], languages: list[str], settings: Settings) -> tuple[list[Job], list[str]]:
+    """Jobs for every task and language that has data; the rest is an error, or skipped with ``skip_missing``."""
+    for language in languages:
+        check_language(language)
+    tasks = [with_overrides(t, settings.corpus, settings.translation_corpus) for t in select(names)]
+    if any(t.type == "rankc" for t in tasks) and not any(t.type == "cloze" for t in tasks):
+        tasks += select(["cloze"])  # RankC ranks the labels of cloze tasks
+    jobs, missing = [], []
+    grouped = {name: [t for t in tasks if t.type == GROUPS[name]] for name in names if name in GROUPS}
+    for task in tasks:
+        if task.type == "rankc":
+            continue
+        wanted = list(languages)
+        if task.type == "cloze" and any(t.type == "rankc" for t in tasks) and "en" not in wanted:
+            wanted.append("en")  # the reference language of RankC
+        for language in wanted:
+            if task.type == "translation":
+                for source, target in directions(task, language):
+                    corpus = task.corpus_for(target, source)
+                    if corpus:
+                        jobs.append(Job(task, f"{source}-{target}", corpus, source, target))
+                    else:
+                        missing.append(f"{task.name} {source}-{target}")
+                continue
+            corpus = task.corpus_for(language)
+            if corpus:
+                jobs.append(Job(task, language, corpus))
+            elif not any(task in members for members in grouped.values()):
+                missing.append(f"{task.name} {language}")
+    for group, members in grouped.items():
+        for language in languages:
+            if not any(j.task in members and j.key == language for j in jobs):
+                missing.append(f"{group} {language} (tasks {', '.join(t.name for t in members)})")
+    if missing and not settings.skip_missing:
+        raise UserError(f"no data for {'; '.join(missing)}: fetch a corpus that has them (`langprune data list`), "
+                        "drop those languages, or pass --skip-missing")  # fmt: skip
+    return jobs, missing
+
+
+def run_job(job: Job, model, tokenizer, dense, settings: Settings) -> dict:
+    task = job.task
+    if task.type == "perplexity":
+        return evaluate_perplexity(model, tokenizer, job.corpus, job.key, settings.seqlen, settings.batch_size)
+    if task.type == "fidelity":
+        if dense is None:
+            raise UserError("fidelity compares with the dense model: evaluate a run folder, or pass the dense model")
+        return evaluate_fidelity(dense, model, tokenizer, job.corpus, job.key, settings.seqlen, settings.batch_size)
+    if task.type in ("cloze", "choice"):
+        return evaluate_choices(model, tokenizer, task, job.corpus, job.key, settings.limit, settings.batch_size)
+    return evaluate_translation(model, tokenizer, task, job.corpus, job.source, job.target, settings.limit,
+                                settings.seed, settings.sample, settings.batch_size)  # fmt: skip
+
+
+def evaluate(model, tokenizer, tasks: list[str], languages: list[str], settings: Settings | None = None,
+             dense=None, progress=None) -> dict:  # fmt: skip
+    """Evaluate ``model`` on task names or groups (ppl, fidelity, cloze, mcq, translation, rankc) per language.
+
+    ``dense`` is the unpruned model that fidelity compares with. ``progress(done,
+    total, description)`` is told about each (task, language) as it starts.
+    """
+    settings = settings or Settings()
+    jobs, skipped = plan(tasks, languages, settings)
+    results: dict[str, dict] = {}
+    for done, job in enumerate(jobs):
+        if progress:
+            progress(done, len(jobs), f"{job.task.name} {job.key}")
+        result = run_job(job, model, tokenizer, dense, settings)
+        for name, value in result.items():
+            if isinstance(value, float) and math.isnan(value):
+                raise UserError(f"{job.task.name} {job.key}: {name} is NaN (no examples, or a broken model)")
+        results.setdefault(job.task.name, {})[job.key] = result
+    if "rankc" in [t.name for t in select(tasks)]:
+        results["rankc"] = consistency_with_reference(results, catalog()["rankc"].options.get("reference", "en"))
+    if progress:
+        progress(len(jobs), len(jobs), "done")
+    return {"tasks": results, "languages": languages, "skipped": skipped, "settings": asdict(settings)}
+
+
+def consistency_with_reference(results: dict, reference: str) -> dict:
+    """RankC of every cloze task's language against the reference language, on shared example keys."""
+    scores = {}
+    for name, task in catalog().items():
+        per_language = results.get(name, {})
+        if task.type != "cloze" or reference not in per_language:
+            continue
+        base = rankings_of(per_language[reference]["items"])
+        for language, result in per_language.items():
+            if language != reference:
+                value, n = rankc(rankings_of(result["items"]), base)
+                scores.setdefault(name, {})[language] = {"rankc": value, "n": n, "reference": reference}
+    return scores

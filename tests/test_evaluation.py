@@ -1,0 +1,178 @@
+"""Evaluation on tiny models and small data, against hand-computed values and independent computations."""
+
+import math
+
+import pytest
+import torch
+from conftest import VOCAB, tiny_model, tiny_tokenizer, token_ids
+
+from langprune.data import Example
+from langprune.errors import UserError
+from langprune.evaluation import Settings, evaluate, text_nll
+from langprune.evaluation.choice import choice_prompt, cloze_prompt, requests_for
+from langprune.evaluation.fidelity import compare_hidden_states
+from langprune.evaluation.rankc import consistency, rankc
+from langprune.evaluation.scoring import Request, score_requests
+from langprune.evaluation.significance import accuracy_test, compare_results, perplexity_test
+from langprune.evaluation.tasks import catalog
+from langprune.evaluation.translation import generate
+
+
+@pytest.fixture(scope="module")
+def tok(tmp_path_factory):
+    return tiny_tokenizer(tmp_path_factory.mktemp("tok"))
+
+
+def test_perplexity_of_a_uniform_model_is_the_vocabulary_size(tok):
+    model = tiny_model("llama")
+    with torch.no_grad():
+        model.lm_head.weight.zero_()  # every logit 0: the next token is uniform over the vocabulary
+    texts = ["the cat is on the mat .", "it was not a dog , and he is at the door ."]
+    scores = text_nll(model, tok, texts, seqlen=8)
+    assert scores["nll"] == pytest.approx(scores["tokens"] * math.log(VOCAB), rel=1e-6)  # float32 log-softmax
+    assert sum(w[1] for w in scores["windows"]) == scores["tokens"]
+
+
+def _brute_force_logprob(model, context, continuation):
+    ids = torch.tensor([list(context) + list(continuation)])
+    with torch.no_grad():
+        logits = model(input_ids=ids).logits[0].double()
+    logprobs = torch.log_softmax(logits, -1)
+    return sum(float(logprobs[len(context) + i - 1, t]) for i, t in enumerate(continuation))
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2", "bloom", "gemma3", "opt"])
+def test_scores_equal_full_logits_and_do_not_depend_on_batching_or_padding(arch):
+    model = tiny_model(arch)
+    ids = token_ids(6, 14, seed=5).tolist()
+    requests = [Request(tuple(row[: 3 + i]), tuple(row[3 + i : 5 + 2 * i])) for i, row in enumerate(ids)]
+    one = score_requests(model, requests, batch_size=1)
+    batched = score_requests(model, requests, batch_size=4)
+    expected = [_brute_force_logprob(model, r.context, r.continuation) for r in requests]
+    assert one == pytest.approx(expected, abs=1e-4)
+    assert batched == pytest.approx(one, abs=1e-5)
+
+
+def test_cloze_and_choice_prompts_follow_the_templates(tok):
+    tasks = catalog()
+    xnli = Example("validation/0", {"premise": "He is here", "hypothesis": "he is not"}, "neutral")
+    p = cloze_prompt(tasks["xnli"], xnli)
+    assert [p.context + c for c in p.continuations] == [
+        "He is here, right? Yes, he is not", "He is here, right? No, he is not", "He is here, right? Also, he is not"]
+    assert p.options[p.gold] == "neutral"
+    review = Example("review-1", {"review": "Great food."}, "positive")
+    p = cloze_prompt(tasks["multiemo"], review)
+    assert [p.context + c for c in p.continuations] == ["Great food. It is negative", "Great food. It is positive"]
+    assert cloze_prompt(tasks["multiemo"], Example("r", {"review": "so so"}, "neutral")) is None
+    # The space before the verbalised label belongs to the label's tokens, not to the context.
+    request = requests_for(tok, p)[1]
+    assert tok.decode(list(request.context), skip_special_tokens=True).endswith("is")
+    q = choice_prompt(tasks["mmlu"], Example("k", {"question": "Which?"}, "C", ("w", "x", "y", "z")))
+    assert q.context == "Which?\nA. w\nB. x\nC. y\nD. z\nAnswer:" and q.continuations == [" A", " B", " C", " D"]
+    assert q.gold == 2
+
+
+def test_rankc_matches_hand_computed_values():
+    e = math.e
+    assert consistency(["a", "b"], ["a", "b"]) == pytest.approx(1.0)
+    assert consistency(["a", "b"], ["b", "a"]) == pytest.approx(1 / (e + 1))  # only P@2 = 1 counts, with w_2
+    assert consistency(["a", "b", "c"], ["a", "c", "b"]) == pytest.approx((e**2 + 0.5 * e + 1) / (e**2 + e + 1))
+    value, n = rankc({"x": ["a", "b"], "y": ["a", "b"], "z": ["a", "b"]}, {"x": ["a", "b"], "y": ["b", "a"]})
+    assert n == 2 and value == pytest.approx((1 + 1 / (e + 1)) / 2)
+
+
+def test_paired_bootstrap_on_known_data():
+    same = accuracy_test([1, 0, 1, 1, 0], [1, 0, 1, 1, 0])
+    assert same["p_value"] == 1.0 and same["delta"] == 0
+    better = accuracy_test([0] * 30, [1] * 30, samples=200)
+    assert better["p_value"] == pytest.approx(1 / 201) and better["delta"] == 1
+    # One differing item out of 40: the winner fails to win whenever that item is not drawn, (39/40)^40 of the time.
+    a, b = [1] * 40, [1] * 39 + [0]
+    p = accuracy_test(a, b, samples=4000, seed=1)["p_value"]
+    assert p == pytest.approx((39 / 40) ** 40, abs=0.03)
+    assert accuracy_test(a, b, seed=3) == accuracy_test(a, b, seed=3)
+    windows = [[10.0, 5], [12.0, 5], [9.0, 4]]
+    assert perplexity_test(windows, windows)["p_value"] == 1.0
+    lower = perplexity_test(windows, [[n - 1, t] for n, t in windows], samples=100)
+    assert lower["b"] < lower["a"] and lower["p_value"] == pytest.approx(1 / 101)
+
+
+def _independent_snr(dense_states, pruned_states):
+    """Appendix D.1 written out directly, in float64."""
+    snrs, errors = [], []
+    for h, g in zip(dense_states, pruned_states):
+        h, g = h.double(), g.double()
+        mu = h.norm(dim=1).mean()
+        error = ((h - g) / mu).pow(2).mean()
+        signal = (h / mu).pow(2).mean()
+        if error > 0:  # identical layers have no finite SNR and stay out of the mean
+            snrs.append(10 * math.log10(signal / error))
+        errors.append(float(error))
+    return sum(snrs) / len(snrs), errors
+
+
+def test_fidelity_follows_appendix_d1_and_handles_identical_states():
+    dense = tiny_model("llama")
+    pruned = tiny_model("llama")
+    with torch.no_grad():
+        for p in pruned.model.layers[1].parameters():
+            p.mul_(0.7)
+    windows = [row.tolist() for row in token_ids(5, 10, seed=2)]
+    windows[-1] = windows[-1][:6]  # a shorter window: padding in the batch
+    result = compare_hidden_states(dense, pruned, windows, batch_size=2)
+    states = []
+    for model in (dense, pruned):
+        per_layer = [[] for _ in range(3)]
+        for w in windows:
+            with torch.no_grad():
+                hs = model.model(input_ids=torch.tensor([w]), output_hidden_states=True).hidden_states[1:]
+            for k, h in enumerate(hs):
+                per_layer[k].append(h[0])
+        states.append([torch.cat(layer) for layer in per_layer])
+    snr, errors = _independent_snr(*states)
+    assert result["layers"][0]["identical"] and result["layers"][0]["snr_db"] is None  # layer 0 was not changed
+    assert result["snr_db"] == pytest.approx(snr, rel=1e-6)
+    assert [layer["pruning_error"] for layer in result["layers"]] == pytest.approx(errors, rel=1e-6, abs=1e-12)
+    assert compare_hidden_states(dense, pruned, windows, batch_size=5)["snr_db"] == pytest.approx(result["snr_db"], rel=1e-9)
+    same = compare_hidden_states(dense, dense, windows)
+    assert same["snr_db"] is None and same["identical_layers"] == 3 and same["pruning_error"] == 0
+
+
+def test_greedy_translation_does_not_depend_on_batching(tok):
+    model = tiny_model("llama")
+    prompts = [tok("the of and to", add_special_tokens=False)["input_ids"][: 2 + i] for i in range(4)]
+    one = generate(model, tok, prompts, 6, None, 0, batch_size=1)
+    four = generate(model, tok, prompts, 6, None, 0, batch_size=4)
+    assert one == four and all(isinstance(h, str) for h in one)
+
+
+def test_evaluate_end_to_end_on_tiny_corpora(tiny_corpora, tok):
+    model = tiny_model("llama")
+    settings = Settings(seqlen=16, batch_size=3, limit=12, translation_corpus="udhr")
+    results = evaluate(model, tok, ["ppl", "fidelity", "cloze", "translation", "rankc"], ["fr", "de"], settings,
+                       dense=model)
+    tasks = results["tasks"]
+    assert set(tasks["ppl"]) == {"fr", "de"} and tasks["ppl"]["fr"]["tokens"] > 0
+    assert tasks["fidelity"]["de"]["snr_db"] is None and tasks["fidelity"]["de"]["identical_layers"] == 3
+    assert set(tasks["multiemo"]) == {"fr", "de", "en"}  # English joins for RankC
+    assert tasks["multiemo"]["fr"]["n"] == 12 and all(i["options"] == ["negative", "positive"] for i in tasks["multiemo"]["fr"]["items"])
+    assert set(tasks["translation"]) == {"fr-en", "en-fr", "de-en", "en-de"}
+    assert tasks["translation"]["fr-en"]["n"] == 12
+    assert 0 <= tasks["rankc"]["multiemo"]["fr"]["rankc"] <= 1 and tasks["rankc"]["multiemo"]["fr"]["n"] == 12
+    again = evaluate(model, tok, ["ppl", "cloze"], ["fr"], Settings(seqlen=16, batch_size=1, limit=12))
+    assert again["tasks"]["ppl"]["fr"]["nll"] == pytest.approx(tasks["ppl"]["fr"]["nll"], rel=1e-6)
+    assert [i["predicted"] for i in again["tasks"]["multiemo"]["fr"]["items"]] == [
+        i["predicted"] for i in tasks["multiemo"]["fr"]["items"]]
+    rows = compare_results(results, again)
+    assert {(r["task"], r["key"], r["metric"]) for r in rows} == {("ppl", "fr", "ppl"), ("multiemo", "fr", "accuracy")}
+    assert all(r["p_value"] == 1.0 for r in rows), rows
+
+
+def test_tasks_without_data_are_refused_or_skipped(tiny_corpora, tok):
+    model = tiny_model("llama")
+    with pytest.raises(UserError, match="no data for mmlu sw"):
+        evaluate(model, tok, ["mmlu"], ["sw"])
+    with pytest.raises(UserError, match="unknown task 'clozz'.*cloze"):
+        evaluate(model, tok, ["clozz"], ["fr"])
+    skipped = evaluate(model, tok, ["cloze"], ["fr", "sw"], Settings(seqlen=16, limit=4, skip_missing=True))
+    assert set(skipped["tasks"]["multiemo"]) == {"fr"} and any("sw" in s for s in skipped["skipped"])
