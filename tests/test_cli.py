@@ -120,3 +120,43 @@ def test_pretokenized_calibration_and_contrast_from_the_cli(checkpoint, tmp_path
     assert report["contrast"]["recipe"].startswith("file:") and report["roles"]["Z"] == "contrast"
     missing = langprune("prune", "--model", checkpoint, "--tokens", tmp_path / "none.pt", "--out", tmp_path / "r2")
     assert missing.returncode == 2 and "does not exist" in missing.stderr
+
+
+def test_eval_writes_eval_json_and_compare_prints_p_values(checkpoint, tiny_corpora, tmp_path):
+    run = tmp_path / "run"
+    done = langprune("prune", "--model", checkpoint, "--calib", f"file:{checkpoint / 'calib.txt'}", "--sparsity", "0.5",
+                     "--nsamples", "4", "--seqlen", "16", "--out", run)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    common = ("--langs", "en,fr", "--limit", "10", "--seqlen", "16", "--batch-size", "4")
+    done = langprune("eval", run, "--tasks", "ppl,fidelity,cloze,rankc", *common)
+    assert done.returncode == 0, done.stderr
+    results = json.loads((run / "eval.json").read_text())
+    assert results["tasks"]["fidelity"]["fr"]["snr_db"] > 0 and results["tasks"]["multiemo"]["en"]["n"] == 10
+    assert results["dense_model"] == str(checkpoint) and results["provenance"]["versions"]["torch"]
+    assert "SNR dB" in done.stdout and "RankC" in done.stdout
+    dense = langprune("eval", "--model", checkpoint, "--tasks", "ppl,cloze", *common, "--out", tmp_path / "dense")
+    assert dense.returncode == 0, dense.stderr
+    compared = langprune("compare", tmp_path / "dense", run, "--samples", "200")
+    assert compared.returncode == 0, compared.stderr
+    assert "accuracy" in compared.stdout and "ppl" in compared.stdout and "paired bootstrap" in compared.stdout
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--tasks", "clozz"], "unknown task 'clozz'"),
+        (["--tasks", "mmlu", "--langs", "sw"], "no data for mmlu sw"),
+        (["--tasks", "ppl", "--langs", "xx"], "unknown language"),
+    ],
+)
+def test_eval_bad_input_is_one_line_exit_2(checkpoint, tiny_corpora, args, message):
+    done = langprune("eval", "--model", checkpoint, *args)
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and len(lines) == 1 and message in lines[0], done.stderr
+
+
+def test_eval_of_a_run_folder_without_a_model_is_refused(tmp_path):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "report.json").write_text('{"model": "gemma-3-270m"}')
+    done = langprune("eval", tmp_path / "run", "--tasks", "ppl", "--langs", "en")
+    assert done.returncode == 2 and "has no model" in done.stderr

@@ -49,3 +49,22 @@ def test_wanda_on_udhr_prunes_gemma_and_keeps_it_a_language_model(gemma, tmp_pat
         assert (q == 0).float().mean().item() == pytest.approx(0.3, abs=0.002)
     finally:
         model.load_state_dict(state)
+
+
+def test_gemma_evaluation_on_real_data(gemma):
+    """Every task kind on real corpora: numbers in plausible ranges, fidelity against a magnitude-pruned copy."""
+    from langprune import load_model, prune_model
+    from langprune.evaluation import Settings, evaluate
+
+    model, tokenizer = gemma
+    settings = Settings(seqlen=256, batch_size=4, limit=8, translation_corpus="udhr")
+    dense = evaluate(model, tokenizer, ["ppl", "cloze", "mcq", "translation", "rankc"], ["fr"], settings)["tasks"]
+    assert 3 < dense["ppl"]["fr"]["ppl"] < 40 and 0.3 < dense["ppl"]["fr"]["bits_per_byte"] < 2
+    assert dense["multiemo"]["fr"]["n"] == 8 and dense["mmlu"]["fr"]["n"] == 8
+    assert dense["translation"]["fr-en"]["chrf"] > 25  # 4-shot UDHR French to English is well within a 270M model
+    assert 0 < dense["rankc"]["multiemo"]["fr"]["rankc"] <= 1
+    pruned, _ = load_model("gemma-3-270m")
+    prune_model(pruned, None, "magnitude", "0.3")
+    fidelity = evaluate(pruned, tokenizer, ["fidelity"], ["en"], settings, dense=model)["tasks"]["fidelity"]["en"]
+    assert len(fidelity["layers"]) == 18 and fidelity["identical_layers"] == 0
+    assert 0 < fidelity["snr_db"] < 60 and fidelity["pruning_error"] > 0

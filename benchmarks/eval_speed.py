@@ -1,0 +1,81 @@
+"""Evaluation throughput (tokens per second) of perplexity and cloze scoring against a bare forward pass.
+
+    python benchmarks/eval_speed.py [--model gemma-3-270m] [--langs en,de,fr] [--limit 40] [--repeat 3]
+
+For each measured task the same token rows go, in the same batches, through
+a bare ``model(input_ids, attention_mask)`` call (full logits, nothing
+else); the ratio is the task's throughput over that one. Perplexity reads
+the UDHR evaluation part, cloze the MultiEmo evaluation part with the
+"It is positive/negative" template. Medians over --repeat runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+
+def bare_forward(model, rows, pad, batch_size) -> float:
+    from langprune.evaluation.scoring import padded
+
+    order = sorted(range(len(rows)), key=lambda i: -len(rows[i]))
+    start = time.perf_counter()
+    with torch.no_grad():
+        for b in range(0, len(order), batch_size):
+            ids, mask = padded([rows[i] for i in order[b : b + batch_size]], pad, "cpu")
+            model(input_ids=ids, attention_mask=mask, use_cache=False)
+    return time.perf_counter() - start
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="gemma-3-270m")
+    parser.add_argument("--langs", default="en,de,fr")
+    parser.add_argument("--limit", type=int, default=40, help="cloze examples per language")
+    parser.add_argument("--seqlen", type=int, default=512)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args()
+
+    from langprune import load_model
+    from langprune.calibration import evaluation_texts
+    from langprune.evaluation.choice import evaluate_choices, prompts, requests_for
+    from langprune.evaluation.perplexity import evaluate_perplexity
+    from langprune.evaluation.scoring import text_windows
+    from langprune.evaluation.tasks import catalog
+
+    model, tokenizer = load_model(args.model)
+    pad = tokenizer.pad_token_id or 0
+    langs = args.langs.split(",")
+    task = catalog()["multiemo"]
+    ppl_rows = [w for lang in langs for w in text_windows(tokenizer, evaluation_texts(lang, "udhr"), args.seqlen)]
+    cloze_rows = [list(r.context) + list(r.continuation) for lang in langs
+                  for p in prompts(task, "multiemo", lang, args.limit) for r in requests_for(tokenizer, p)]  # fmt: skip
+
+    def run_ppl():
+        for lang in langs:
+            evaluate_perplexity(model, tokenizer, "udhr", lang, args.seqlen, args.batch_size)
+
+    def run_cloze():
+        for lang in langs:
+            evaluate_choices(model, tokenizer, task, "multiemo", lang, args.limit, args.batch_size)
+
+    cases = {"perplexity": (run_ppl, ppl_rows), "cloze": (run_cloze, cloze_rows)}
+    for name, (run, rows) in cases.items():
+        tokens = sum(len(r) for r in rows)
+        task_s, bare_s = [], []
+        for _ in range(args.repeat):  # interleaved, so drifts of the machine hit both alike
+            start = time.perf_counter()
+            run()
+            task_s.append(time.perf_counter() - start)
+            bare_s.append(bare_forward(model, rows, pad, args.batch_size))
+        t, b = statistics.median(task_s), statistics.median(bare_s)
+        print(f"{name:10s} {len(rows):5d} rows {tokens:7d} tokens   task {tokens / t:8.0f} tok/s ({t:6.2f} s)   "
+              f"bare forward {tokens / b:8.0f} tok/s ({b:6.2f} s)   ratio {b / t:.3f}", flush=True)  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
