@@ -176,3 +176,47 @@ def test_tasks_without_data_are_refused_or_skipped(tiny_corpora, tok):
         evaluate(model, tok, ["clozz"], ["fr"])
     skipped = evaluate(model, tok, ["cloze"], ["fr", "sw"], Settings(seqlen=16, limit=4, skip_missing=True))
     assert set(skipped["tasks"]["multiemo"]) == {"fr"} and any("sw" in s for s in skipped["skipped"])
+
+
+def test_lrp2_shifts_block_a_towards_english_and_back_at_block_b(tiny_corpora, tok):
+    from langprune.evaluation.lrp2 import Projection, mean_states, projected, search_layers
+
+    model = tiny_model("llama")
+    ids = token_ids(2, 9, seed=4)
+
+    def states():
+        with torch.no_grad():
+            return model.model(input_ids=ids, output_hidden_states=True).hidden_states[1:]
+
+    plain = states()
+    english, french = torch.randn(3, 32), torch.randn(3, 32)
+    projection = Projection("fr", french, english, a=0, b=2)
+    with projected(model, projection):
+        shifted = states()
+    torch.testing.assert_close(shifted[0], plain[0] + english[0] - french[0])  # block a: towards English
+    assert not torch.allclose(shifted[1], plain[1])  # later blocks see the shifted states
+    torch.testing.assert_close(states()[2], plain[2])  # hooks are gone after the block
+    same = Projection("fr", english, english, a=0, b=1)
+    with projected(model, same):
+        torch.testing.assert_close(states()[2], plain[2])  # equal means: no change at all
+    # Mean vectors: the brute-force mean over real tokens of each block's output.
+    texts = ["the of and to in a is that for it as was", "with be by on not he this are or his from at"]
+    means = mean_states(model, tok, texts, seqlen=8, batch_size=3)
+    from langprune.evaluation.scoring import text_windows
+
+    rows = []
+    for w in text_windows(tok, texts, 8):
+        with torch.no_grad():
+            rows.append(torch.stack(model.model(input_ids=torch.tensor([w]), output_hidden_states=True).hidden_states[1:])[:, 0])
+    torch.testing.assert_close(means, torch.cat(rows, dim=1).double().mean(1).float(), atol=1e-5, rtol=1e-5)
+    found = search_layers(model, tok, Projection("fr", french, english), catalog()["multiemo"], "multiemo", limit=6)
+    assert len(found.search) == 3 and (found.a, found.b) in [(a, b) for a, b, _ in found.search]
+    assert max(acc for *_, acc in found.search) == next(acc for a, b, acc in found.search if (a, b) == (found.a, found.b))
+
+
+def test_evaluate_with_lrp2_records_the_searched_blocks(tiny_corpora, tok):
+    model = tiny_model("llama")
+    results = evaluate(model, tok, ["cloze"], ["fr"], Settings(seqlen=16, limit=6, lrp2=True, lrp2_stride=1, lrp2_dev=6))
+    chosen = results["lrp2"]["fr"]
+    assert chosen["a"] < chosen["b"] and chosen["dev_task"] == "multiemo" and len(chosen["search"]) == 3
+    assert results["tasks"]["multiemo"]["fr"]["n"] == 6

@@ -68,3 +68,20 @@ def test_gemma_evaluation_on_real_data(gemma):
     fidelity = evaluate(pruned, tokenizer, ["fidelity"], ["en"], settings, dense=model)["tasks"]["fidelity"]["en"]
     assert len(fidelity["layers"]) == 18 and fidelity["identical_layers"] == 0
     assert 0 < fidelity["snr_db"] < 60 and fidelity["pruning_error"] > 0
+
+
+def test_smollm2_alias_loads_and_prunes_as_a_llama():
+    """The second alias goes through the same loader and engine (Llama architecture, GQA)."""
+    from langprune import calibration, load_model, prune
+    from langprune.evaluation import text_nll
+
+    model, tokenizer = load_model("smollm2-135m")
+    assert type(model).__name__ == "LlamaForCausalLM"
+    text = ["All human beings are born free and equal in dignity and rights. They are endowed with reason."]
+    dense = text_nll(model, tokenizer, text)
+    calib = calibration.build("mono:en", tokenizer, nsamples=4, seqlen=128, seed=0)
+    model, result = prune(model, tokenizer, calib, "sparsegpt", "2:4", batch_size=2)
+    pruned = text_nll(model, tokenizer, text)
+    assert result.summary["sparsity_pruned_layers"] == pytest.approx(0.5)
+    assert len(result.masks) == model.config.num_hidden_layers * 7
+    assert dense["nll"] < pruned["nll"] < 10 * dense["nll"]

@@ -161,6 +161,9 @@ def eval_command(
     seed: int = typer.Option(0, help="Seed for translation shots and sampling."),
     sample: bool = typer.Option(False, help="Translation: sample with the paper's Table 5 settings instead of greedy."),
     skip_missing: bool = typer.Option(False, help="Skip (and record) tasks without data for a language instead of failing."),
+    lrp2: bool = typer.Option(False, help="The LRP2 baseline: project non-English hidden states towards English at searched blocks (a, b)."),
+    lrp2_corpus: str = typer.Option("udhr", help="LRP2: corpus whose calibration part gives the mean vectors per language."),
+    lrp2_stride: int = typer.Option(3, help="LRP2: step of the (a, b) search grid, in blocks."),
     out: Optional[Path] = typer.Option(None, help="Folder for eval.json [default: the run folder; runs/<model>-dense with --model]."),
 ):
     """Evaluate a pruned run (or a dense model) per language; writes eval.json and prints a table."""
@@ -172,7 +175,8 @@ def eval_command(
     if (run is None) == (model is None):
         raise UserError("give a run folder or --model, not both and not neither")
     names, languages = _languages(tasks), _languages(langs)
-    settings = Settings(seqlen, batch_size, limit, seed, sample, corpus, mt_corpus, skip_missing)
+    settings = Settings(seqlen, batch_size, limit, seed, sample, corpus, mt_corpus, skip_missing, lrp2, lrp2_corpus,
+                        lrp2_stride)  # fmt: skip
     plan(names, languages, settings)  # refuse a task without data before loading anything
     if run is not None:
         report = load_report(run)
@@ -194,6 +198,8 @@ def eval_command(
     results.update(model=source, dense_model=dense_name, provenance=provenance())
     path = write_json_atomic(Path(target) / EVAL_FILE, results)
     _print_results(results)
+    for language, chosen in results.get("lrp2", {}).items():
+        console.print(f"LRP2 {language}: blocks a={chosen['a']}, b={chosen['b']} (searched on {chosen['dev_task']} dev)")
     if results["skipped"]:
         console.print(f"skipped (no data): {'; '.join(results['skipped'])}")
     console.print(f"wrote {path}")

@@ -45,8 +45,8 @@ class SquaredNorms(InputStatistic):
         self._sum = torch.zeros(features, dtype=torch.float64)
 
     def add_batch(self, x: torch.Tensor, role: str = "calibration") -> None:
-        x = x.to(torch.float32)
-        self._sum += (x * x).sum(0, dtype=torch.float32).to(torch.float64)
+        # A norm reduction, not (x * x).sum(0): no tokens x features temporary at the block's memory peak.
+        self._sum += torch.linalg.vector_norm(x, dim=0, dtype=torch.float32).to(torch.float64).square()
         self.tokens += x.shape[0]
 
     @property

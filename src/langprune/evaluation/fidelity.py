@@ -8,6 +8,8 @@ SNR_dB = 10 log10(signal / error). The model SNR is the mean of the layers'
 SNR_dB. Sums are kept in float64 over real tokens only, so padding and
 batching do not change them. A layer whose states are identical has error 0
 and no finite SNR: it is reported as identical and left out of the mean.
+The layers are the model's own ``hidden_states`` after the embeddings: each
+block's output, the last one after the final norm, as transformers defines them.
 """
 
 from __future__ import annotations

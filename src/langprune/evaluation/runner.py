@@ -9,12 +9,14 @@ per-item details (window NLLs, option scores, hypotheses) so that
 from __future__ import annotations
 
 import math
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 
 from ..errors import UserError
 from ..languages import check_language
 from .choice import evaluate_choices
 from .fidelity import evaluate_fidelity
+from .lrp2 import language_projection, projected, search_layers
 from .perplexity import evaluate_perplexity
 from .rankc import rankc, rankings_of
 from .tasks import GROUPS, TaskSpec, catalog, select, with_overrides
@@ -31,6 +33,10 @@ class Settings:
     corpus: str | None = None  # overrides the corpus of ppl and fidelity
     translation_corpus: str | None = None  # overrides the corpora of translation
     skip_missing: bool = False
+    lrp2: bool = False  # the LRP2 baseline: project non-English hidden states towards English
+    lrp2_corpus: str = "udhr"  # whose calibration part gives the per-language mean vectors
+    lrp2_stride: int = 3  # (a, b) search grid step, in blocks
+    lrp2_dev: int = 32  # development examples per (a, b)
 
 
 @dataclass(frozen=True)
@@ -104,11 +110,14 @@ def evaluate(model, tokenizer, tasks: list[str], languages: list[str], settings:
     """
     settings = settings or Settings()
     jobs, skipped = plan(tasks, languages, settings)
+    projections = lrp2_projections(model, tokenizer, languages, settings, progress) if settings.lrp2 else {}
     results: dict[str, dict] = {}
     for done, job in enumerate(jobs):
         if progress:
             progress(done, len(jobs), f"{job.task.name} {job.key}")
-        result = run_job(job, model, tokenizer, dense, settings)
+        language = job.target if job.source == "en" else (job.source or job.key)
+        with projected(model, projections[language]) if language in projections else nullcontext():
+            result = run_job(job, model, tokenizer, dense, settings)
         for name, value in result.items():
             if isinstance(value, float) and math.isnan(value):
                 raise UserError(f"{job.task.name} {job.key}: {name} is NaN (no examples, or a broken model)")
@@ -117,7 +126,29 @@ def evaluate(model, tokenizer, tasks: list[str], languages: list[str], settings:
         results["rankc"] = consistency_with_reference(results, catalog()["rankc"].options.get("reference", "en"))
     if progress:
         progress(len(jobs), len(jobs), "done")
-    return {"tasks": results, "languages": languages, "skipped": skipped, "settings": asdict(settings)}
+    out = {"tasks": results, "languages": languages, "skipped": skipped, "settings": asdict(settings)}
+    if projections:
+        out["lrp2"] = {lang: {"a": p.a, "b": p.b, "dev_task": p.dev_task, "search": p.search}
+                       for lang, p in projections.items()}  # fmt: skip
+    return out
+
+
+def lrp2_projections(model, tokenizer, languages: list[str], settings: Settings, progress=None) -> dict:
+    """For each non-English language: mean vectors, then (a, b) searched on a cloze task's development split."""
+    projections = {}
+    cloze = [t for t in catalog().values() if t.type == "cloze"]
+    for language in [lang for lang in languages if lang != "en"]:
+        dev = next(((t, t.corpus_for(language)) for t in cloze if t.corpus_for(language)), None)
+        if dev is None:
+            raise UserError(f"LRP2 searches its layers on a cloze task's development split, and none has {language}")
+        if progress:
+            progress(0, None, f"LRP2 {language}: mean vectors and (a, b) search on {dev[0].name}")
+        projection = language_projection(model, tokenizer, language, settings.lrp2_corpus, settings.seed)
+        search_layers(model, tokenizer, projection, dev[0], dev[1], settings.lrp2_dev, settings.lrp2_stride,
+                      settings.batch_size)  # fmt: skip
+        projection.dev_task = dev[0].name
+        projections[language] = projection
+    return projections
 
 
 def consistency_with_reference(results: dict, reference: str) -> dict:

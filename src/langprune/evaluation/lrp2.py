@@ -1,0 +1,121 @@
+"""The LRP2 baseline (Xu et al., 2023; translation-feature paper, sections 3 and 5.1).
+
+Language Representation Projection shifts the hidden states of a
+non-English input towards English at decoder block a (subtract the
+language's mean vector, add English's) and back at block b (the inverse, with
+block b's vectors). The mean vectors are the mean-pooled outputs of every
+block over real tokens of text in each language, taken from the calibration
+part of a corpus, as the paper aligns them with the data used for pruning.
+(a, b) is searched on a development split: the calibration part of a cloze
+task, never its evaluation part. The projection is applied by forward hooks,
+so any architecture the engine supports works and the weights stay untouched.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import torch
+
+from ..architecture import find_blocks
+from ..calibration import calibration_texts
+from ..engine import block_output
+from .choice import cloze_prompt, requests_for
+from .scoring import backbone, padded, score_requests, text_windows
+from .tasks import TaskSpec
+
+
+@dataclass
+class Projection:
+    """Per-block mean vectors of one language and of English, and the chosen blocks (a, b)."""
+
+    language: str
+    language_means: torch.Tensor  # (blocks, d)
+    english_means: torch.Tensor
+    a: int = 0
+    b: int = 1
+    search: list = field(default_factory=list)  # (a, b, dev accuracy) tried
+    dev_task: str | None = None
+
+
+@torch.no_grad()
+def mean_states(model, tokenizer, texts: list[str], seqlen: int = 256, max_windows: int = 32,
+                batch_size: int = 4) -> torch.Tensor:  # fmt: skip
+    """Mean over real tokens of every decoder block's output: (blocks, d), accumulated in float64."""
+    windows = text_windows(tokenizer, texts, seqlen)[:max_windows]
+    device = next(model.parameters()).device
+    sums, count = None, 0
+    for start in range(0, len(windows), batch_size):
+        ids, mask = padded(windows[start : start + batch_size], tokenizer.pad_token_id or 0, device)
+        states = backbone(model)(input_ids=ids, attention_mask=mask, use_cache=False, output_hidden_states=True)
+        keep = mask.reshape(-1).bool()
+        layer_sums = torch.stack([h.reshape(-1, h.shape[-1])[keep].double().sum(0) for h in states.hidden_states[1:]])
+        sums = layer_sums if sums is None else sums + layer_sums
+        count += int(keep.sum())
+    return (sums / count).float()
+
+
+def language_projection(model, tokenizer, language: str, corpus: str, seed: int = 0, seqlen: int = 256) -> Projection:
+    means = {lang: mean_states(model, tokenizer, calibration_texts(corpus, lang, seed), seqlen) for lang in (language, "en")}
+    return Projection(language, means[language], means["en"])
+
+
+@contextmanager
+def projected(model, projection: Projection):
+    """Within the block, block a's output moves towards English and block b's moves back."""
+    _, blocks = find_blocks(model)
+    shift = projection.english_means - projection.language_means  # (blocks, d)
+
+    def hook(index, sign):
+        def apply(module, args, output):
+            hidden = block_output(output) + sign * shift[index].to(block_output(output).dtype)
+            return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
+
+        return apply
+
+    # Prepended, so that anything else watching the block (transformers' hidden-state recording) sees the shift.
+    handles = [blocks[projection.a].register_forward_hook(hook(projection.a, +1), prepend=True),
+               blocks[projection.b].register_forward_hook(hook(projection.b, -1), prepend=True)]  # fmt: skip
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def dev_accuracy(model, tokenizer, task: TaskSpec, corpus: str, language: str, limit: int, batch_size: int) -> float:
+    """Accuracy on the calibration part of a cloze task: the development split of the (a, b) search."""
+    from ..data import get_corpus
+
+    prompts = []
+    for example in get_corpus(corpus).examples(language, "calibration"):
+        prompted = cloze_prompt(task, example)
+        if prompted is not None:
+            prompts.append(prompted)
+        if len(prompts) >= limit:
+            break
+    requests = [r for p in prompts for r in requests_for(tokenizer, p)]
+    scores = iter(score_requests(model, requests, tokenizer.pad_token_id or 0, batch_size))
+    correct = 0
+    for p in prompts:
+        option_scores = [next(scores) for _ in p.options]
+        correct += max(range(len(option_scores)), key=option_scores.__getitem__) == p.gold
+    return correct / len(prompts)
+
+
+def search_layers(model, tokenizer, projection: Projection, task: TaskSpec, corpus: str, limit: int = 32,
+                  stride: int = 1, batch_size: int = 8) -> Projection:  # fmt: skip
+    """Try every (a, b) with a < b on a grid of ``stride`` blocks; keep the best dev accuracy (first on ties)."""
+    count = projection.language_means.shape[0]
+    candidates = [(a, b) for a in range(0, count, stride) for b in range(a + 1, count, stride)]
+    best = None
+    for a, b in candidates:
+        projection.a, projection.b = a, b
+        with projected(model, projection):
+            accuracy = dev_accuracy(model, tokenizer, task, corpus, projection.language, limit, batch_size)
+        projection.search.append((a, b, accuracy))
+        if best is None or accuracy > best[2]:
+            best = (a, b, accuracy)
+    projection.a, projection.b = best[0], best[1]
+    return projection
