@@ -164,6 +164,8 @@ def eval_command(
     lrp2: bool = typer.Option(False, help="The LRP2 baseline: project non-English hidden states towards English at searched blocks (a, b)."),
     lrp2_corpus: str = typer.Option("udhr", help="LRP2: corpus whose calibration part gives the mean vectors per language."),
     lrp2_stride: int = typer.Option(3, help="LRP2: step of the (a, b) search grid, in blocks."),
+    harness: Optional[str] = typer.Option(None, help="lm-evaluation-harness tasks, comma-separated (e.g. arc_easy), run on the model in memory."),
+    harness_include: Optional[Path] = typer.Option(None, help="A folder of harness task YAML files (local data; no network)."),
     out: Optional[Path] = typer.Option(None, help="Folder for eval.json [default: the run folder; runs/<model>-dense with --model]."),
 ):
     """Evaluate a pruned run (or a dense model) per language; writes eval.json and prints a table."""
@@ -176,7 +178,8 @@ def eval_command(
         raise UserError("give a run folder or --model, not both and not neither")
     names, languages = _languages(tasks), _languages(langs)
     settings = Settings(seqlen, batch_size, limit, seed, sample, corpus, mt_corpus, skip_missing, lrp2, lrp2_corpus,
-                        lrp2_stride)  # fmt: skip
+                        lrp2_stride, harness=tuple(_languages(harness)),
+                        harness_include=str(harness_include) if harness_include else None)  # fmt: skip
     plan(names, languages, settings)  # refuse a task without data before loading anything
     if run is not None:
         report = load_report(run)
@@ -198,6 +201,9 @@ def eval_command(
     results.update(model=source, dense_model=dense_name, provenance=provenance())
     path = write_json_atomic(Path(target) / EVAL_FILE, results)
     _print_results(results)
+    for task_name, metrics in results.get("harness", {}).get("results", {}).items():
+        shown = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float))
+        console.print(f"lm-eval {task_name}: {shown}")
     for language, chosen in results.get("lrp2", {}).items():
         console.print(f"LRP2 {language}: blocks a={chosen['a']}, b={chosen['b']} (searched on {chosen['dev_task']} dev)")
     if results["skipped"]:

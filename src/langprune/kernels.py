@@ -68,9 +68,11 @@ def prune_lowest(scores: torch.Tensor, k: int) -> torch.Tensor:
     """Keep mask removing exactly the ``k`` lowest scores of each row, lowest index first among ties."""
     if not k:
         return torch.ones_like(scores, dtype=torch.bool)
-    # Selection instead of a full sort: everything below the k-th smallest score,
-    # then as many of the scores equal to it as needed.
-    threshold = torch.kthvalue(scores, k, dim=1, keepdim=True).values
+    # Selection instead of a full sort: the k-th smallest score of each row is the threshold.
+    threshold = torch.topk(scores, k, dim=1, largest=False, sorted=False).values.amax(1, keepdim=True)
+    at_or_below = scores <= threshold
+    if bool((at_or_below.sum(1) == k).all()):  # no row has extra ties at its threshold (the usual case)
+        return ~at_or_below
     below = scores < threshold
     ties = scores == threshold
     needed = k - below.sum(1, keepdim=True)

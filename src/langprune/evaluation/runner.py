@@ -16,6 +16,7 @@ from ..errors import UserError
 from ..languages import check_language
 from .choice import evaluate_choices
 from .fidelity import evaluate_fidelity
+from .harness import harness_evaluate
 from .lrp2 import language_projection, projected, search_layers
 from .perplexity import evaluate_perplexity
 from .rankc import rankc, rankings_of
@@ -37,6 +38,8 @@ class Settings:
     lrp2_corpus: str = "udhr"  # whose calibration part gives the per-language mean vectors
     lrp2_stride: int = 3  # (a, b) search grid step, in blocks
     lrp2_dev: int = 32  # development examples per (a, b)
+    harness: tuple[str, ...] = ()  # lm-evaluation-harness tasks to run on the model in memory
+    harness_include: str | None = None  # a folder of harness task files (local data, no network)
 
 
 @dataclass(frozen=True)
@@ -127,6 +130,11 @@ def evaluate(model, tokenizer, tasks: list[str], languages: list[str], settings:
     if progress:
         progress(len(jobs), len(jobs), "done")
     out = {"tasks": results, "languages": languages, "skipped": skipped, "settings": asdict(settings)}
+    if settings.harness:
+        if progress:
+            progress(len(jobs), len(jobs), f"lm-eval {', '.join(settings.harness)}")
+        out["harness"] = harness_evaluate(model, tokenizer, list(settings.harness), settings.harness_include,
+                                          settings.limit, settings.batch_size, seed=settings.seed)  # fmt: skip
     if projections:
         out["lrp2"] = {lang: {"a": p.a, "b": p.b, "dev_task": p.dev_task, "search": p.search}
                        for lang, p in projections.items()}  # fmt: skip
