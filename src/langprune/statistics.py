@@ -45,8 +45,11 @@ class SquaredNorms(InputStatistic):
         self._sum = torch.zeros(features, dtype=torch.float64)
 
     def add_batch(self, x: torch.Tensor, role: str = "calibration") -> None:
-        # A norm reduction, not (x * x).sum(0): no tokens x features temporary at the block's memory peak.
-        self._sum += torch.linalg.vector_norm(x, dim=0, dtype=torch.float32).to(torch.float64).square()
+        # In chunks of rows: the squares never need a full tokens x features temporary, which would land
+        # on the block's memory peak (hooks run while the block's own intermediates are alive).
+        for chunk in x.split(1024):
+            chunk = chunk.to(torch.float32)
+            self._sum += (chunk * chunk).sum(0, dtype=torch.float32).to(torch.float64)
         self.tokens += x.shape[0]
 
     @property
