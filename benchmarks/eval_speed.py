@@ -41,17 +41,16 @@ def main():
     args = parser.parse_args()
 
     from langprune import load_model
-    from langprune.calibration import evaluation_texts
+    from langprune.calibration import evaluation_texts, text_windows
     from langprune.evaluation.choice import evaluate_choices, prompts, requests_for
     from langprune.evaluation.perplexity import evaluate_perplexity
-    from langprune.evaluation.scoring import text_windows
     from langprune.evaluation.tasks import catalog
 
     model, tokenizer = load_model(args.model)
     pad = tokenizer.pad_token_id or 0
     langs = args.langs.split(",")
     task = catalog()["multiemo"]
-    ppl_rows = [w for lang in langs for w in text_windows(tokenizer, evaluation_texts(lang, "udhr"), args.seqlen)]
+    ppl_rows = [w for lang in langs for w in text_windows(tokenizer, evaluation_texts(lang, "udhr"), args.seqlen, complete=False)]
     cloze_rows = [list(r.context) + list(r.continuation) for lang in langs
                   for p in prompts(task, "multiemo", lang, args.limit) for r in requests_for(tokenizer, p)]  # fmt: skip
 

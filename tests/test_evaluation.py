@@ -202,10 +202,10 @@ def test_lrp2_shifts_block_a_towards_english_and_back_at_block_b(tiny_corpora, t
     # Mean vectors: the brute-force mean over real tokens of each block's output.
     texts = ["the of and to in a is that for it as was", "with be by on not he this are or his from at"]
     means = mean_states(model, tok, texts, seqlen=8, batch_size=3)
-    from langprune.evaluation.scoring import text_windows
+    from langprune.calibration import text_windows
 
     rows = []
-    for w in text_windows(tok, texts, 8):
+    for w in text_windows(tok, texts, 8, complete=False):
         with torch.no_grad():
             rows.append(torch.stack(model.model(input_ids=torch.tensor([w]), output_hidden_states=True).hidden_states[1:])[:, 0])
     torch.testing.assert_close(means, torch.cat(rows, dim=1).double().mean(1).float(), atol=1e-5, rtol=1e-5)

@@ -204,19 +204,25 @@ def from_texts(texts: list[str], tokenizer, nsamples: int = 128, seqlen: int = 5
     return _assemble(groups, tokenizer, seqlen, random.Random(seed), "texts", seed)
 
 
-def _windows(tokenizer, texts: list[str], seqlen: int) -> list[list[int]]:
-    """Cut the joined texts into consecutive windows of exactly ``seqlen`` tokens (BOS first if the model uses one)."""
+def text_windows(tokenizer, texts: list[str], seqlen: int, complete: bool = True) -> list[list[int]]:
+    """Cut the joined texts into consecutive windows of ``seqlen`` tokens, each starting with BOS if the model uses one.
+
+    Calibration wants ``complete`` windows of exactly ``seqlen`` tokens;
+    evaluation keeps the shorter last one too, so that no held-out token is lost.
+    """
     stream = tokenizer("\n\n".join(texts), add_special_tokens=False)["input_ids"]
     bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
     body = seqlen - len(bos)
-    return [bos + stream[i : i + body] for i in range(0, len(stream) - body + 1, body)]
+    stop = len(stream) - body + 1 if complete else len(stream)
+    windows = [bos + stream[i : i + body] for i in range(0, stop, body)]
+    return windows if complete else [w for w in windows if len(w) > 1]
 
 
 def _assemble(groups, tokenizer, seqlen: int, rng: random.Random, recipe: str, seed: int) -> CalibrationSet:
     """Cut each group's text into windows and sample its share of them with the seed."""
     rows, sources, shortfalls = [], [], []
     for source, texts, share in groups:
-        windows = _windows(tokenizer, texts, seqlen)
+        windows = text_windows(tokenizer, texts, seqlen)
         available = len(windows)
         if len(windows) > share:
             windows = [windows[i] for i in sorted(rng.sample(range(len(windows)), share))]

@@ -51,11 +51,11 @@ def choice_prompt(task: TaskSpec, example: Example) -> Prompted:
     return Prompted(example.key, context, [task.options["answer"].format(letter=l) for l in letters], list(letters), gold)
 
 
-def prompts(task: TaskSpec, corpus: str, language: str, limit: int | None) -> list[Prompted]:
-    """The first ``limit`` usable examples of the corpus' evaluation part, in the corpus' order."""
+def prompts(task: TaskSpec, corpus: str, language: str, limit: int | None, part: str = "evaluation") -> list[Prompted]:
+    """The first ``limit`` usable examples of a part of the corpus (evaluation, or calibration as a dev split)."""
     build = cloze_prompt if task.type == "cloze" else choice_prompt
     chosen = []
-    for example in get_corpus(corpus).examples(language, "evaluation"):
+    for example in get_corpus(corpus).examples(language, part):
         prompted = build(task, example)
         if prompted is not None:
             chosen.append(prompted)
@@ -72,19 +72,23 @@ def requests_for(tokenizer, prompted: Prompted) -> list[Request]:
     return [Request(context_ids, tuple(encode(tokenizer, c))) for c in continuations]
 
 
-def evaluate_choices(model, tokenizer, task: TaskSpec, corpus: str, language: str, limit: int | None,
-                     batch_size: int = 8, progress=None) -> dict:  # fmt: skip
-    """Accuracy with per-example option scores (kept for RankC and for significance tests)."""
-    examples = prompts(task, corpus, language, limit)
+def score_prompts(model, tokenizer, examples: list[Prompted], batch_size: int = 8, progress=None) -> list[dict]:
+    """Each example's option scores, the predicted option (most likely) and whether it is the gold one."""
     requests = [r for p in examples for r in requests_for(tokenizer, p)]
-    pad = tokenizer.pad_token_id or 0
-    scores = iter(score_requests(model, requests, pad, batch_size, progress))
+    scores = iter(score_requests(model, requests, tokenizer.pad_token_id or 0, batch_size, progress))
     items = []
     for p in examples:
         option_scores = [next(scores) for _ in p.options]
         predicted = max(range(len(p.options)), key=lambda i: option_scores[i])
         items.append({"key": p.key, "scores": option_scores, "options": p.options, "gold": p.gold,
                       "predicted": predicted, "correct": int(predicted == p.gold)})  # fmt: skip
+    return items
+
+
+def evaluate_choices(model, tokenizer, task: TaskSpec, corpus: str, language: str, limit: int | None,
+                     batch_size: int = 8, progress=None) -> dict:  # fmt: skip
+    """Accuracy with per-example option scores (kept for RankC and for significance tests)."""
+    items = score_prompts(model, tokenizer, prompts(task, corpus, language, limit), batch_size, progress)
     accuracy = sum(i["correct"] for i in items) / len(items) if items else float("nan")
     return {"corpus": corpus, "accuracy": accuracy, "n": len(items), "items": items}
 

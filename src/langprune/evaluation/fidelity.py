@@ -18,8 +18,8 @@ import math
 
 import torch
 
-from ..calibration import evaluation_texts
-from .scoring import backbone, padded, text_windows
+from ..calibration import evaluation_texts, text_windows
+from .scoring import block_states, padded
 
 
 class LayerSums:
@@ -46,14 +46,6 @@ class LayerSums:
         return {"pruning_error": error, "snr_db": snr, "identical": error == 0, "mu": mu}
 
 
-@torch.no_grad()
-def hidden_states(model, ids: torch.Tensor, mask: torch.Tensor) -> list[torch.Tensor]:
-    """Every decoder block's output (not the embeddings), for real tokens only: one (tokens x d) tensor per layer."""
-    out = backbone(model)(input_ids=ids, attention_mask=mask, use_cache=False, output_hidden_states=True)
-    keep = mask.reshape(-1).bool()
-    return [h.reshape(-1, h.shape[-1])[keep] for h in out.hidden_states[1:]]
-
-
 def compare_hidden_states(dense_model, pruned_model, windows: list[list[int]], pad: int = 0,
                           batch_size: int = 4) -> dict:  # fmt: skip
     """Per-layer pruning error and SNR of ``pruned_model`` against ``dense_model`` on token windows."""
@@ -61,8 +53,8 @@ def compare_hidden_states(dense_model, pruned_model, windows: list[list[int]], p
     layers: list[LayerSums] = []
     for start in range(0, len(windows), batch_size):
         ids, mask = padded(windows[start : start + batch_size], pad, device)
-        dense = hidden_states(dense_model, ids.to(next(dense_model.parameters()).device), mask)
-        pruned = hidden_states(pruned_model, ids, mask)
+        dense = block_states(dense_model, ids.to(next(dense_model.parameters()).device), mask)
+        pruned = block_states(pruned_model, ids, mask)
         if len(dense) != len(pruned):
             raise ValueError(f"the models have {len(dense)} and {len(pruned)} layers: fidelity needs the same architecture")
         layers = layers or [LayerSums() for _ in dense]
@@ -81,5 +73,5 @@ def compare_hidden_states(dense_model, pruned_model, windows: list[list[int]], p
 
 def evaluate_fidelity(dense_model, model, tokenizer, corpus: str, language: str, seqlen: int = 512,
                       batch_size: int = 4) -> dict:  # fmt: skip
-    windows = text_windows(tokenizer, evaluation_texts(language, corpus), seqlen)
+    windows = text_windows(tokenizer, evaluation_texts(language, corpus), seqlen, complete=False)
     return {"corpus": corpus, **compare_hidden_states(dense_model, model, windows, tokenizer.pad_token_id or 0, batch_size)}

@@ -7,7 +7,7 @@ block b's vectors). The mean vectors are the mean-pooled outputs of every
 block over real tokens of text in each language, taken from the calibration
 part of a corpus, as the paper aligns them with the data used for pruning.
 (a, b) is searched on a development split: the calibration part of a cloze
-task, never its evaluation part. The projection is applied by forward hooks,
+task, never its evaluation part; its prompts are built once for the whole search. The projection is applied by forward hooks,
 so any architecture the engine supports works and the weights stay untouched.
 """
 
@@ -19,10 +19,10 @@ from dataclasses import dataclass, field
 import torch
 
 from ..architecture import find_blocks
-from ..calibration import calibration_texts
+from ..calibration import calibration_texts, text_windows
 from ..engine import block_output
-from .choice import cloze_prompt, requests_for
-from .scoring import backbone, padded, score_requests, text_windows
+from .choice import prompts, score_prompts
+from .scoring import block_states, padded
 from .tasks import TaskSpec
 
 
@@ -43,16 +43,15 @@ class Projection:
 def mean_states(model, tokenizer, texts: list[str], seqlen: int = 256, max_windows: int = 32,
                 batch_size: int = 4) -> torch.Tensor:  # fmt: skip
     """Mean over real tokens of every decoder block's output: (blocks, d), accumulated in float64."""
-    windows = text_windows(tokenizer, texts, seqlen)[:max_windows]
+    windows = text_windows(tokenizer, texts, seqlen, complete=False)[:max_windows]
     device = next(model.parameters()).device
     sums, count = None, 0
     for start in range(0, len(windows), batch_size):
         ids, mask = padded(windows[start : start + batch_size], tokenizer.pad_token_id or 0, device)
-        states = backbone(model)(input_ids=ids, attention_mask=mask, use_cache=False, output_hidden_states=True)
-        keep = mask.reshape(-1).bool()
-        layer_sums = torch.stack([h.reshape(-1, h.shape[-1])[keep].double().sum(0) for h in states.hidden_states[1:]])
+        states = block_states(model, ids, mask)
+        layer_sums = torch.stack([h.double().sum(0) for h in states])
         sums = layer_sums if sums is None else sums + layer_sums
-        count += int(keep.sum())
+        count += states[0].shape[0]
     return (sums / count).float()
 
 
@@ -84,36 +83,18 @@ def projected(model, projection: Projection):
             handle.remove()
 
 
-def dev_accuracy(model, tokenizer, task: TaskSpec, corpus: str, language: str, limit: int, batch_size: int) -> float:
-    """Accuracy on the calibration part of a cloze task: the development split of the (a, b) search."""
-    from ..data import get_corpus
-
-    prompts = []
-    for example in get_corpus(corpus).examples(language, "calibration"):
-        prompted = cloze_prompt(task, example)
-        if prompted is not None:
-            prompts.append(prompted)
-        if len(prompts) >= limit:
-            break
-    requests = [r for p in prompts for r in requests_for(tokenizer, p)]
-    scores = iter(score_requests(model, requests, tokenizer.pad_token_id or 0, batch_size))
-    correct = 0
-    for p in prompts:
-        option_scores = [next(scores) for _ in p.options]
-        correct += max(range(len(option_scores)), key=option_scores.__getitem__) == p.gold
-    return correct / len(prompts)
-
-
 def search_layers(model, tokenizer, projection: Projection, task: TaskSpec, corpus: str, limit: int = 32,
                   stride: int = 1, batch_size: int = 8) -> Projection:  # fmt: skip
     """Try every (a, b) with a < b on a grid of ``stride`` blocks; keep the best dev accuracy (first on ties)."""
+    dev = prompts(task, corpus, projection.language, limit, part="calibration")
     count = projection.language_means.shape[0]
     candidates = [(a, b) for a in range(0, count, stride) for b in range(a + 1, count, stride)]
     best = None
     for a, b in candidates:
         projection.a, projection.b = a, b
         with projected(model, projection):
-            accuracy = dev_accuracy(model, tokenizer, task, corpus, projection.language, limit, batch_size)
+            items = score_prompts(model, tokenizer, dev, batch_size)
+        accuracy = sum(item["correct"] for item in items) / len(items)
         projection.search.append((a, b, accuracy))
         if best is None or accuracy > best[2]:
             best = (a, b, accuracy)

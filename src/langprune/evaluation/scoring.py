@@ -35,15 +35,6 @@ def encode(tokenizer, text: str) -> list[int]:
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
-def text_windows(tokenizer, texts: list[str], seqlen: int) -> list[list[int]]:
-    """The joined texts cut into consecutive windows of at most ``seqlen`` tokens, each starting with BOS."""
-    stream = encode(tokenizer, "\n\n".join(texts))
-    bos = bos_ids(tokenizer)
-    body = seqlen - len(bos)
-    windows = [bos + stream[i : i + body] for i in range(0, len(stream), body)]
-    return [w for w in windows if len(w) > 1]
-
-
 def logits_for(model, hidden: torch.Tensor) -> torch.Tensor:
     """The output head on selected hidden states, in float32, with the model's final logit soft-capping."""
     logits = model.get_output_embeddings()(hidden).float()
@@ -54,6 +45,15 @@ def logits_for(model, hidden: torch.Tensor) -> torch.Tensor:
 def backbone(model):
     """The decoder stack without the output head (``model.model`` for Llama, ``model.transformer`` for GPT-2...)."""
     return model.base_model
+
+
+@torch.no_grad()
+def block_states(model, ids: torch.Tensor, mask: torch.Tensor) -> list[torch.Tensor]:
+    """The model's hidden states after the embeddings (each block's output, the last after the final norm),
+    real tokens only: one (tokens x d) tensor per layer."""
+    out = backbone(model)(input_ids=ids, attention_mask=mask, use_cache=False, output_hidden_states=True)
+    keep = mask.reshape(-1).to(out.hidden_states[0].device).bool()
+    return [h.reshape(-1, h.shape[-1])[keep] for h in out.hidden_states[1:]]
 
 
 def padded(rows: list[list[int]], pad: int, device) -> tuple[torch.Tensor, torch.Tensor]:
