@@ -60,7 +60,7 @@ def calibration_set(tokenizer, args):
 def run_case(case: str, args) -> dict:
     from langprune import load_model, prune_model
     from langprune.engine import BlockEngine
-    from langprune.run_folder import RunWriter
+    from langprune.runs.folder import RunWriter
 
     model, tokenizer = load_model(args.model)
     with torch.no_grad():
@@ -83,7 +83,7 @@ def run_case(case: str, args) -> dict:
             with tempfile.TemporaryDirectory() as scratch, RunWriter(Path(scratch) / "run") as run:
                 # As the CLI does: each block's masks go to disk at once instead of piling up in memory.
                 prune_model(model, calib, case, args.sparsity, batch_size=args.batch_size,
-                            on_masks=lambda masks: run.add_masks(model, masks))  # fmt: skip
+                            on_block=lambda changes: run.add_block(model, changes))  # fmt: skip
         seconds = time.perf_counter() - start
     return {"case": case, "seconds": seconds, "rss_loaded_mb": loaded / 2**20, "rss_peak_mb": rss.peak / 2**20,
             "sequences": int(calib.input_ids.shape[0]), "seqlen": int(calib.input_ids.shape[1])}  # fmt: skip

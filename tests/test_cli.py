@@ -9,7 +9,7 @@ import torch
 from conftest import tiny_model, tiny_tokenizer
 from transformers import AutoModelForCausalLM
 
-from langprune.run_folder import load_masks
+from langprune.runs import load_masks
 
 TEXT = "the cat is on the mat and it was not a dog .\n\n" * 60
 

@@ -4,12 +4,11 @@ import pytest
 import torch
 
 from conftest import token_ids, tiny_model
-from langprune.architecture import find_blocks, prunable_layers, LayerFilter, weight_matrix
 from langprune.calibration import CalibrationSet
-from langprune.engine import BlockEngine
-from langprune.pruning import prune_model as prune
-from langprune.sparsity import Sparsity
-from langprune.statistics import SquaredNorms
+from langprune.compress import Sparsity
+from langprune.compress import prune_model as prune
+from langprune.engine import BlockEngine, LayerFilter, find_blocks, prunable_layers, weight_matrix
+from langprune.engine.statistics import SquaredNorms
 from test_kernels import brute_force_mask
 
 

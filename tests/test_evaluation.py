@@ -199,16 +199,26 @@ def test_lrp2_shifts_block_a_towards_english_and_back_at_block_b(tiny_corpora, t
     same = Projection("fr", english, english, a=0, b=1)
     with projected(model, same):
         torch.testing.assert_close(states()[2], plain[2])  # equal means: no change at all
-    # Mean vectors: the brute-force mean over real tokens of each block's output.
+    # Mean vectors: the brute-force mean over real tokens of each block's raw output, which is what the
+    # projection hooks shift (the last block included: before the final norm, in the hook's own space).
     texts = ["the of and to in a is that for it as was", "with be by on not he this are or his from at"]
     means = mean_states(model, tok, texts, seqlen=8, batch_size=3)
-    from langprune.calibration import text_windows
+    from langprune.text import text_windows
 
     rows = []
     for w in text_windows(tok, texts, 8, complete=False):
+        seen = []
+        hooks = [block.register_forward_hook(lambda m, a, out: seen.append(out[0] if isinstance(out, tuple) else out))
+                 for block in model.model.layers]  # fmt: skip
         with torch.no_grad():
-            rows.append(torch.stack(model.model(input_ids=torch.tensor([w]), output_hidden_states=True).hidden_states[1:])[:, 0])
+            model.model(input_ids=torch.tensor([w]))
+        for h in hooks:
+            h.remove()
+        rows.append(torch.stack(seen)[:, 0])
     torch.testing.assert_close(means, torch.cat(rows, dim=1).double().mean(1).float(), atol=1e-5, rtol=1e-5)
+    with torch.no_grad():  # the last block's vector is not the final-norm output (the defect this guards against)
+        normed = model.model(input_ids=torch.tensor([text_windows(tok, texts, 8, complete=False)[0]])).last_hidden_state
+    assert not torch.allclose(means[2], normed[0].double().mean(0).float(), atol=1e-3)
     found = search_layers(model, tok, Projection("fr", french, english), catalog()["multiemo"], "multiemo", limit=6)
     assert len(found.search) == 3 and (found.a, found.b) in [(a, b) for a, b, _ in found.search]
     assert max(acc for *_, acc in found.search) == next(acc for a, b, acc in found.search if (a, b) == (found.a, found.b))

@@ -3,8 +3,9 @@
 import pytest
 import torch
 
-from langprune import kernels
-from langprune.sparsity import Sparsity
+from langprune.compress import kernels
+from langprune.engine import statistics
+from langprune.compress.sparsity import Sparsity
 
 
 def brute_force_mask(scores: torch.Tensor, sparsity: Sparsity) -> torch.Tensor:
@@ -60,9 +61,9 @@ def test_contrastive_score_formula():
 def test_gram_upper_equals_full_product():
     x = torch.randn(50, 600, dtype=torch.float32)
     acc = torch.zeros(600, 600)
-    kernels.accumulate_gram_upper_(acc, x[:20])
-    kernels.accumulate_gram_upper_(acc, x[20:])
-    assert torch.allclose(kernels.symmetrize_upper_(acc), x.T @ x, rtol=1e-4, atol=1e-3)
+    statistics.accumulate_gram_upper_(acc, x[:20])
+    statistics.accumulate_gram_upper_(acc, x[20:])
+    assert torch.allclose(statistics.symmetrize_upper_(acc), x.T @ x, rtol=1e-4, atol=1e-3)
 
 
 def _layer_problem(seed=0, rows=24, cols=64, tokens=400):

@@ -30,7 +30,7 @@ def test_wanda_on_udhr_prunes_gemma_and_keeps_it_a_language_model(gemma, tmp_pat
 
     from langprune import calibration, prune
     from langprune.evaluation import perplexity
-    from langprune.run_folder import save_run
+    from langprune.runs.folder import save_run
 
     model, tokenizer = gemma
     state = {k: v.clone() for k, v in model.state_dict().items()}
@@ -43,7 +43,7 @@ def test_wanda_on_udhr_prunes_gemma_and_keeps_it_a_language_model(gemma, tmp_pat
         assert len(result.masks) == 18 * 7
         for lang in ("en", "sw"):
             assert math.isfinite(pruned[lang]["ppl"]) and dense[lang]["ppl"] < pruned[lang]["ppl"] < 20 * dense[lang]["ppl"]
-        save_run(tmp_path / "run", model, tokenizer, result.masks, {"model": "gemma-3-270m", **result.summary})
+        save_run(tmp_path / "run", model, tokenizer, result.changes, {"model": "gemma-3-270m", **result.summary})
         reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "run")
         q = reloaded.model.layers[3].self_attn.q_proj.weight
         assert (q == 0).float().mean().item() == pytest.approx(0.3, abs=0.002)

@@ -6,7 +6,10 @@ import torch
 
 from . import calibration as calibration_module
 from .calibration import CalibrationSet
-from .pruning import PruneResult, prune_model
+from .compress import PruneResult, prune_model
+from .runs import EvalSettings, PruneSettings, run_eval, run_prune
+
+__all__ = ["EvalSettings", "PruneSettings", "as_calibration", "prune", "run_eval", "run_prune"]
 
 
 def prune(
@@ -22,13 +25,16 @@ def prune(
     contrast: str | list[str] | CalibrationSet | torch.Tensor | dict | None = None,
     **options,
 ) -> tuple[torch.nn.Module, PruneResult]:
-    """Prune ``model`` in place and return it with the result (masks and summary).
+    """Prune a model in memory, in place, and return it with the result (changes per layer, masks, summary).
+
+    For the whole job on disk (load, calibrate, prune, write a run folder),
+    use ``run_prune(PruneSettings(...))``, which is what ``langprune prune`` calls.
 
     ``calibration`` is a recipe (``"mix:en+de"``, ``"file:notes.txt"``), a list
     of texts, a ready ``CalibrationSet``, a tensor of input ids (n x seqlen), or
     a dict with ``input_ids`` and optional ``attention_mask``. ``contrast``
     (the same kinds) is the set Z of the contrastive wanda score. ``options``
-    go to ``prune_model`` (``propagate``, ``include``, ``exclude``, ``batch_size``).
+    go to ``prune_model`` (``propagate``, ``include``, ``exclude``, ``batch_size``, ``on_block``).
     """
     calibration = as_calibration(calibration, tokenizer, nsamples, seqlen, seed)
     contrast = as_calibration(contrast, tokenizer, nsamples, seqlen, seed)

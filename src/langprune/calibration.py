@@ -30,22 +30,28 @@ from pathlib import Path
 import torch
 
 from .data import get_corpus, read_local
-from .engine import TokenBatch
+from .engine import Tag, TokenBatch
 from .errors import UserError
 from .languages import NAMES, check_language, english_name
+from .text import demonstration_ids, pad_id, text_windows
 
 DEFAULT_CORPUS = "udhr"
 DEFAULT_SHOTS = 4
 DEFAULT_NSAMPLES = {"text": 128, "demonstrations": 100}
 RECIPE_HELP = "use mono:LANG, mix:LANG+LANG, mt:SRC-TGT, demo:LANG, code or file:PATH, each optionally @CORPUS"
+
+
 @dataclass
 class CalibrationSet:
+    """``n x seqlen`` token ids with their mask of real tokens, where they came from, and each row's language."""
+
     input_ids: torch.Tensor
     attention_mask: torch.Tensor
     sources: list[dict] = field(default_factory=list)
     recipe: str = "tokens"
     seed: int = 0
     layout: str = "windows"  # windows | demonstrations | tokens
+    row_languages: list[str | None] = field(default_factory=list)  # one per row; empty when unknown
 
     def __post_init__(self):
         if self.input_ids.ndim != 2 or self.input_ids.shape[0] == 0 or self.input_ids.shape[1] == 0:
@@ -57,11 +63,16 @@ class CalibrationSet:
     def tokens(self) -> int:
         return int(self.attention_mask.sum())
 
-    def batches(self, batch_size: int) -> list[TokenBatch]:
-        return [
-            TokenBatch(self.input_ids[i : i + batch_size], self.attention_mask[i : i + batch_size])
-            for i in range(0, self.input_ids.shape[0], batch_size)
-        ]
+    def batches(self, batch_size: int, role: str = "calibration") -> list[TokenBatch]:
+        """Consecutive batches of rows, each tagged with ``role``, the set's layout and its language (None if mixed)."""
+        if batch_size < 1:
+            raise UserError(f"batch size must be at least 1, not {batch_size}")
+        out = []
+        for i in range(0, self.input_ids.shape[0], batch_size):
+            languages = set(self.row_languages[i : i + batch_size]) if self.row_languages else {None}
+            tag = Tag(role, languages.pop() if len(languages) == 1 else None, self.layout)
+            out.append(TokenBatch(self.input_ids[i : i + batch_size], self.attention_mask[i : i + batch_size], tag))
+        return out
 
     def summary(self) -> dict:
         return {
@@ -115,6 +126,9 @@ def parse_recipe(text: str) -> Recipe:
         corpus = kind.partition("@")[2] or "python-code"
         if arg or kind not in ("code", f"code@{corpus}"):
             raise UserError(f"malformed calibration recipe {text!r}: write code or code@CORPUS")
+        if get_corpus(corpus).kind != "code":
+            raise UserError(f"recipe {text!r}: {corpus} is a {get_corpus(corpus).kind} corpus, not code; "
+                            "write code (the python-code corpus) or mono:LANG@" + corpus)  # fmt: skip
         return Recipe(text, "code", ("code",), corpus)
     arg, _, corpus = arg.partition("@")
     corpus = corpus or DEFAULT_CORPUS
@@ -133,6 +147,18 @@ def parse_recipe(text: str) -> Recipe:
     if kind == "mono" and "+" in arg:
         raise UserError(f"recipe {text!r}: mono takes one language, e.g. mono:de; use mix:en+de for several")
     raise UserError(f"malformed calibration recipe {text!r}: {RECIPE_HELP}")
+
+
+def check_recipe(text: str) -> Recipe:
+    """Everything about a recipe that can be checked without a tokenizer: its form, corpus, languages and file."""
+    parsed = parse_recipe(text)
+    if parsed.kind == "file":
+        read_local(Path(parsed.path).expanduser(), parsed.languages[0] if parsed.languages else None)
+    else:
+        corpus = get_corpus(parsed.corpus)
+        for language in parsed.languages:
+            corpus.check(language)
+    return parsed
 
 
 def build(
@@ -156,7 +182,7 @@ def build(
         if shots < 1:
             raise UserError("demonstrations need at least one shot: --shots 1 or more")
         rows, source = _demonstrations(parsed, tokenizer, nsamples, shots, rng)
-        return _pad(rows, [source], tokenizer, seqlen, recipe, seed)
+        return _pad(rows, [source], tokenizer, seqlen, recipe, seed, "-".join(parsed.languages))
     if parsed.kind == "file":
         units = read_local(Path(parsed.path).expanduser(), parsed.languages[0] if parsed.languages else None)
         groups = [({"name": "file", "path": parsed.path, "language": (parsed.languages or (None,))[0]},
@@ -180,10 +206,39 @@ def load_tokens(path: Path) -> CalibrationSet:
     except Exception as exc:
         raise UserError(f"token file {path} is not a torch-saved tensor or dict ({type(exc).__name__})") from None
     if isinstance(value, dict) and "input_ids" in value:
-        return CalibrationSet.from_tokens(value["input_ids"], value.get("attention_mask"))
-    if isinstance(value, torch.Tensor):
-        return CalibrationSet.from_tokens(value)
-    raise UserError(f"token file {path} must hold an (n x seqlen) ids tensor or a dict with input_ids")
+        ids, mask = value["input_ids"], value.get("attention_mask")
+    elif isinstance(value, torch.Tensor):
+        ids, mask = value, None
+    else:
+        raise UserError(f"token file {path} must hold an (n x seqlen) ids tensor or a dict with input_ids")
+    for what, tensor in (("input_ids", ids), ("attention_mask", mask)):
+        if tensor is not None and (not isinstance(tensor, torch.Tensor) or tensor.is_floating_point() or tensor.is_complex()):
+            kind = tensor.dtype if isinstance(tensor, torch.Tensor) else type(tensor).__name__
+            raise UserError(f"token file {path}: {what} must be an integer tensor, not {kind}; save token ids as "
+                            "torch.long")  # fmt: skip
+    return CalibrationSet.from_tokens(ids, mask)
+
+
+def check_fits(calibration: CalibrationSet, model, what: str = "calibration") -> None:
+    """Refuse token ids outside the model's vocabulary and sequences longer than its positions."""
+    vocabulary = model.get_input_embeddings().num_embeddings
+    low, high = int(calibration.input_ids.min()), int(calibration.input_ids.max())
+    if low < 0 or high >= vocabulary:
+        raise UserError(f"{what} has token ids from {low} to {high}, outside the model's vocabulary of {vocabulary}: "
+                        "tokenize with this model's tokenizer")  # fmt: skip
+    positions = max_positions(model.config)
+    if positions is not None and calibration.input_ids.shape[1] > positions:
+        raise UserError(f"{what} sequences have {calibration.input_ids.shape[1]} tokens, more than the model's "
+                        f"{positions} positions: lower --seqlen to {positions} or less")  # fmt: skip
+
+
+def max_positions(config) -> int | None:
+    """The longest sequence a model's position embeddings cover, where its config says so."""
+    for name in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
 
 
 def calibration_texts(corpus: str, language: str, seed: int) -> list[str]:
@@ -204,23 +259,9 @@ def from_texts(texts: list[str], tokenizer, nsamples: int = 128, seqlen: int = 5
     return _assemble(groups, tokenizer, seqlen, random.Random(seed), "texts", seed)
 
 
-def text_windows(tokenizer, texts: list[str], seqlen: int, complete: bool = True) -> list[list[int]]:
-    """Cut the joined texts into consecutive windows of ``seqlen`` tokens, each starting with BOS if the model uses one.
-
-    Calibration wants ``complete`` windows of exactly ``seqlen`` tokens;
-    evaluation keeps the shorter last one too, so that no held-out token is lost.
-    """
-    stream = tokenizer("\n\n".join(texts), add_special_tokens=False)["input_ids"]
-    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
-    body = seqlen - len(bos)
-    stop = len(stream) - body + 1 if complete else len(stream)
-    windows = [bos + stream[i : i + body] for i in range(0, stop, body)]
-    return windows if complete else [w for w in windows if len(w) > 1]
-
-
 def _assemble(groups, tokenizer, seqlen: int, rng: random.Random, recipe: str, seed: int) -> CalibrationSet:
     """Cut each group's text into windows and sample its share of them with the seed."""
-    rows, sources, shortfalls = [], [], []
+    rows, sources, shortfalls, languages = [], [], [], []
     for source, texts, share in groups:
         windows = text_windows(tokenizer, texts, seqlen)
         available = len(windows)
@@ -229,6 +270,7 @@ def _assemble(groups, tokenizer, seqlen: int, rng: random.Random, recipe: str, s
         if len(windows) < share:
             shortfalls.append(f"{source.get('language') or source.get('path') or source['name']}: {len(windows)} of {share}")
         rows += windows
+        languages += [source.get("language")] * len(windows)
         sources.append({**source, "sequences": len(windows), "tokens": len(windows) * seqlen,
                         "available_sequences": available, "documents": len(texts)})  # fmt: skip
     if not rows:
@@ -237,22 +279,7 @@ def _assemble(groups, tokenizer, seqlen: int, rng: random.Random, recipe: str, s
     if shortfalls:
         warnings.warn(f"text ran out, fewer sequences of {seqlen} tokens than asked ({'; '.join(shortfalls)})")
     ids = torch.tensor(rows, dtype=torch.long)
-    return CalibrationSet(ids, torch.ones_like(ids), sources, recipe, seed, "windows")
-
-
-def shot_text(source_name: str, source: str, target_name: str | None = None, target: str | None = None) -> str:
-    """One shot of the paper's templates, without its EOS: ``French: s`` and, for translation, newline ``English: t``."""
-    text = f"{source_name}: {source}"
-    return text if target_name is None else f"{text}\n{target_name}: {target}"
-
-
-def demonstration_ids(tokenizer, shots, source_name: str, target_name: str | None = None) -> list[int]:
-    """BOS, then per shot (source, target or None) the shot's tokens and EOS (Appendix A)."""
-    row = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
-    for s, t in shots:
-        row += tokenizer(shot_text(source_name, s, target_name, t), add_special_tokens=False)["input_ids"]
-        row.append(tokenizer.eos_token_id)
-    return row
+    return CalibrationSet(ids, torch.ones_like(ids), sources, recipe, seed, "windows", languages)
 
 
 def _demonstrations(parsed: Recipe, tokenizer, count: int, shots: int, rng: random.Random):
@@ -277,12 +304,12 @@ def _demonstrations(parsed: Recipe, tokenizer, count: int, shots: int, rng: rand
     return rows, source_summary
 
 
-def _pad(rows, sources, tokenizer, seqlen: int, recipe: str, seed: int) -> CalibrationSet:
+def _pad(rows, sources, tokenizer, seqlen: int, recipe: str, seed: int, language: str) -> CalibrationSet:
     """Right-pad (masked) or cut each demonstration to exactly ``seqlen`` tokens."""
     cut = sum(len(r) > seqlen for r in rows)
     if cut:
         warnings.warn(f"{cut} of {len(rows)} demonstrations are longer than --seqlen {seqlen} and were cut")
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad = pad_id(tokenizer)
     ids = torch.full((len(rows), seqlen), pad, dtype=torch.long)
     mask = torch.zeros((len(rows), seqlen), dtype=torch.long)
     for i, row in enumerate(rows):
@@ -291,4 +318,4 @@ def _pad(rows, sources, tokenizer, seqlen: int, recipe: str, seed: int) -> Calib
         mask[i, : len(row)] = 1
     for source in sources:
         source.update(sequences=len(rows), tokens=int(mask.sum()), cut=cut)
-    return CalibrationSet(ids, mask, sources, recipe, seed, "demonstrations")
+    return CalibrationSet(ids, mask, sources, recipe, seed, "demonstrations", [language] * len(rows))

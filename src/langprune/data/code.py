@@ -32,7 +32,7 @@ class PythonCode(Corpus):
     def fetched(self) -> bool:
         return self.root().is_dir()
 
-    def fetch(self, report=None) -> Path:
+    def fetch(self, report=None, received=None) -> Path:
         return self.root()
 
     def present_languages(self) -> list[str]:

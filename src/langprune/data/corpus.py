@@ -19,7 +19,7 @@ from pathlib import Path
 
 from ..errors import UserError
 from ..languages import check_language
-from ..models import cache_dir
+from ..storage import cache_dir, locked, partial_path
 
 EVAL_FRACTION = 0.25
 SPLIT_SEED = 0
@@ -105,33 +105,54 @@ class Corpus:
         """Download with the registry's client and extract, once.
 
         ``report(step)`` narrates the steps; ``received(bytes)`` is told how
-        much the client has downloaded so far.
+        much the client has downloaded so far. Concurrent fetches of the same
+        corpus wait for each other (a lock) and the later ones find it done.
         """
         if self.fetched():
             return self.folder()
-        with tempfile.TemporaryDirectory() as scratch:
-            if report:
-                report(f"downloading: {self.source}")
-            files = self.source.download(Path(scratch), received)
-            if report:
-                report(f"extracting {self.name}")
-            self.install(files)
+        with locked(self.folder()):
+            if self.fetched():  # another process fetched it while we waited
+                return self.folder()
+            with tempfile.TemporaryDirectory() as scratch:
+                if report:
+                    report(f"downloading: {self.source}")
+                files = self.source.download(Path(scratch), received)
+                if report:
+                    report(f"extracting {self.name}")
+                self.install(files)
         return self.folder()
 
+    def install_from(self, folder: Path) -> Path:
+        """Install from files a user already has: what the registry client would have downloaded, in ``folder``."""
+        folder = Path(folder)
+        if not folder.is_dir():
+            raise UserError(f"--from {folder} is not a folder")
+        files = self.source.files_in(folder)
+        if not files:
+            raise UserError(f"{folder} holds no files for {self.name}: put there what `{self.source}` downloads "
+                            f"({self.source.expected})")  # fmt: skip
+        with locked(self.folder()):
+            try:
+                return self.install(files)
+            except (ValueError, KeyError, OSError, EOFError) as exc:
+                raise UserError(f"could not read {self.name} from {folder}: {type(exc).__name__}: {exc}") from None
+
     def install(self, files: list[Path]) -> Path:
-        """Extract from downloaded files into the cache, atomically (a ``.partial`` folder, then rename)."""
+        """Extract from downloaded files into the cache, atomically: a uniquely named partial folder, then rename."""
         target = self.folder()
-        partial = target.with_name(target.name + ".partial")
-        shutil.rmtree(partial, ignore_errors=True)
+        partial = partial_path(target)
         partial.mkdir(parents=True)
         try:
             self.extract(list(files), partial)
             (partial / MARKER).write_text(str(FORMAT))
+            aside = partial_path(target.with_name(target.name + ".old"))
+            if target.exists():
+                target.rename(aside)
+            partial.rename(target)
         except BaseException:
             shutil.rmtree(partial, ignore_errors=True)
             raise
-        shutil.rmtree(target, ignore_errors=True)
-        partial.rename(target)
+        shutil.rmtree(aside, ignore_errors=True)
         return target
 
     def extract(self, files: list[Path], into: Path) -> None:

@@ -4,7 +4,9 @@
 - ``.jsonl``: one object per line with ``text`` and, optionally, ``language``
   (or ``lang``); with a language given, only lines of that language are read.
 - ``.tsv``: with a header naming ``text`` (and optionally ``language``), or
-  two columns ``language<TAB>text`` without header, or one column of text.
+  two columns ``language<TAB>text`` without header (every first column a
+  language code), or one column of text. Other layouts are refused rather
+  than guessed, so a file is never read from the wrong column.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import json
 from pathlib import Path
 
 from ..errors import UserError
+from ..languages import NAMES
 from .corpus import Unit
 
 
@@ -21,7 +24,13 @@ def read_local(path: Path, language: str | None = None) -> list[Unit]:
     if not path.is_file():
         raise UserError(f"calibration file {path} does not exist")
     suffix = path.suffix.lower()
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise UserError(f"calibration file {path} is not UTF-8 text (byte {exc.start} is not valid UTF-8): "
+                        "give a .txt, .jsonl or .tsv file") from None  # fmt: skip
+    if "\x00" in text:
+        raise UserError(f"calibration file {path} looks binary (it holds NUL bytes): give a .txt, .jsonl or .tsv file")
     if suffix == ".jsonl":
         rows = []
         for number, line in enumerate(text.splitlines(), 1):
@@ -30,17 +39,25 @@ def read_local(path: Path, language: str | None = None) -> list[Unit]:
                     rows.append(json.loads(line))
                 except json.JSONDecodeError as exc:
                     raise UserError(f"{path}:{number}: not valid JSON ({exc.msg}); each line must be an object") from None
-        if rows and not all(isinstance(r, dict) and "text" in r for r in rows):
-            raise UserError(f"{path}: every JSON line needs a \"text\" field")
+        for number, row in enumerate(rows, 1):
+            if not (isinstance(row, dict) and isinstance(row.get("text"), str)):
+                raise UserError(f"{path}: JSON object {number} needs a \"text\" field holding a string")
         items = [(r.get("language", r.get("lang")), r["text"]) for r in rows]
     elif suffix == ".tsv":
         lines = list(csv.reader(text.splitlines(), delimiter="\t", quoting=csv.QUOTE_NONE))
         header = [h.strip().lower() for h in lines[0]] if lines else []
         if "text" in header:
             lang_col = header.index("language") if "language" in header else None
-            items = [(row[lang_col] if lang_col is not None else None, row[header.index("text")]) for row in lines[1:]]
+            text_col = header.index("text")
+            items = [(row[lang_col] if lang_col is not None and lang_col < len(row) else None,
+                      row[text_col] if text_col < len(row) else "") for row in lines[1:]]  # fmt: skip
+        elif all(len(row) <= 1 for row in lines):
+            items = [(None, row[0]) for row in lines if row]
+        elif all(len(row) == 2 and row[0] in NAMES for row in lines if row):
+            items = [(row[0], row[1]) for row in lines if row]
         else:
-            items = [(row[0], row[1]) if len(row) >= 2 else (None, row[0]) for row in lines if row]
+            raise UserError(f"{path} has several columns but no header naming a text column: add a first line "
+                            "with the column names text and, optionally, language")  # fmt: skip
     else:
         items = [(None, t) for t in text.split("\n\n")]
     units = [Unit(f"{path.name}/{i}", t.strip()) for i, (lang, t) in enumerate(items)

@@ -61,9 +61,14 @@ class NpmPackage:
     def __str__(self) -> str:
         return f"npm pack {self.spec}"
 
+    expected = "the package's .tgz"
+
     def download(self, into: Path, received: Received | None = None) -> list[Path]:
         _run(["npm", "pack", self.spec, "--silent"], into, self.client, self.spec, received)
-        return sorted(into.glob("*.tgz"))
+        return self.files_in(into)
+
+    def files_in(self, folder: Path) -> list[Path]:
+        return sorted(folder.glob("*.tgz"))
 
 
 @dataclass(frozen=True)
@@ -81,7 +86,14 @@ class PyPIPackage:
         kind = "--only-binary=:all:" if self.binary else "--no-binary=:all:"
         _run([sys.executable, "-m", "pip", "download", "--no-deps", kind, "-q", "-d", str(into), self.spec],
              into, self.client, self.spec, received)  # fmt: skip
-        return sorted(p for p in into.iterdir() if p.suffix in (".whl", ".gz", ".zip"))
+        return self.files_in(into)
+
+    @property
+    def expected(self) -> str:
+        return "the wheel" if self.binary else "the source archive (.tar.gz)"
+
+    def files_in(self, folder: Path) -> list[Path]:
+        return sorted(p for p in folder.iterdir() if p.suffix in (".whl", ".gz", ".zip"))
 
 
 @dataclass(frozen=True)
@@ -94,7 +106,12 @@ class DebianPackages:
 
     def download(self, into: Path, received: Received | None = None) -> list[Path]:
         _run(["apt-get", "download", *self.names], into, self.client, ", ".join(self.names), received)
-        return sorted(into.glob("*.deb"))
+        return self.files_in(into)
+
+    expected = "the .deb files"
+
+    def files_in(self, folder: Path) -> list[Path]:
+        return sorted(folder.glob("*.deb"))
 
 
 @dataclass(frozen=True)
@@ -110,18 +127,28 @@ class HubDataset:
     def __str__(self) -> str:
         return f"hub dataset {self.repo_id}"
 
-    def download(self, into: Path, received: Received | None = None) -> list[Path]:
-        try:
-            from huggingface_hub import snapshot_download
+    expected = "its files in the hub layout"
 
+    def download(self, into: Path, received: Received | None = None) -> list[Path]:
+        from huggingface_hub import snapshot_download
+        from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled
+
+        # What the hub client raises when it cannot reach the hub; anything else is a bug and keeps its traceback.
+        unreachable = (OfflineModeIsEnabled, LocalEntryNotFoundError, HfHubHTTPError, ConnectionError, TimeoutError,
+                       *_http_client_errors())  # fmt: skip
+        try:
             for lang in self.per_language or ("",):
                 snapshot_download(self.repo_id.format(lang=lang), repo_type="dataset", local_dir=into / "hub" / lang,
                                   allow_patterns=list(self.patterns) or None)  # fmt: skip
-        except Exception as exc:  # the hub client raises many types for "offline"
+        except unreachable as exc:
             offline = f"; offline stand-ins: {', '.join(self.stand_ins)}" if self.stand_ins else ""
-            raise UserError(f"huggingface_hub could not fetch {self.repo_id} ({type(exc).__name__}): without network, "
-                            f"place its files locally and run `langprune data fetch NAME --from FOLDER`{offline}") from None  # fmt: skip
+            raise UserError(f"huggingface_hub could not reach the hub for {self.repo_id} ({type(exc).__name__}): "
+                            f"without network, place its files locally and run `langprune data fetch NAME --from "
+                            f"FOLDER`{offline}") from None  # fmt: skip
         return [into / "hub"]
+
+    def files_in(self, folder: Path) -> list[Path]:
+        return [folder] if any(folder.iterdir()) else []
 
 
 @dataclass(frozen=True)
@@ -133,8 +160,31 @@ class Interpreter:
     def __str__(self) -> str:
         return "the running interpreter's standard library"
 
+    expected = "nothing"
+
     def download(self, into: Path, received: Received | None = None) -> list[Path]:
         return []
+
+    def files_in(self, folder: Path) -> list[Path]:
+        return []
+
+
+def _http_client_errors() -> tuple[type[BaseException], ...]:
+    """Connection errors of the HTTP libraries the hub client may use (httpx in new versions, requests in old)."""
+    errors: list[type[BaseException]] = []
+    try:
+        import httpx
+
+        errors += [httpx.TransportError]
+    except ImportError:
+        pass
+    try:
+        import requests
+
+        errors += [requests.ConnectionError, requests.Timeout]
+    except ImportError:
+        pass
+    return tuple(errors)
 
 
 def deb_extract(deb: Path, into: Path) -> Path:

@@ -14,7 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..data import Example, get_corpus
-from .scoring import Request, bos_ids, encode, score_requests
+from ..text import bos_ids, encode, pad_id
+from .scoring import Request, score_requests
 from .tasks import TaskSpec
 
 LETTERS = "ABCDEFGHIJ"
@@ -75,7 +76,7 @@ def requests_for(tokenizer, prompted: Prompted) -> list[Request]:
 def score_prompts(model, tokenizer, examples: list[Prompted], batch_size: int = 8, progress=None) -> list[dict]:
     """Each example's option scores, the predicted option (most likely) and whether it is the gold one."""
     requests = [r for p in examples for r in requests_for(tokenizer, p)]
-    scores = iter(score_requests(model, requests, tokenizer.pad_token_id or 0, batch_size, progress))
+    scores = iter(score_requests(model, requests, pad_id(tokenizer), batch_size, progress))
     items = []
     for p in examples:
         option_scores = [next(scores) for _ in p.options]

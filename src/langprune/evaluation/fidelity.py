@@ -10,6 +10,8 @@ batching do not change them. A layer whose states are identical has error 0
 and no finite SNR: it is reported as identical and left out of the mean.
 The layers are the model's own ``hidden_states`` after the embeddings: each
 block's output, the last one after the final norm, as transformers defines them.
+Dense and pruned states are computed block by block by the engine, one block's
+activations at a time, never two whole forward passes' worth of states.
 """
 
 from __future__ import annotations
@@ -18,8 +20,11 @@ import math
 
 import torch
 
-from ..calibration import evaluation_texts, text_windows
-from .scoring import block_states, padded
+from ..calibration import evaluation_texts
+from ..engine import BlockEngine, Tag
+from ..errors import UserError
+from ..text import pad_id, text_windows
+from .scoring import window_batches
 
 
 class LayerSums:
@@ -49,17 +54,28 @@ class LayerSums:
 def compare_hidden_states(dense_model, pruned_model, windows: list[list[int]], pad: int = 0,
                           batch_size: int = 4) -> dict:  # fmt: skip
     """Per-layer pruning error and SNR of ``pruned_model`` against ``dense_model`` on token windows."""
-    device = next(pruned_model.parameters()).device
+    batches = window_batches(windows, pad, batch_size, Tag("evaluation"))
+    dense, pruned = BlockEngine(dense_model, batches), BlockEngine(pruned_model, batches)
+    if len(dense.blocks) != len(pruned.blocks):
+        raise UserError(f"the models have {len(dense.blocks)} and {len(pruned.blocks)} blocks: fidelity compares a "
+                        "pruned model with its own dense model")  # fmt: skip
+    dense.capture()
+    pruned.capture()
+    last = len(dense.blocks) - 1
     layers: list[LayerSums] = []
-    for start in range(0, len(windows), batch_size):
-        ids, mask = padded(windows[start : start + batch_size], pad, device)
-        dense = block_states(dense_model, ids.to(next(dense_model.parameters()).device), mask)
-        pruned = block_states(pruned_model, ids, mask)
-        if len(dense) != len(pruned):
-            raise ValueError(f"the models have {len(dense)} and {len(pruned)} layers: fidelity needs the same architecture")
-        layers = layers or [LayerSums() for _ in dense]
-        for sums, d, p in zip(layers, dense, pruned):
+    for index in range(last + 1):
+        dense.run_block(index)
+        pruned.run_block(index)
+        sums = LayerSums()
+        for b in range(len(batches)):
+            if index == last:
+                d, p = dense.final_states(b), pruned.final_states(b)
+            else:
+                d, p = dense.real_tokens(dense.hidden[b], b, "dense"), pruned.real_tokens(pruned.hidden[b], b, "pruned")
             sums.add(d.to(p.device), p)
+        layers.append(sums)
+    dense.release()
+    pruned.release()
     per_layer = [sums.result() for sums in layers]
     finite = [layer["snr_db"] for layer in per_layer if layer["snr_db"] is not None]
     return {
@@ -74,4 +90,4 @@ def compare_hidden_states(dense_model, pruned_model, windows: list[list[int]], p
 def evaluate_fidelity(dense_model, model, tokenizer, corpus: str, language: str, seqlen: int = 512,
                       batch_size: int = 4) -> dict:  # fmt: skip
     windows = text_windows(tokenizer, evaluation_texts(language, corpus), seqlen, complete=False)
-    return {"corpus": corpus, **compare_hidden_states(dense_model, model, windows, tokenizer.pad_token_id or 0, batch_size)}
+    return {"corpus": corpus, **compare_hidden_states(dense_model, model, windows, pad_id(tokenizer), batch_size)}

@@ -6,33 +6,44 @@ exactly the harness' prompts and metrics. The in-memory model is wrapped as
 the harness' Hugging Face model (no reload, pruned weights as they are);
 tasks come from the harness' own registry or from YAML task files in
 ``include`` (a task whose ``dataset_path: json`` points at local files needs
-no network). ``HF_DATASETS_OFFLINE`` and ``HF_HUB_OFFLINE`` are set while it
-runs, so a task that would download fails at once instead of hanging.
+no network). The datasets and hub clients are put offline only while the
+harness runs (their module-level switches, read at import, are patched and
+restored; ``os.environ`` is never touched), so a task that would download
+fails at once instead of hanging, and the rest of the process is unaffected.
 """
 
 from __future__ import annotations
 
-import os
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
+from unittest import mock
 
 from ..errors import UserError
 
-OFFLINE = ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE")
+# (module, attribute) switches that the hub and datasets clients read when they decide to go online.
+OFFLINE_SWITCHES = (("huggingface_hub.constants", "HF_HUB_OFFLINE"), ("datasets.config", "HF_HUB_OFFLINE"),
+                    ("datasets.config", "HF_DATASETS_OFFLINE"))  # fmt: skip
 
 
 @contextmanager
-def _offline():
-    saved = {name: os.environ.get(name) for name in OFFLINE}
-    os.environ.update({name: "1" for name in OFFLINE})
-    try:
+def offline():
+    """The hub and datasets clients offline for the duration of the block only."""
+    import importlib
+
+    with ExitStack() as stack:
+        for module_name, attribute in OFFLINE_SWITCHES:
+            module = importlib.import_module(module_name)
+            if hasattr(module, attribute):
+                stack.enter_context(mock.patch.object(module, attribute, True))
         yield
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
+
+
+def _data_unavailable_errors() -> tuple[type[BaseException], ...]:
+    """What the datasets and hub clients raise when a dataset's files cannot be had offline."""
+    from datasets.exceptions import DataFilesNotFoundError, DatasetNotFoundError
+    from huggingface_hub.errors import LocalEntryNotFoundError, OfflineModeIsEnabled
+
+    return (ConnectionError, DataFilesNotFoundError, DatasetNotFoundError, LocalEntryNotFoundError, OfflineModeIsEnabled)
 
 
 def harness_evaluate(model, tokenizer, tasks: list[str], include: Path | None = None, limit: int | None = None,
@@ -51,12 +62,13 @@ def harness_evaluate(model, tokenizer, tasks: list[str], include: Path | None = 
     if unknown:
         raise UserError(f"lm-eval knows no task {', '.join(unknown)}: check the name or pass --harness-include FOLDER")
     wrapped = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, device=str(model.device))
-    with _offline():
+    with offline():
         try:
             out = simple_evaluate(model=wrapped, tasks=tasks, task_manager=manager, limit=limit, num_fewshot=num_fewshot,
                                   random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed,
                                   fewshot_random_seed=seed, log_samples=False)  # fmt: skip
-        except (ConnectionError, OSError, FileNotFoundError, ValueError) as exc:
-            raise UserError(f"lm-eval could not load the data of {', '.join(tasks)} offline ({type(exc).__name__}): "
-                            "point the task's dataset at local files") from None  # fmt: skip
+        except _data_unavailable_errors() as exc:
+            raise UserError(f"lm-eval could not load the data of {', '.join(tasks)} offline ({type(exc).__name__}: "
+                            f"{str(exc).splitlines()[0] if str(exc) else ''}): point the task's dataset at local "
+                            "files") from None  # fmt: skip
     return {"results": out["results"], "n_samples": out.get("n-samples", {}), "versions": out.get("versions", {})}

@@ -18,11 +18,12 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..architecture import find_blocks
-from ..calibration import calibration_texts, text_windows
-from ..engine import block_output
+from ..calibration import calibration_texts
+from ..engine import Tag, block_outputs, find_blocks
+from ..engine.collection import block_output
+from ..text import pad_id, text_windows
 from .choice import prompts, score_prompts
-from .scoring import block_states, padded
+from .scoring import window_batches
 from .tasks import TaskSpec
 
 
@@ -41,22 +42,28 @@ class Projection:
 
 @torch.no_grad()
 def mean_states(model, tokenizer, texts: list[str], seqlen: int = 256, max_windows: int = 32,
-                batch_size: int = 4) -> torch.Tensor:  # fmt: skip
-    """Mean over real tokens of every decoder block's output: (blocks, d), accumulated in float64."""
+                batch_size: int = 4, language: str | None = None) -> torch.Tensor:  # fmt: skip
+    """Mean over real tokens of every decoder block's raw output: (blocks, d), accumulated in float64.
+
+    Raw outputs for every block, the last included (no final norm): the
+    projection hooks shift exactly these tensors, so the vectors and the
+    shift live in the same space at every block.
+    """
     windows = text_windows(tokenizer, texts, seqlen, complete=False)[:max_windows]
-    device = next(model.parameters()).device
-    sums, count = None, 0
-    for start in range(0, len(windows), batch_size):
-        ids, mask = padded(windows[start : start + batch_size], tokenizer.pad_token_id or 0, device)
-        states = block_states(model, ids, mask)
-        layer_sums = torch.stack([h.double().sum(0) for h in states])
-        sums = layer_sums if sums is None else sums + layer_sums
-        count += states[0].shape[0]
-    return (sums / count).float()
+    batches = window_batches(windows, pad_id(tokenizer), batch_size, Tag("evaluation", language))
+    sums: dict[str, torch.Tensor] = {}
+
+    def visit(name: str, states: torch.Tensor, batch) -> None:
+        sums[name] = sums[name] + states.double().sum(0) if name in sums else states.double().sum(0)
+
+    block_outputs(model, batches, visit)
+    tokens = sum(int(batch.attention_mask.sum()) for batch in batches)
+    return (torch.stack(list(sums.values())) / tokens).float()
 
 
 def language_projection(model, tokenizer, language: str, corpus: str, seed: int = 0, seqlen: int = 256) -> Projection:
-    means = {lang: mean_states(model, tokenizer, calibration_texts(corpus, lang, seed), seqlen) for lang in (language, "en")}
+    means = {lang: mean_states(model, tokenizer, calibration_texts(corpus, lang, seed), seqlen, language=lang)
+             for lang in (language, "en")}  # fmt: skip
     return Projection(language, means[language], means["en"])
 
 

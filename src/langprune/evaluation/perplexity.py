@@ -12,14 +12,15 @@ from __future__ import annotations
 
 import math
 
-from ..calibration import evaluation_texts, text_windows
+from ..calibration import evaluation_texts
+from ..text import pad_id, text_windows
 from .scoring import score_rows
 
 
 def text_nll(model, tokenizer, texts: list[str], seqlen: int = 512, batch_size: int = 4) -> dict:
     """Summed NLL over every predicted token of the joined texts, with per-window (nll, tokens)."""
     windows = text_windows(tokenizer, texts, seqlen, complete=False)
-    pad = tokenizer.pad_token_id or 0
+    pad = pad_id(tokenizer)
     scored = score_rows(model, windows, [1] * len(windows), pad, batch_size)
     per_window = [[-total, count] for total, count in scored]
     return {"nll": sum(w[0] for w in per_window), "tokens": sum(w[1] for w in per_window),

@@ -25,11 +25,15 @@ def consistency(ranking: list, other: list) -> float:
     return sum(w[j - 1] * len(set(ranking[:j]) & set(other[:j])) / j for j in range(1, len(ranking) + 1))
 
 
-def rankc(rankings: dict[str, list], reference: dict[str, list]) -> tuple[float, int]:
-    """Mean consistency over the example keys both languages have, and how many there were."""
+def rankc(rankings: dict[str, list], reference: dict[str, list]) -> tuple[float | None, int]:
+    """Mean consistency over the example keys both languages have, and how many there were.
+
+    Two languages that share no example have no RankC: the value is None
+    (with n = 0), never NaN, so it can be written and tabulated.
+    """
     shared = [key for key in rankings if key in reference]
     if not shared:
-        return float("nan"), 0
+        return None, 0
     return sum(consistency(rankings[k], reference[k]) for k in shared) / len(shared), len(shared)
 
 

@@ -26,6 +26,8 @@ from .translation import directions, evaluate_translation
 
 @dataclass
 class Settings:
+    """Evaluation options; out-of-range values are refused when the settings are made."""
+
     seqlen: int = 512
     batch_size: int = 8
     limit: int | None = None  # examples (or sentences) per task and language; None = all
@@ -40,6 +42,12 @@ class Settings:
     lrp2_dev: int = 32  # development examples per (a, b)
     harness: tuple[str, ...] = ()  # lm-evaluation-harness tasks to run on the model in memory
     harness_include: str | None = None  # a folder of harness task files (local data, no network)
+
+    def __post_init__(self):
+        for option, value, minimum in (("--seqlen", self.seqlen, 2), ("--batch-size", self.batch_size, 1),
+                                       ("--limit", self.limit, 1), ("--lrp2-stride", self.lrp2_stride, 1)):  # fmt: skip
+            if value is not None and value < minimum:
+                raise UserError(f"{option} must be at least {minimum}, not {value}")
 
 
 @dataclass(frozen=True)
@@ -105,31 +113,49 @@ def run_job(job: Job, model, tokenizer, dense, settings: Settings) -> dict:
 
 
 def evaluate(model, tokenizer, tasks: list[str], languages: list[str], settings: Settings | None = None,
-             dense=None, progress=None) -> dict:  # fmt: skip
+             dense=None, progress=None, finished: dict | None = None, on_result=None) -> dict:  # fmt: skip
     """Evaluate ``model`` on task names or groups (ppl, fidelity, cloze, mcq, translation, rankc) per language.
 
     ``dense`` is the unpruned model that fidelity compares with. ``progress(done,
     total, description)`` is told about each (task, language) as it starts.
+    ``finished`` holds results of an earlier run (``{task: {key: result}}``)
+    that are kept instead of recomputed; ``on_result(results)`` is called
+    after every (task, language) that finishes, so a caller can save as it
+    goes. A job that fails with a user-fixable error is recorded under
+    ``failed`` and the others go on; a bug still raises.
     """
     settings = settings or Settings()
     jobs, skipped = plan(tasks, languages, settings)
-    projections = lrp2_projections(model, tokenizer, languages, settings, progress) if settings.lrp2 else {}
-    results: dict[str, dict] = {}
+    results: dict[str, dict] = {name: dict(per_key) for name, per_key in (finished or {}).items()}
+    jobs = [job for job in jobs if job.key not in results.get(job.task.name, {})]
+    projections = lrp2_projections(model, tokenizer, languages, settings, progress) if settings.lrp2 and jobs else {}
+    failed: dict[str, str] = {}
+
+    def snapshot() -> dict:
+        return {"tasks": results, "languages": languages, "skipped": skipped, "failed": failed,
+                "settings": asdict(settings)}  # fmt: skip
+
     for done, job in enumerate(jobs):
         if progress:
             progress(done, len(jobs), f"{job.task.name} {job.key}")
         language = job.target if job.source == "en" else (job.source or job.key)
-        with projected(model, projections[language]) if language in projections else nullcontext():
-            result = run_job(job, model, tokenizer, dense, settings)
-        for name, value in result.items():
-            if isinstance(value, float) and math.isnan(value):
-                raise UserError(f"{job.task.name} {job.key}: {name} is NaN (no examples, or a broken model)")
+        try:
+            with projected(model, projections[language]) if language in projections else nullcontext():
+                result = run_job(job, model, tokenizer, dense, settings)
+            for name, value in result.items():
+                if isinstance(value, float) and not math.isfinite(value):
+                    raise UserError(f"{name} is {value} (no examples, or a broken model)")
+        except UserError as exc:
+            failed[f"{job.task.name} {job.key}"] = str(exc)
+            continue
         results.setdefault(job.task.name, {})[job.key] = result
+        if on_result:
+            on_result(snapshot())
     if "rankc" in [t.name for t in select(tasks)]:
         results["rankc"] = consistency_with_reference(results, catalog()["rankc"].options.get("reference", "en"))
     if progress:
         progress(len(jobs), len(jobs), "done")
-    out = {"tasks": results, "languages": languages, "skipped": skipped, "settings": asdict(settings)}
+    out = snapshot()
     if settings.harness:
         if progress:
             progress(len(jobs), len(jobs), f"lm-eval {', '.join(settings.harness)}")
@@ -169,6 +195,6 @@ def consistency_with_reference(results: dict, reference: str) -> dict:
         base = rankings_of(per_language[reference]["items"])
         for language, result in per_language.items():
             if language != reference:
-                value, n = rankc(rankings_of(result["items"]), base)
+                value, n = rankc(rankings_of(result["items"]), base)  # None when they share no example
                 scores.setdefault(name, {})[language] = {"rankc": value, "n": n, "reference": reference}
     return scores

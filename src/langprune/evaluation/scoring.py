@@ -16,7 +16,9 @@ from dataclasses import dataclass
 
 import torch
 
+from ..engine import Tag, TokenBatch
 from ..errors import UserError
+from ..text import right_padded
 
 
 @dataclass(frozen=True)
@@ -25,14 +27,6 @@ class Request:
 
     context: tuple[int, ...]
     continuation: tuple[int, ...]
-
-
-def bos_ids(tokenizer) -> list[int]:
-    return [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
-
-
-def encode(tokenizer, text: str) -> list[int]:
-    return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
 def logits_for(model, hidden: torch.Tensor) -> torch.Tensor:
@@ -48,22 +42,6 @@ def backbone(model):
 
 
 @torch.no_grad()
-def block_states(model, ids: torch.Tensor, mask: torch.Tensor) -> list[torch.Tensor]:
-    """The model's hidden states after the embeddings (each block's output, the last after the final norm),
-    real tokens only: one (tokens x d) tensor per layer."""
-    out = backbone(model)(input_ids=ids, attention_mask=mask, use_cache=False, output_hidden_states=True)
-    keep = mask.reshape(-1).to(out.hidden_states[0].device).bool()
-    return [h.reshape(-1, h.shape[-1])[keep] for h in out.hidden_states[1:]]
-
-
-def padded(rows: list[list[int]], pad: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(r) for r in rows)
-    ids = torch.tensor([r + [pad] * (width - len(r)) for r in rows], device=device)
-    mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows], device=device)
-    return ids, mask
-
-
-@torch.no_grad()
 def score_rows(model, rows: list[list[int]], first_scored: list[int], pad: int = 0, batch_size: int = 8,
                progress=None) -> list[tuple[float, int]]:  # fmt: skip
     """For each row of ids, (sum of log p(token) for tokens from ``first_scored`` on, number of those tokens).
@@ -76,7 +54,7 @@ def score_rows(model, rows: list[list[int]], first_scored: list[int], pad: int =
     results: list[tuple[float, int]] = [(0.0, 0)] * len(rows)
     for start in range(0, len(order), batch_size):
         chunk = order[start : start + batch_size]
-        ids, mask = padded([rows[i] for i in chunk], pad, device)
+        ids, mask = right_padded([rows[i] for i in chunk], pad, device)
         hidden = backbone(model)(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
         for row, i in enumerate(chunk):
             begin, end = max(first_scored[i], 1), len(rows[i])
@@ -98,3 +76,8 @@ def score_requests(model, requests: list[Request], pad: int = 0, batch_size: int
     rows = [list(r.context) + list(r.continuation) for r in requests]
     starts = [len(r.context) for r in requests]
     return [total for total, _ in score_rows(model, rows, starts, pad, batch_size, progress)]
+
+
+def window_batches(windows: list[list[int]], pad: int, batch_size: int, tag: Tag) -> list[TokenBatch]:
+    """Token windows as right-padded, tagged batches for the block engine, in the order given."""
+    return [TokenBatch(*right_padded(windows[i : i + batch_size], pad), tag) for i in range(0, len(windows), batch_size)]

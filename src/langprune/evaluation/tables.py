@@ -13,9 +13,11 @@ METRICS = {
 }
 
 
-def _text(value, spec: str) -> str:
+def _text(result: dict, field: str, spec: str) -> str:
+    """A metric as text. An SNR is undefined (None) only when the states are identical, and says so."""
+    value = result.get(field)
     if value is None:
-        return "identical" if spec == ".2f" else "-"
+        return "identical" if field == "snr_db" else "-"
     return format(value, spec)
 
 
@@ -26,8 +28,8 @@ def metric_rows(results: dict) -> list[tuple[str, str, dict[str, str]]]:
         if name == "rankc":
             for cloze_task, per_language in per_key.items():
                 rows.append((f"rankc ({cloze_task})", "RankC vs en",
-                             {k: f"{v['rankc']:.3f}" for k, v in per_language.items()}))  # fmt: skip
+                             {k: _text(v, "rankc", ".3f") for k, v in per_language.items()}))  # fmt: skip
             continue
         for label, field, spec in METRICS[tasks[name].type]:
-            rows.append((name, label, {key: _text(result[field], spec) for key, result in per_key.items()}))
+            rows.append((name, label, {key: _text(result, field, spec) for key, result in per_key.items()}))
     return rows

@@ -17,11 +17,10 @@ import random
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 
-from ..calibration import demonstration_ids
 from ..data import get_corpus
 from ..errors import UserError
 from ..languages import english_name
-from .scoring import encode
+from ..text import demonstration_ids, encode, pad_id
 from .tasks import TaskSpec
 
 BLEU_TOKENIZER = {"zh": "zh", "ja": "char", "th": "char", "ko": "char"}
@@ -61,21 +60,23 @@ def generate(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, sa
              batch_size: int = 8) -> list[str]:  # fmt: skip
     """Continuations of each prompt up to the first newline (greedy unless ``sampling`` is given)."""
     device = next(model.parameters()).device
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad = pad_id(tokenizer)
     outputs = []
     for start in range(0, len(prompts), batch_size):
         chunk = prompts[start : start + batch_size]
         width = max(len(p) for p in chunk)
         ids = torch.tensor([[pad] * (width - len(p)) + p for p in chunk], device=device)
         mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in chunk], device=device)
-        if sampling:
+        # generate() samples from the global generator: seed it inside a forked RNG state, so the caller's
+        # random state is the same afterwards and each batch's draws depend only on (seed, batch).
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             torch.manual_seed(seed + start)
-        generated = model.generate(
-            input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=bool(sampling),
-            **(sampling or {"temperature": None, "top_k": None, "top_p": None}),
-            eos_token_id=tokenizer.eos_token_id, pad_token_id=pad,
-            stopping_criteria=StoppingCriteriaList([_StopAtNewline(tokenizer, width)]),
-        )  # fmt: skip
+            generated = model.generate(
+                input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=bool(sampling),
+                **(sampling or {"temperature": None, "top_k": None, "top_p": None}),
+                eos_token_id=tokenizer.eos_token_id, pad_token_id=pad,
+                stopping_criteria=StoppingCriteriaList([_StopAtNewline(tokenizer, width)]),
+            )  # fmt: skip
         for row in generated[:, width:]:
             outputs.append(tokenizer.decode(row, skip_special_tokens=True).split("\n")[0].strip())
     return outputs

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .errors import UserError
+from ..errors import UserError
 
 
 def is_conv1d(module: nn.Module) -> bool:

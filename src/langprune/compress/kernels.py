@@ -79,31 +79,6 @@ def prune_lowest(scores: torch.Tensor, k: int) -> torch.Tensor:
     return ~(below | (ties & (ties.cumsum(1) <= needed)))
 
 
-def accumulate_gram_upper_(acc: torch.Tensor, x: torch.Tensor, block: int = 256) -> None:
-    """acc += XᵀX, computing only the blocks on and above the diagonal.
-
-    XᵀX is symmetric, so this does about (k+1)/(2k) of the multiply-adds of a
-    full product for k column blocks; ``symmetrize_upper_`` fills in the rest
-    once at the end. X is (tokens, features).
-    """
-    d = x.shape[1]
-    if d <= block:
-        acc.addmm_(x.T, x)
-        return
-    starts = range(0, d, block)
-    for i in starts:
-        xi_t = x[:, i : i + block].T
-        acc[i : i + block, i:].addmm_(xi_t, x[:, i:])
-
-
-def symmetrize_upper_(acc: torch.Tensor, block: int = 256) -> torch.Tensor:
-    """Mirror, in place, the upper block triangle written by ``accumulate_gram_upper_``."""
-    if acc.shape[0] > block:
-        strict_upper = torch.triu(acc, 1)
-        acc.tril_().triu_().add_(strict_upper).add_(strict_upper.T)
-    return acc
-
-
 def _inverse_cholesky_upper(hessian: torch.Tensor, percdamp: float, name: str) -> torch.Tensor:
     """Upper Cholesky factor of H⁻¹, dampening more (with a warning) until it exists.
 

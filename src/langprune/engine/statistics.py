@@ -1,28 +1,61 @@
-"""Per-input statistics accumulated over calibration tokens, in float32 or wider.
+"""Per-input statistics accumulated over calibration tokens, in float32 or wider, on the execution device.
 
 Each statistic sees the input of one or more layers (layers fed by the same
 tensor share one statistic) as a (tokens, features) matrix of real tokens
-only; padding has already been dropped by the engine.
+only; padding has already been dropped by the engine. A statistic lives on
+the device its activations come from (``device``), so nothing crosses to the
+host while a block runs. ``tag`` is the batch's ``Tag``: statistics that keep
+sets apart (the contrast set Z) read its role, never a batch's position.
 """
 
 from __future__ import annotations
 
 import torch
 
-from .errors import UserError
-from .kernels import accumulate_gram_upper_, symmetrize_upper_
+from ..errors import UserError
+from .collection import Tag
+
+
+def accumulate_gram_upper_(acc: torch.Tensor, x: torch.Tensor, block: int = 256) -> None:
+    """acc += XᵀX, computing only the blocks on and above the diagonal.
+
+    XᵀX is symmetric, so this does about (k+1)/(2k) of the multiply-adds of a
+    full product for k column blocks; ``symmetrize_upper_`` fills in the rest
+    once at the end. X is (tokens, features).
+    """
+    d = x.shape[1]
+    if d <= block:
+        acc.addmm_(x.T, x)
+        return
+    starts = range(0, d, block)
+    for i in starts:
+        xi_t = x[:, i : i + block].T
+        acc[i : i + block, i:].addmm_(xi_t, x[:, i:])
+
+
+def symmetrize_upper_(acc: torch.Tensor, block: int = 256) -> torch.Tensor:
+    """Mirror, in place, the upper block triangle written by ``accumulate_gram_upper_``."""
+    if acc.shape[0] > block:
+        strict_upper = torch.triu(acc, 1)
+        acc.tril_().triu_().add_(strict_upper).add_(strict_upper.T)
+    return acc
+
+
+CONTRAST = "contrast"
+"""The role of batches from the contrast set Z (``--contrast``)."""
 
 
 class InputStatistic:
     """Lifecycle: ``add_batch`` per calibration batch, read, then ``free``."""
 
-    def __init__(self, features: int, name: str):
+    def __init__(self, features: int, name: str, device: torch.device | str = "cpu"):
         self.features = features
         self.name = name
+        self.device = torch.device(device)
         self.tokens = 0
 
-    def add_batch(self, x: torch.Tensor, role: str = "calibration") -> None:
-        """Accumulate a (tokens, features) batch; ``role`` is "contrast" for batches of a contrast set."""
+    def add_batch(self, x: torch.Tensor, tag: Tag | None = None) -> None:
+        """Accumulate a (tokens, features) batch of real tokens; ``tag`` says which set it belongs to."""
         raise NotImplementedError
 
     def free(self) -> None:
@@ -40,11 +73,11 @@ class InputStatistic:
 class SquaredNorms(InputStatistic):
     """Σ_t x_tj² per input feature j: Wanda's ||X_j||₂², accumulated in float64."""
 
-    def __init__(self, features: int, name: str):
-        super().__init__(features, name)
-        self._sum = torch.zeros(features, dtype=torch.float64)
+    def __init__(self, features: int, name: str, device: torch.device | str = "cpu"):
+        super().__init__(features, name, device)
+        self._sum = torch.zeros(features, dtype=torch.float64, device=self.device)
 
-    def add_batch(self, x: torch.Tensor, role: str = "calibration") -> None:
+    def add_batch(self, x: torch.Tensor, tag: Tag | None = None) -> None:
         # In chunks of rows: the squares never need a full tokens x features temporary, which would land
         # on the block's memory peak (hooks run while the block's own intermediates are alive).
         for chunk in x.split(1024):
@@ -63,17 +96,17 @@ class SquaredNorms(InputStatistic):
 class ContrastedNorms(InputStatistic):
     """||X_j||² over the calibration set and ||Z_j||² over the contrast set, kept apart by role.
 
-    The roles come from which set a batch belongs to, never from the order in
-    which batches happen to run, so X and Z cannot swap between runs.
+    The roles come from each batch's tag (``contrast`` for Z), never from the
+    order in which batches happen to run, so X and Z cannot swap between runs.
     """
 
-    def __init__(self, features: int, name: str):
-        super().__init__(features, name)
-        self.x = SquaredNorms(features, name)
-        self.z = SquaredNorms(features, name)
+    def __init__(self, features: int, name: str, device: torch.device | str = "cpu"):
+        super().__init__(features, name, device)
+        self.x = SquaredNorms(features, name, device)
+        self.z = SquaredNorms(features, name, device)
 
-    def add_batch(self, x: torch.Tensor, role: str = "calibration") -> None:
-        (self.z if role == "contrast" else self.x).add_batch(x)
+    def add_batch(self, x: torch.Tensor, tag: Tag | None = None) -> None:
+        (self.z if tag is not None and tag.role == CONTRAST else self.x).add_batch(x)
         self.tokens += x.shape[0]
 
     @property
@@ -95,12 +128,12 @@ class Hessian(InputStatistic):
     which saves about a third of the multiply-adds on wide inputs.
     """
 
-    def __init__(self, features: int, name: str):
-        super().__init__(features, name)
-        self._gram = torch.zeros(features, features, dtype=torch.float32)
+    def __init__(self, features: int, name: str, device: torch.device | str = "cpu"):
+        super().__init__(features, name, device)
+        self._gram = torch.zeros(features, features, dtype=torch.float32, device=self.device)
         self._finished = False
 
-    def add_batch(self, x: torch.Tensor, role: str = "calibration") -> None:
+    def add_batch(self, x: torch.Tensor, tag: Tag | None = None) -> None:
         if self._finished:
             raise RuntimeError(f"{self.name}: the Hessian was already read; no more batches can be added")
         accumulate_gram_upper_(self._gram, x.to(torch.float32))

@@ -1,9 +1,10 @@
-"""Pruning methods: which statistic each needs and how it turns it into masks.
+"""Pruning methods: which statistic each needs and how it compresses a group of layers.
 
 A method prunes a *group* of layers that read the same input, so statistics
 are shared and SparseGPT can stack their rows into one solve. Weights are
-edited in place through ``(out, in)`` views; the keep masks are returned in
-the same orientation.
+edited in place through ``(out, in)`` views; what was done to each layer
+comes back as a ``LayerChange`` (keep mask in the same orientation, whether
+surviving weights moved).
 """
 
 from __future__ import annotations
@@ -14,10 +15,11 @@ from typing import ClassVar
 
 import torch
 
+from ..engine.statistics import ContrastedNorms, Hessian, InputStatistic, SquaredNorms
+from ..errors import UserError
 from . import kernels
-from .errors import UserError
+from .result import LayerChange
 from .sparsity import Sparsity
-from .statistics import ContrastedNorms, Hessian, InputStatistic, SquaredNorms
 
 
 @dataclass
@@ -32,13 +34,13 @@ class Method:
 
     def prune_group(
         self, weights: dict[str, torch.Tensor], statistic, sparsity: Sparsity, seed: int
-    ) -> dict[str, torch.Tensor]:
-        masks = {}
+    ) -> dict[str, LayerChange]:
+        changes = {}
         for name, weight in weights.items():
             keep = kernels.mask_from_scores(self.scores(name, weight, statistic, seed), sparsity)
             weight[~keep] = 0
-            masks[name] = keep
-        return masks
+            changes[name] = LayerChange(keep)
+        return changes
 
 
 class Magnitude(Method):
@@ -53,7 +55,8 @@ class Random(Method):
 
     def scores(self, layer_name, weight, statistic, seed):
         # Seeded per layer by name, so a layer's mask does not depend on which layers came before it.
-        generator = torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(layer_name.encode()))
+        # Modulo 2^64: any seed the CLI accepts stays within the generator's range.
+        generator = torch.Generator().manual_seed((seed * 1_000_003 + zlib.crc32(layer_name.encode())) % 2**64)
         return kernels.random_scores(tuple(weight.shape), generator)
 
 
@@ -94,13 +97,13 @@ class SparseGPT(Method):
         updated, keep = kernels.sparsegpt_prune(
             stacked, statistic.value, sparsity, self.blocksize, self.percdamp, name=statistic.name
         )
-        masks, row = {}, 0
+        changes, row = {}, 0
         for name in names:
             rows = weights[name].shape[0]
             weights[name].copy_(updated[row : row + rows])
-            masks[name] = keep[row : row + rows].clone()
+            changes[name] = LayerChange(keep[row : row + rows].clone(), weights_updated=True)
             row += rows
-        return masks
+        return changes
 
 
 METHODS: dict[str, type[Method]] = {cls.name: cls for cls in (Magnitude, Random, Wanda, ContrastiveWanda, SparseGPT)}

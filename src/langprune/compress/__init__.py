@@ -1,0 +1,8 @@
+"""Compression: sparsity targets, pure kernels, methods that compress a layer group, and the block loop."""
+
+from .loop import PruneResult, prune_model
+from .methods import METHODS, Method, get_method
+from .result import LayerChange, measure_sparsity
+from .sparsity import Sparsity
+
+__all__ = ["LayerChange", "METHODS", "Method", "PruneResult", "Sparsity", "get_method", "measure_sparsity", "prune_model"]
