@@ -226,10 +226,15 @@ def check_fits(calibration: CalibrationSet, model, what: str = "calibration") ->
     if low < 0 or high >= vocabulary:
         raise UserError(f"{what} has token ids from {low} to {high}, outside the model's vocabulary of {vocabulary}: "
                         "tokenize with this model's tokenizer")  # fmt: skip
+    check_seqlen(calibration.input_ids.shape[1], model, what)
+
+
+def check_seqlen(seqlen: int, model, what: str = "calibration") -> None:
+    """Refuse sequences longer than the model's position embeddings cover."""
     positions = max_positions(model.config)
-    if positions is not None and calibration.input_ids.shape[1] > positions:
-        raise UserError(f"{what} sequences have {calibration.input_ids.shape[1]} tokens, more than the model's "
-                        f"{positions} positions: lower --seqlen to {positions} or less")  # fmt: skip
+    if positions is not None and seqlen > positions:
+        raise UserError(f"{what} sequences of {seqlen} tokens are longer than the model's {positions} positions: "
+                        f"lower --seqlen to {positions} or less")  # fmt: skip
 
 
 def max_positions(config) -> int | None:

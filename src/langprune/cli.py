@@ -72,7 +72,7 @@ class _CliReporter:
 
     def note(self, text: str) -> None:
         if not self.quiet:
-            err_console.print(text, highlight=False)
+            console.print(text, highlight=False)
 
     def _bar(self, description: str, unit: str):
         if self.bar is None:

@@ -9,7 +9,9 @@ loaded from there afterwards (a few seconds).
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
+import pickle
 import re
 import shutil
 from dataclasses import dataclass
@@ -17,6 +19,7 @@ from pathlib import Path
 from typing import Callable
 
 import torch
+from safetensors import SafetensorError, safe_open
 
 from .errors import UserError, did_you_mean
 from .storage import cache_dir, locked, partial_path
@@ -109,17 +112,73 @@ def resolve_model_path(name: str) -> str:
 
 
 def _loading(name: str, load):
-    """Run a transformers loader, turning user-fixable failures into one-line errors."""
+    """Run a transformers loader, turning the failures a user can fix into one-line errors; bugs keep their traceback."""
+    local = Path(name).expanduser().is_dir() or name in ALIASES
     try:
         return load()
     except OSError as exc:
+        if local:
+            raise UserError(f"could not load model {name!r}: {str(exc).splitlines()[0]}") from None
         offline = os.environ.get("HF_HUB_OFFLINE") == "1" or "connect" in str(exc).lower() or "offline" in str(exc).lower()
         reason = "the Hugging Face hub is unreachable (offline)" if offline else str(exc).splitlines()[0]
         raise UserError(
             f"could not load model {name!r}: {reason}; use a local folder or an alias ({', '.join(ALIASES)})"
         ) from None
+    except pickle.UnpicklingError:
+        raise UserError(f"model {name!r} stores its weights as a pickle that torch refuses to load safely "
+                        "(weights_only): convert it to safetensors from a source you trust") from None  # fmt: skip
     except ValueError as exc:
-        raise UserError(f"{name!r} is not a causal language model that transformers can load: {str(exc).splitlines()[0]}") from None
+        if "Unrecognized configuration class" in str(exc) or "Unrecognized model" in str(exc):
+            raise UserError(f"{name!r} is not a causal language model that transformers can load: "
+                            f"{str(exc).splitlines()[0]}") from None  # fmt: skip
+        raise
+
+
+def check_local_folder(name: str, path: Path) -> None:
+    """Refuse a broken checkpoint folder with the file to blame: invalid config.json, damaged safetensors."""
+    try:
+        config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UserError(f"model folder {name}: config.json is not valid JSON ({exc}); repair or re-download it") from None
+    if not isinstance(config, dict):
+        raise UserError(f"model folder {name}: config.json holds a JSON {type(config).__name__}, not an object")
+    for shard in sorted(path.glob("*.safetensors")):
+        try:
+            with safe_open(str(shard), framework="pt") as handle:
+                handle.keys()
+        except (SafetensorError, OSError) as exc:
+            raise UserError(f"model folder {name}: {shard.name} is damaged or truncated ({exc}); re-download it") from None
+        expected = _safetensors_size(shard)
+        if expected is not None and shard.stat().st_size < expected:
+            raise UserError(f"model folder {name}: {shard.name} is truncated ({shard.stat().st_size} of {expected} "
+                            "bytes); re-download it")  # fmt: skip
+
+
+def _safetensors_size(shard: Path) -> int | None:
+    """The file size a safetensors header promises (header length, header, and the end of the last tensor)."""
+    with open(shard, "rb") as handle:
+        prefix = handle.read(8)
+        if len(prefix) < 8:
+            return None
+        length = int.from_bytes(prefix, "little")
+        try:
+            header = json.loads(handle.read(length))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            return None
+    ends = [entry["data_offsets"][1] for key, entry in header.items() if key != "__metadata__"]
+    return 8 + length + max(ends, default=0)
+
+
+def check_decoder_only(config, name: str) -> None:
+    """Refuse encoder-only and encoder-decoder models: langprune's engine runs decoder-only causal LMs."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
+
+    if getattr(config, "is_encoder_decoder", False):
+        raise UserError(f"{name!r} is an encoder-decoder model ({config.model_type}): langprune prunes decoder-only "
+                        "causal language models")  # fmt: skip
+    if config.model_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES and not getattr(config, "is_decoder", False):
+        raise UserError(f"{name!r} is an encoder-only model ({config.model_type}): langprune prunes decoder-only "
+                        "causal language models such as Llama, Gemma, BLOOM or XGLM")  # fmt: skip
 
 
 def load_tokenizer(name: str):
@@ -134,10 +193,14 @@ def load_tokenizer(name: str):
 
 def load_model(name: str, dtype: torch.dtype = torch.float32, device: str = "cpu"):
     """Load (model, tokenizer) in evaluation mode; user-fixable failures become UserError."""
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoConfig, AutoModelForCausalLM
 
     source = resolve_model_path(name)
-    model = _loading(name, lambda: AutoModelForCausalLM.from_pretrained(source, dtype=dtype))
+    if Path(source).is_dir():
+        check_local_folder(name, Path(source))
+    config = _loading(name, lambda: AutoConfig.from_pretrained(source))
+    check_decoder_only(config, name)
+    model = _loading(name, lambda: AutoModelForCausalLM.from_pretrained(source, config=config, dtype=dtype))
     tokenizer = load_tokenizer(name)
     model.to(device).eval()
     return model, tokenizer

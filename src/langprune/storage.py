@@ -55,19 +55,28 @@ def replace_folder(partial: Path, target: Path) -> Path:
     The old folder is first renamed aside (one atomic rename), the new one
     renamed in, and only then is the old one deleted: a kill at any moment
     leaves either the old or the new folder at ``target``, never nothing.
+    Writers racing to install the same entry each get their rename in turn
+    (the last one wins); none fails and none sees a half-written folder.
     """
     target = Path(target)
-    aside = None
-    if target.exists():
-        aside = partial_path(target.with_name(target.name + ".old"))
-        target.rename(aside)
-    try:
-        Path(partial).rename(target)
-    except BaseException:
-        if aside is not None:
-            aside.rename(target)
-        raise
-    if aside is not None:
+    asides = []
+    for _ in range(100):
+        if target.exists():
+            aside = partial_path(target.with_name(target.name + ".old"))
+            try:
+                target.rename(aside)
+                asides.append(aside)
+            except FileNotFoundError:  # another writer moved it first
+                pass
+        try:
+            Path(partial).rename(target)
+            break
+        except OSError as exc:
+            if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                raise
+    else:
+        raise RuntimeError(f"could not move {partial} to {target}: other writers kept replacing it")
+    for aside in asides:
         shutil.rmtree(aside, ignore_errors=True)
     return target
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from ..errors import UserError
 from ..languages import check_language
-from ..storage import cache_dir, locked, partial_path
+from ..storage import cache_dir, locked, partial_path, replace_folder
 
 EVAL_FRACTION = 0.25
 SPLIT_SEED = 0
@@ -145,15 +145,10 @@ class Corpus:
         try:
             self.extract(list(files), partial)
             (partial / MARKER).write_text(str(FORMAT))
-            aside = partial_path(target.with_name(target.name + ".old"))
-            if target.exists():
-                target.rename(aside)
-            partial.rename(target)
+            return replace_folder(partial, target)
         except BaseException:
             shutil.rmtree(partial, ignore_errors=True)
             raise
-        shutil.rmtree(aside, ignore_errors=True)
-        return target
 
     def extract(self, files: list[Path], into: Path) -> None:
         raise NotImplementedError

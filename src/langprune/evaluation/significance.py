@@ -14,6 +14,8 @@ import math
 
 import numpy as np
 
+from ..errors import UserError
+
 SAMPLES = 1000
 
 
@@ -43,7 +45,8 @@ def perplexity_test(windows_a, windows_b, samples: int = SAMPLES, seed: int = 0)
     """Paired bootstrap on per-window (nll, tokens): perplexity = exp(sum nll / sum tokens) of each resample."""
     a, b = np.asarray(windows_a, dtype=float), np.asarray(windows_b, dtype=float)
     if a.shape != b.shape or not np.array_equal(a[:, 1], b[:, 1]):
-        raise ValueError("the runs scored different token windows (another tokenizer, seqlen or corpus)")
+        raise UserError("the runs scored different token windows (another tokenizer, seqlen or corpus): evaluate both "
+                        "with the same --seqlen and --corpus")  # fmt: skip
     idx = _indices(len(a), samples, seed)
     tokens = a[:, 1][idx].sum(1)
     ppl_a, ppl_b = np.exp(a[:, 0][idx].sum(1) / tokens), np.exp(b[:, 0][idx].sum(1) / tokens)

@@ -116,6 +116,8 @@ def run_prune(settings: PruneSettings, reporter: Reporter | None = None) -> dict
     with RunWriter(Path(settings.out), settings.overwrite) as run:  # a folder that cannot be written fails here, early
         with reporter.loading(settings.model):
             lm, tokenizer = load_model(settings.model)
+        if settings.calib or settings.contrast:
+            calibration_module.check_seqlen(settings.seqlen, lm)
         build = lambda recipe: calibration_module.build(recipe, tokenizer, settings.nsamples, settings.seqlen,  # noqa: E731
                                                         settings.seed, settings.shots)  # fmt: skip
         calibration = build(settings.calib) if settings.calib else pretokenized

@@ -67,7 +67,8 @@ class RunWriter:
         return self
 
     def __exit__(self, *exc) -> None:
-        shutil.rmtree(self.partial, ignore_errors=True)
+        if self.partial.exists():  # not finished: an error or an interrupt
+            shutil.rmtree(self.partial, ignore_errors=True)
 
     def add_block(self, model, changes: dict[str, LayerChange]) -> None:
         """Store a block's keep masks (True = kept) in each parameter's own layout (Conv1D weights are (in, out))."""
