@@ -104,3 +104,39 @@ def tiny_corpora(tmp_path, monkeypatch):
         for k, lang in enumerate(languages)
     })  # fmt: skip
     return tmp_path / "cache"
+
+
+CALIBRATION_TEXT = "the cat is on the mat and it was not a dog .\n\n" * 60
+
+
+@pytest.fixture(scope="session")
+def checkpoint(tmp_path_factory):
+    """A tiny GPT-2 checkpoint folder with its tokenizer and a calibration text file (calib.txt)."""
+    folder = tmp_path_factory.mktemp("tiny-gpt2")
+    tiny_model("gpt2").save_pretrained(folder)
+    tiny_tokenizer(folder)
+    (folder / "calib.txt").write_text(CALIBRATION_TEXT)
+    return folder
+
+
+@pytest.fixture
+def cli(capsys, monkeypatch):
+    """Run ``langprune ARGS`` in this process (``langprune.cli.main``, as the script does, without a fresh
+    interpreter's start-up): returns a CompletedProcess with the exit code and captured output."""
+    import subprocess
+    import sys
+
+    from langprune.cli import main
+
+    def run(*args) -> subprocess.CompletedProcess:
+        monkeypatch.setattr(sys, "argv", ["langprune", *map(str, args)])
+        capsys.readouterr()
+        try:
+            main()
+            code = 0
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else 1
+        out, err = capsys.readouterr()
+        return subprocess.CompletedProcess(args, code, out, err)
+
+    return run

@@ -11,16 +11,7 @@ from transformers import AutoModelForCausalLM
 
 from langprune.runs import load_masks
 
-TEXT = "the cat is on the mat and it was not a dog .\n\n" * 60
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("tiny-gpt2")
-    tiny_model("gpt2").save_pretrained(folder)
-    tiny_tokenizer(folder)
-    (folder / "calib.txt").write_text(TEXT)
-    return folder
+from conftest import CALIBRATION_TEXT as TEXT
 
 
 def langprune(*args, cwd=None):
@@ -68,7 +59,7 @@ def test_prune_writes_a_loadable_checkpoint_masks_and_report(checkpoint, tmp_pat
         (["--model", "NOCONFIG"], "has no config.json"),
     ],
 )
-def test_bad_input_is_one_line_exit_2_and_nothing_written(checkpoint, tmp_path, args, message):
+def test_bad_input_is_one_line_exit_2_and_nothing_written(checkpoint, tmp_path, cli, args, message):
     (tmp_path / "empty.txt").write_text("")
     (tmp_path / "noconfig").mkdir()
     args = [str(a).replace("EMPTY", str(tmp_path / "empty.txt")).replace("NOCONFIG", str(tmp_path / "noconfig")) for a in args]
@@ -76,7 +67,7 @@ def test_bad_input_is_one_line_exit_2_and_nothing_written(checkpoint, tmp_path, 
     for i in range(0, len(args), 2):
         base[args[i]] = args[i + 1]
     out = tmp_path / "out"
-    done = langprune("prune", *[x for kv in base.items() for x in kv], "--out", out)
+    done = cli("prune", *[x for kv in base.items() for x in kv], "--out", out)
     assert done.returncode == 2
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], done.stderr
@@ -154,8 +145,8 @@ def test_eval_writes_eval_json_and_compare_prints_p_values(checkpoint, tiny_corp
         (["--tasks", "ppl", "--langs", "xx"], "unknown language"),
     ],
 )
-def test_eval_bad_input_is_one_line_exit_2(checkpoint, tiny_corpora, args, message):
-    done = langprune("eval", "--model", checkpoint, *args)  # refused before the model loads
+def test_eval_bad_input_is_one_line_exit_2(checkpoint, tiny_corpora, cli, args, message):
+    done = cli("eval", "--model", checkpoint, *args)  # refused before the model loads
     lines = done.stderr.strip().splitlines()
     assert done.returncode == 2 and len(lines) == 1 and message in lines[0], done.stderr
 

@@ -8,7 +8,6 @@ interpreter's start-up time.
 import errno
 import json
 import os
-import sys
 
 import pytest
 import torch
@@ -16,31 +15,18 @@ from conftest import tiny_model, tiny_tokenizer, token_ids
 
 from langprune.errors import UserError
 
-TEXT = "the cat is on the mat and it was not a dog .\n\n" * 60
+from conftest import CALIBRATION_TEXT as TEXT
 
 
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("tiny-gpt2")
-    tiny_model("gpt2").save_pretrained(folder)
-    tiny_tokenizer(folder)
-    (folder / "calib.txt").write_text(TEXT)
-    return folder
+@pytest.fixture
+def run(cli):
+    """``langprune ARGS`` in-process as (exit code, stdout, stderr)."""
 
+    def call(*args):
+        done = cli(*args)
+        return done.returncode, done.stdout, done.stderr
 
-def cli(capsys, monkeypatch, *args):
-    """Run ``langprune ARGS`` in this process: (exit code, stdout, stderr)."""
-    from langprune.cli import main
-
-    monkeypatch.setattr(sys, "argv", ["langprune", *map(str, args)])
-    capsys.readouterr()
-    try:
-        main()
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    out, err = capsys.readouterr()
-    return code, out, err
+    return call
 
 
 def assert_one_line_error(code, err, message):
@@ -66,19 +52,19 @@ def prune_args(checkpoint, out, *extra):
         (["prune", "--nsamples", "abc", "--out", "x"], "Invalid value for '--nsamples'"),
     ],
 )
-def test_usage_errors_are_one_line_exit_2(capsys, monkeypatch, args, message):
-    code, _, err = cli(capsys, monkeypatch, *args)
+def test_usage_errors_are_one_line_exit_2(run, monkeypatch, args, message):
+    code, _, err = run(*args)
     assert_one_line_error(code, err, message)
 
 
-def test_ctrl_c_during_prune_exits_130_and_leaves_nothing(checkpoint, tmp_path, capsys, monkeypatch):
+def test_ctrl_c_during_prune_exits_130_and_leaves_nothing(checkpoint, tmp_path, run, monkeypatch):
     import langprune.runs.cell as cell
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(cell, "prune_model", interrupted)
-    code, _, err = cli(capsys, monkeypatch, *prune_args(checkpoint, tmp_path / "run"))
+    code, _, err = run(*prune_args(checkpoint, tmp_path / "run"))
     assert code == 130 and "interrupted" in err
     assert list(tmp_path.iterdir()) == []
 
@@ -93,11 +79,11 @@ def _copy(checkpoint, folder):
     return folder
 
 
-def test_broken_models_are_refused_with_the_file_to_blame(checkpoint, tmp_path, capsys, monkeypatch):
+def test_broken_models_are_refused_with_the_file_to_blame(checkpoint, tmp_path, run, monkeypatch):
     truncated = _copy(checkpoint, tmp_path / "truncated")
     data = (truncated / "model.safetensors").read_bytes()
     (truncated / "model.safetensors").write_bytes(data[: len(data) - 100])
-    code, _, err = cli(capsys, monkeypatch, *prune_args(truncated, tmp_path / "o1"))
+    code, _, err = run(*prune_args(truncated, tmp_path / "o1"))
     assert_one_line_error(code, err, "model.safetensors is damaged or truncated")
 
     pickled = _copy(checkpoint, tmp_path / "pickled")
@@ -108,19 +94,19 @@ def test_broken_models_are_refused_with_the_file_to_blame(checkpoint, tmp_path, 
             return (os.getcwd, ())
 
     torch.save({"transformer.wte.weight": Payload()}, pickled / "pytorch_model.bin")
-    code, _, err = cli(capsys, monkeypatch, *prune_args(pickled, tmp_path / "o2"))
+    code, _, err = run(*prune_args(pickled, tmp_path / "o2"))
     assert_one_line_error(code, err, "refuses to load safely")
 
     bad_config = _copy(checkpoint, tmp_path / "bad-config")
     (bad_config / "config.json").write_text("{not json")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    code, _, err = cli(capsys, monkeypatch, *prune_args(bad_config, tmp_path / "o3"))
+    code, _, err = run(*prune_args(bad_config, tmp_path / "o3"))
     assert_one_line_error(code, err, "config.json is not valid JSON")
     assert "unreachable" not in err
     assert not any(p.name.startswith("o") for p in tmp_path.iterdir())
 
 
-def test_encoder_only_models_are_refused(checkpoint, tmp_path, capsys, monkeypatch):
+def test_encoder_only_models_are_refused(checkpoint, tmp_path, run, monkeypatch):
     import transformers as tf
 
     folder = tmp_path / "bert"
@@ -128,11 +114,11 @@ def test_encoder_only_models_are_refused(checkpoint, tmp_path, capsys, monkeypat
     tf.BertForMaskedLM(config).save_pretrained(folder)
     tiny_tokenizer(folder)
     (folder / "calib.txt").write_text(TEXT)
-    code, _, err = cli(capsys, monkeypatch, *prune_args(folder, tmp_path / "out"))
+    code, _, err = run(*prune_args(folder, tmp_path / "out"))
     assert_one_line_error(code, err, "encoder-only model (bert)")
 
 
-def test_nan_weights_are_refused_naming_the_layer(checkpoint, tmp_path, capsys, monkeypatch):
+def test_nan_weights_are_refused_naming_the_layer(checkpoint, tmp_path, run, monkeypatch):
     from transformers import AutoModelForCausalLM
 
     folder = tmp_path / "nan"
@@ -142,7 +128,7 @@ def test_nan_weights_are_refused_naming_the_layer(checkpoint, tmp_path, capsys, 
     model.save_pretrained(folder)
     tiny_tokenizer(folder)
     (folder / "calib.txt").write_text(TEXT)
-    code, _, err = cli(capsys, monkeypatch, *prune_args(folder, tmp_path / "out", "--method", "magnitude"))
+    code, _, err = run(*prune_args(folder, tmp_path / "out", "--method", "magnitude"))
     assert_one_line_error(code, err, "transformer.h.1.mlp.c_proj has NaN or infinite weights")
     assert not (tmp_path / "out").exists()
 
@@ -170,23 +156,23 @@ def test_loader_errors_that_are_not_user_mistakes_keep_their_type(checkpoint, mo
         (["--seqlen", "1"], "--seqlen must be at least 2"),
     ],
 )
-def test_prune_ranges(checkpoint, tmp_path, capsys, monkeypatch, extra, message):
-    code, _, err = cli(capsys, monkeypatch, *prune_args(checkpoint, tmp_path / "out", *extra))
+def test_prune_ranges(checkpoint, tmp_path, run, monkeypatch, extra, message):
+    code, _, err = run(*prune_args(checkpoint, tmp_path / "out", *extra))
     assert_one_line_error(code, err, message)
     assert not (tmp_path / "out").exists() and list(tmp_path.iterdir()) == []
 
 
-def test_pretokenized_ids_must_be_integers_inside_the_vocabulary(checkpoint, tmp_path, capsys, monkeypatch):
+def test_pretokenized_ids_must_be_integers_inside_the_vocabulary(checkpoint, tmp_path, run, monkeypatch):
     torch.save(torch.rand(2, 8), tmp_path / "float.pt")
     torch.save(torch.full((2, 8), 500), tmp_path / "large.pt")
     for name, message in (("float.pt", "must be an integer tensor"), ("large.pt", "outside the model's vocabulary of 96")):
-        code, _, err = cli(capsys, monkeypatch, "prune", "--model", checkpoint, "--tokens", tmp_path / name,
+        code, _, err = run("prune", "--model", checkpoint, "--tokens", tmp_path / name,
                            "--out", tmp_path / "out")  # fmt: skip
         assert_one_line_error(code, err, message)
 
 
-def test_a_huge_seed_prunes_like_any_other(checkpoint, tmp_path, capsys, monkeypatch):
-    code, _, err = cli(capsys, monkeypatch, "prune", "--model", checkpoint, "--method", "random", "--seed",
+def test_a_huge_seed_prunes_like_any_other(checkpoint, tmp_path, run, monkeypatch):
+    code, _, err = run("prune", "--model", checkpoint, "--method", "random", "--seed",
                        str(2**64 - 1), "--out", tmp_path / "out")  # fmt: skip
     assert code == 0, err
 
@@ -203,18 +189,18 @@ def test_a_huge_seed_prunes_like_any_other(checkpoint, tmp_path, capsys, monkeyp
         ("rows.tsv", b"id\tsentence\n1\thello there\n", "no header naming a text column"),
     ],
 )
-def test_bad_calibration_files(checkpoint, tmp_path, capsys, monkeypatch, name, content, message):
+def test_bad_calibration_files(checkpoint, tmp_path, run, monkeypatch, name, content, message):
     (tmp_path / name).write_bytes(content)
     args = prune_args(checkpoint, tmp_path / "out")
     args[args.index("--calib") + 1] = f"file:{tmp_path / name}"
-    code, _, err = cli(capsys, monkeypatch, *args)
+    code, _, err = run(*args)
     assert_one_line_error(code, err, message)
 
 
-def test_code_recipe_on_a_text_corpus_names_the_mistake(checkpoint, tiny_corpora, tmp_path, capsys, monkeypatch):
+def test_code_recipe_on_a_text_corpus_names_the_mistake(checkpoint, tiny_corpora, tmp_path, run, monkeypatch):
     args = prune_args(checkpoint, tmp_path / "out")
     args[args.index("--calib") + 1] = "code@udhr"
-    code, _, err = cli(capsys, monkeypatch, *args)
+    code, _, err = run(*args)
     assert_one_line_error(code, err, "udhr is a parallel corpus, not code")
     assert "refetch" not in err
 
@@ -222,7 +208,7 @@ def test_code_recipe_on_a_text_corpus_names_the_mistake(checkpoint, tiny_corpora
 # -- output folders -----------------------------------------------------------------------------------------------
 
 
-def test_output_folders_that_cannot_be_written_are_refused_before_loading(checkpoint, tmp_path, capsys, monkeypatch):
+def test_output_folders_that_cannot_be_written_are_refused_before_loading(checkpoint, tmp_path, run, monkeypatch):
     (tmp_path / "afile").write_text("x")
     cases = [
         (tmp_path / "afile" / "run", [], "which is a file"),
@@ -234,13 +220,13 @@ def test_output_folders_that_cannot_be_written_are_refused_before_loading(checkp
 
     monkeypatch.setattr(cell, "load_model", lambda *a, **k: pytest.fail("the model must not load"))
     for out, extra, message in cases:
-        code, _, err = cli(capsys, monkeypatch, *prune_args(checkpoint, out, *extra))
+        code, _, err = run(*prune_args(checkpoint, out, *extra))
         assert_one_line_error(code, err, message)
     assert (tmp_path / "afile").read_text() == "x"
 
 
 @pytest.mark.parametrize("number, message", [(errno.EROFS, "read-only"), (errno.ENOSPC, "no space left")])
-def test_read_only_and_full_disks_are_one_line_and_leave_nothing(checkpoint, tmp_path, capsys, monkeypatch, number,
+def test_read_only_and_full_disks_are_one_line_and_leave_nothing(checkpoint, tmp_path, run, monkeypatch, number,
                                                                  message):  # fmt: skip
     import langprune.runs.folder as folder
 
@@ -248,7 +234,7 @@ def test_read_only_and_full_disks_are_one_line_and_leave_nothing(checkpoint, tmp
         raise OSError(number, os.strerror(number))
 
     monkeypatch.setattr(folder, "save_file", failing)
-    code, _, err = cli(capsys, monkeypatch, *prune_args(checkpoint, tmp_path / "out"))
+    code, _, err = run(*prune_args(checkpoint, tmp_path / "out"))
     assert_one_line_error(code, err, message)
     assert list(tmp_path.iterdir()) == []
 
@@ -297,44 +283,44 @@ def test_a_writer_never_removes_another_processes_partial_folder(checkpoint, tmp
         (["--batch-size", "0"], "--batch-size must be at least 1"),
     ],
 )
-def test_eval_ranges(checkpoint, tiny_corpora, capsys, monkeypatch, args, message):
-    code, _, err = cli(capsys, monkeypatch, "eval", "--model", checkpoint, "--tasks", "ppl", "--langs", "en", *args)
+def test_eval_ranges(checkpoint, tiny_corpora, run, monkeypatch, args, message):
+    code, _, err = run("eval", "--model", checkpoint, "--tasks", "ppl", "--langs", "en", *args)
     assert_one_line_error(code, err, message)
 
 
-def test_compare_and_inspect_refuse_damaged_files(tmp_path, capsys, monkeypatch):
+def test_compare_and_inspect_refuse_damaged_files(tmp_path, run, monkeypatch):
     good = tmp_path / "good"
     good.mkdir()
     (good / "eval.json").write_text(json.dumps({"tasks": {"ppl": {"en": {"windows": [[1.0, 2]]}}}}))
-    code, _, err = cli(capsys, monkeypatch, "compare", good, good, "--samples", "-3")
+    code, _, err = run("compare", good, good, "--samples", "-3")
     assert_one_line_error(code, err, "--samples must be at least 1")
     for name, content, message in (("corrupt", "{", "is not valid JSON"), ("array", "[1, 2]", "holds a JSON list")):
         folder = tmp_path / name
         folder.mkdir()
         (folder / "eval.json").write_text(content)
         (folder / "report.json").write_text(content)
-        code, _, err = cli(capsys, monkeypatch, "compare", good, folder)
+        code, _, err = run("compare", good, folder)
         assert_one_line_error(code, err, message)
-        code, _, err = cli(capsys, monkeypatch, "inspect", folder)
+        code, _, err = run("inspect", folder)
         assert_one_line_error(code, err, message)
 
 
-def test_inspect_refuses_a_truncated_mask_shard(checkpoint, tmp_path, capsys, monkeypatch):
+def test_inspect_refuses_a_truncated_mask_shard(checkpoint, tmp_path, run, monkeypatch):
     from langprune.runs import PruneSettings, run_prune
 
     out = tmp_path / "run"
     run_prune(PruneSettings(out=out, model=str(checkpoint), method="magnitude"))
     shard = out / "masks" / "00001.safetensors"
     shard.write_bytes(shard.read_bytes()[:40])
-    code, _, err = cli(capsys, monkeypatch, "inspect", out)
+    code, _, err = run("inspect", out)
     assert_one_line_error(code, err, "00001.safetensors is missing or damaged")
 
 
-def test_runs_scored_on_different_windows_are_a_user_error(tmp_path, capsys, monkeypatch):
+def test_runs_scored_on_different_windows_are_a_user_error(tmp_path, run, monkeypatch):
     for name, windows in (("a", [[1.0, 5], [2.0, 5]]), ("b", [[1.0, 4], [2.0, 6]])):
         (tmp_path / name).mkdir()
         (tmp_path / name / "eval.json").write_text(json.dumps({"tasks": {"ppl": {"en": {"windows": windows}}}}))
-    code, _, err = cli(capsys, monkeypatch, "compare", tmp_path / "a", tmp_path / "b")
+    code, _, err = run("compare", tmp_path / "a", tmp_path / "b")
     assert_one_line_error(code, err, "scored different token windows")
 
 
@@ -395,11 +381,11 @@ def test_eval_writes_each_finished_task_and_a_rerun_keeps_them(checkpoint, tiny_
 # -- data ---------------------------------------------------------------------------------------------------------
 
 
-def test_data_list_keeps_names_whole_when_piped_and_has_json(capsys, monkeypatch, tmp_path):
+def test_data_list_keeps_names_whole_when_piped_and_has_json(run, monkeypatch, tmp_path):
     monkeypatch.setenv("LANGPRUNE_CACHE", str(tmp_path))
-    code, out, _ = cli(capsys, monkeypatch, "data", "list")
+    code, out, _ = run("data", "list")
     assert code == 0 and "libreoffice-help" in out and "…" not in out
-    code, out, _ = cli(capsys, monkeypatch, "data", "list", "--json")
+    code, out, _ = run("data", "list", "--json")
     rows = json.loads(out)
     assert code == 0 and "libreoffice-help" in [r["corpus"] for r in rows]
 
@@ -411,10 +397,10 @@ def test_python_code_fetch_takes_the_progress_arguments_the_cli_passes():
     assert corpus.fetch(report=lambda step: None, received=lambda n: None) == corpus.root()
 
 
-def test_data_fetch_from_an_empty_folder(tmp_path, capsys, monkeypatch):
+def test_data_fetch_from_an_empty_folder(tmp_path, run, monkeypatch):
     monkeypatch.setenv("LANGPRUNE_CACHE", str(tmp_path / "cache"))
     (tmp_path / "empty").mkdir()
-    code, _, err = cli(capsys, monkeypatch, "data", "fetch", "udhr", "--from", tmp_path / "empty")
+    code, _, err = run("data", "fetch", "udhr", "--from", tmp_path / "empty")
     assert_one_line_error(code, err, "holds no files for udhr")
 
 
