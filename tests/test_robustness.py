@@ -507,3 +507,46 @@ def test_statistics_live_on_the_device_of_their_activations():
     x = torch.randn(5, 4, device="meta")
     assert SquaredNorms(4, "n", x.device)._sum.device.type == "meta"
     assert Hessian(4, "h", x.device)._gram.device.type == "meta"
+
+
+def test_inspect_and_compare_speak_json(checkpoint, tmp_path, run):
+    from langprune.runs import PruneSettings, run_prune
+
+    out = tmp_path / "run"
+    run_prune(PruneSettings(out=out, model=str(checkpoint), method="magnitude", sparsity="0.4"))
+    code, stdout, _ = run("inspect", out, "--json")
+    shown = json.loads(stdout)
+    assert code == 0 and shown["measured"]["nonzero_where_mask_prunes"] == 0
+    assert shown["measured"]["sparsity_pruned_layers"] == pytest.approx(shown["report"]["sparsity_pruned_layers"])
+    for name, windows in (("a", [[1.0, 5], [2.0, 5]]), ("b", [[3.0, 5], [4.0, 5]])):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "eval.json").write_text(json.dumps({"tasks": {"ppl": {"en": {"windows": windows}}}}))
+    code, stdout, _ = run("compare", tmp_path / "a", tmp_path / "b", "--samples", "50", "--json")
+    rows = json.loads(stdout)["rows"]
+    assert code == 0 and rows[0]["task"] == "ppl" and rows[0]["delta"] > 0
+
+
+def test_cache_builders_take_turns_and_partial_names_never_repeat(tmp_path):
+    import threading
+    import time
+
+    from langprune.storage import locked, partial_path
+
+    inside, overlaps = [], []
+
+    def build():
+        with locked(tmp_path / "models" / "alias"):
+            inside.append(1)
+            if len(inside) > 1:
+                overlaps.append(len(inside))
+            time.sleep(0.05)
+            inside.pop()
+
+    threads = [threading.Thread(target=build) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert overlaps == []
+    names = {partial_path(tmp_path / "run") for _ in range(50)}
+    assert len(names) == 50 and all(n.name.startswith("run.partial-") for n in names)
