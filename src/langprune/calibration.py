@@ -31,7 +31,7 @@ import torch
 
 from .data import get_corpus, read_local
 from .engine import Tag, TokenBatch
-from .errors import UserError
+from .errors import UserError, check_at_least
 from .languages import NAMES, check_language, english_name
 from .text import demonstration_ids, pad_id, text_windows
 
@@ -65,8 +65,7 @@ class CalibrationSet:
 
     def batches(self, batch_size: int, role: str = "calibration") -> list[TokenBatch]:
         """Consecutive batches of rows, each tagged with ``role``, the set's layout and its language (None if mixed)."""
-        if batch_size < 1:
-            raise UserError(f"batch size must be at least 1, not {batch_size}")
+        check_at_least("batch size", batch_size, 1)
         out = []
         for i in range(0, self.input_ids.shape[0], batch_size):
             languages = set(self.row_languages[i : i + batch_size]) if self.row_languages else {None}

@@ -27,7 +27,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from .errors import UserError
+from .errors import UserError, check_at_least
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Prune multilingual LLMs with language-aware calibration.")
 data_app = typer.Typer(no_args_is_help=True, help="The corpus catalog: list and fetch corpora.")
@@ -88,8 +88,9 @@ class _CliReporter:
     def evaluating(self, done: int, total: int | None, what: str) -> None:
         self._bar("evaluating", "").update(self.task, completed=done, total=total, description=what)
 
-    def close(self) -> None:
+    def close(self, failed: bool = False) -> None:
         if self.bar is not None:
+            self.bar.live.transient = failed  # a failed run leaves only its error line
             self.bar.stop()
             self.bar = None
 
@@ -99,8 +100,10 @@ def _reporting(quiet: bool = False):
     reporter = _CliReporter(quiet)
     try:
         yield reporter
-    finally:
-        reporter.close()
+    except BaseException:
+        reporter.close(failed=True)
+        raise
+    reporter.close()
 
 
 @app.command("prune")
@@ -244,8 +247,7 @@ def compare_command(
     from .evaluation.significance import compare_results
     from .runs import load_eval
 
-    if samples < 1:
-        raise UserError(f"--samples must be at least 1, not {samples}")
+    check_at_least("--samples", samples, 1)
     if not 0 < alpha < 1:
         raise UserError(f"--alpha must lie between 0 and 1, not {alpha}")
     rows = compare_results(load_eval(a), load_eval(b), samples, seed)

@@ -9,6 +9,12 @@ class UserError(Exception):
     """Bad input: the message names what is wrong and how to fix it."""
 
 
+def check_at_least(option: str, value: int | None, minimum: int) -> None:
+    """Refuse a count below its minimum (None means "not given" and passes)."""
+    if value is not None and value < minimum:
+        raise UserError(f"{option} must be at least {minimum}, not {value}")
+
+
 def did_you_mean(word: str, choices) -> str:
     """' (did you mean X?)' naming the closest choice, or '' when none is close."""
     import difflib

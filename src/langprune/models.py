@@ -135,7 +135,11 @@ def _loading(name: str, load):
 
 
 def check_local_folder(name: str, path: Path) -> None:
-    """Refuse a broken checkpoint folder with the file to blame: invalid config.json, damaged safetensors."""
+    """Refuse a broken checkpoint folder with the file to blame: invalid config.json, damaged safetensors.
+
+    Opening a safetensors file reads only its header, and fails when the
+    header promises more bytes than the file holds (a truncated download).
+    """
     try:
         config = json.loads((path / "config.json").read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -148,25 +152,6 @@ def check_local_folder(name: str, path: Path) -> None:
                 handle.keys()
         except (SafetensorError, OSError) as exc:
             raise UserError(f"model folder {name}: {shard.name} is damaged or truncated ({exc}); re-download it") from None
-        expected = _safetensors_size(shard)
-        if expected is not None and shard.stat().st_size < expected:
-            raise UserError(f"model folder {name}: {shard.name} is truncated ({shard.stat().st_size} of {expected} "
-                            "bytes); re-download it")  # fmt: skip
-
-
-def _safetensors_size(shard: Path) -> int | None:
-    """The file size a safetensors header promises (header length, header, and the end of the last tensor)."""
-    with open(shard, "rb") as handle:
-        prefix = handle.read(8)
-        if len(prefix) < 8:
-            return None
-        length = int.from_bytes(prefix, "little")
-        try:
-            header = json.loads(handle.read(length))
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            return None
-    ends = [entry["data_offsets"][1] for key, entry in header.items() if key != "__metadata__"]
-    return 8 + length + max(ends, default=0)
 
 
 def check_decoder_only(config, name: str) -> None:

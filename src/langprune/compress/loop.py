@@ -23,7 +23,7 @@ from ..calibration import CalibrationSet
 from ..engine import BlockEngine, LayerFilter, find_blocks, prunable_layers, weight_matrix
 from ..engine.memory import return_freed_memory
 from ..engine.statistics import CONTRAST, ContrastedNorms
-from ..errors import UserError
+from ..errors import UserError, check_at_least
 from .methods import ContrastiveWanda, Method, get_method
 from .result import LayerChange, measure_sparsity
 from .sparsity import Sparsity
@@ -44,26 +44,26 @@ class PruneResult:
         return {name: change.keep for name, change in self.changes.items()}
 
 
-def check_model(model: nn.Module, sparsity: Sparsity, layer_filter: LayerFilter) -> int:
-    """Refuse, before any work, what cannot be pruned: no selected layer, NaN/inf weights, an N:M that does not fit.
-
-    Returns the number of selected layers.
-    """
-    blocks_name, blocks = find_blocks(model)
+def check_shapes(blocks_name: str, blocks, sparsity: Sparsity, layer_filter: LayerFilter) -> None:
+    """Refuse, before any work and from shapes alone, a selection with no layer or an N:M pattern that does not fit."""
     count = 0
     for index, block in enumerate(blocks):
         for name, layer in prunable_layers(block, f"{blocks_name}.{index}", layer_filter).items():
-            weight = weight_matrix(layer)
-            if not bool(torch.isfinite(weight).all()):
-                raise UserError(f"layer {name} has NaN or infinite weights: the checkpoint is broken; "
-                                "langprune refuses to prune (and save) it")  # fmt: skip
-            if sparsity.structured and weight.shape[1] % sparsity.m:
+            width = weight_matrix(layer).shape[1]
+            if sparsity.structured and width % sparsity.m:
                 raise UserError(f"{sparsity} sparsity needs input widths divisible by {sparsity.m}, and {name} has "
-                                f"{weight.shape[1]} inputs: choose an M that divides it (e.g. 2:4) or --exclude it")  # fmt: skip
+                                f"{width} inputs: choose an M that divides it (e.g. 2:4) or --exclude it")  # fmt: skip
             count += 1
     if not count:
         raise UserError("no layer was selected for pruning: check --include/--exclude patterns")
-    return count
+
+
+def check_finite(layers: dict[str, nn.Module]) -> None:
+    """Refuse NaN or infinite weights, naming the layer; run per block, just before its weights are pruned."""
+    for name, layer in layers.items():
+        if not bool(torch.isfinite(layer.weight).all()):
+            raise UserError(f"layer {name} has NaN or infinite weights: the checkpoint is broken; "
+                            "langprune refuses to prune (and save) it")  # fmt: skip
 
 
 def prune_model(
@@ -90,6 +90,12 @@ def prune_model(
     translation-feature paper: X is always ``calibration`` and Z
     ``contrast``, told apart by the tags their batches carry; both pass
     through the same engine, block by block, in one run.
+
+    Shapes are checked before any work (a selection without layers, an N:M
+    that does not divide a layer). NaN or infinite weights are refused per
+    block, just before that block is pruned, so no extra pass reads every
+    weight up front; the blocks before it are then already pruned in place
+    (the run cell writes nothing).
     """
     if isinstance(contrast, torch.Tensor):
         contrast = CalibrationSet.from_tokens(contrast)
@@ -97,13 +103,12 @@ def prune_model(
     sparsity = Sparsity.parse(sparsity)
     if propagate not in PROPAGATE:
         raise UserError(f"propagate must be one of {', '.join(PROPAGATE)}, not {propagate!r}")
-    if batch_size < 1:
-        raise UserError(f"batch size must be at least 1, not {batch_size}")
+    check_at_least("batch size", batch_size, 1)
     if isinstance(calibration, torch.Tensor):
         calibration = CalibrationSet.from_tokens(calibration)
     layer_filter = LayerFilter(tuple(include), tuple(exclude))
-    check_model(model, sparsity, layer_filter)
     blocks_name, blocks = find_blocks(model)
+    check_shapes(blocks_name, blocks, sparsity, layer_filter)
     started = time.perf_counter()
     kept: dict[str, LayerChange] = {}
     records: dict[str, dict] = {}
@@ -119,6 +124,7 @@ def prune_model(
     with torch.no_grad():
         for index in range(len(blocks)):
             layers = prunable_layers(blocks[index], f"{blocks_name}.{index}", layer_filter)
+            check_finite(layers)
             if engine is None:
                 changes = {}
                 for name, layer in layers.items():

@@ -276,18 +276,10 @@ class BlockEngine:
         self.hidden, self.calls = [], []
 
 
-def block_outputs(model: nn.Module, batches: list[TokenBatch], visit: Visitor, final_norm: bool = False) -> None:
-    """Visit every block's output (real tokens) for every batch, one block at a time.
-
-    With ``final_norm`` the last block is visited after what follows it in
-    the model (the final norm), as transformers' ``hidden_states`` define it.
-    """
+def block_outputs(model: nn.Module, batches: list[TokenBatch], visit: Visitor) -> None:
+    """Visit every block's raw output (real tokens) for every batch, one block at a time."""
     engine = BlockEngine(model, batches)
     engine.capture()
-    last = len(engine.blocks) - 1
     for index in range(len(engine.blocks)):
-        engine.run_block(index, on_output=None if (final_norm and index == last) else visit)
-    if final_norm:
-        for b, batch in enumerate(batches):
-            visit(f"{engine.blocks_name}.{last}", engine.final_states(b), batch)
+        engine.run_block(index, on_output=visit)
     engine.release()

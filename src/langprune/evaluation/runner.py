@@ -12,7 +12,7 @@ import math
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 
-from ..errors import UserError
+from ..errors import UserError, check_at_least
 from ..languages import check_language
 from .choice import evaluate_choices
 from .fidelity import evaluate_fidelity
@@ -46,8 +46,7 @@ class Settings:
     def __post_init__(self):
         for option, value, minimum in (("--seqlen", self.seqlen, 2), ("--batch-size", self.batch_size, 1),
                                        ("--limit", self.limit, 1), ("--lrp2-stride", self.lrp2_stride, 1)):  # fmt: skip
-            if value is not None and value < minimum:
-                raise UserError(f"{option} must be at least {minimum}, not {value}")
+            check_at_least(option, value, minimum)
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from ..compress import get_method, prune_model
 from ..compress.loop import PROPAGATE, method_for_contrast
 from ..compress.sparsity import Sparsity
 from ..data import get_corpus
-from ..errors import UserError
+from ..errors import UserError, check_at_least
 from ..evaluation import Settings as EvalOptions
 from ..evaluation import evaluate, perplexity
 from ..evaluation.runner import plan
@@ -77,11 +77,10 @@ class PruneSettings:
         """Every check that needs no model: one clear error for the first mistake found."""
         Sparsity.parse(self.sparsity)
         chosen = get_method(self.method)
-        check_count("--seqlen", self.seqlen, 2)
-        check_count("--batch-size", self.batch_size, 1)
-        check_count("--shots", self.shots, 1)
-        if self.nsamples is not None:
-            check_count("--nsamples", self.nsamples, 1)
+        check_at_least("--seqlen", self.seqlen, 2)
+        check_at_least("--batch-size", self.batch_size, 1)
+        check_at_least("--shots", self.shots, 1)
+        check_at_least("--nsamples", self.nsamples, 1)
         if not 0 <= self.seed <= MAX_SEED:
             raise UserError(f"--seed {self.seed} is outside [0, 2^64 - 1]: give a non-negative 64-bit integer")
         if self.propagate not in PROPAGATE:
@@ -99,11 +98,6 @@ class PruneSettings:
         if self.eval_langs:
             get_corpus(self.eval_corpus)
         check_out(Path(self.out), self.overwrite)
-
-
-def check_count(option: str, value: int, minimum: int) -> None:
-    if value < minimum:
-        raise UserError(f"{option} must be at least {minimum}, not {value}")
 
 
 def run_prune(settings: PruneSettings, reporter: Reporter | None = None) -> dict:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -78,13 +79,13 @@ class RunWriter:
         modules = dict(model.named_modules())
         shard = f"{len(set(self.index.values())):05d}.safetensors"
         stored = {name: (keep.T if is_conv1d(modules[name]) else keep).contiguous().cpu() for name, keep in masks.items()}
-        with self._writing():
+        with _disk_errors(self.out):
             save_file(stored, str(self.partial / MASKS_DIR / shard))
         self.index.update({name: shard for name in masks})
 
     def finish(self, model, tokenizer, report: dict) -> Path:
         """Write checkpoint, mask index and report, then swap the folder into place (the old one goes last)."""
-        with self._writing():
+        with _disk_errors(self.out):
             model.save_pretrained(self.partial)
             if tokenizer is not None:
                 tokenizer.save_pretrained(self.partial)
@@ -93,28 +94,24 @@ class RunWriter:
         check_out(self.out, self.overwrite)  # nobody created it meanwhile
         return replace_folder(self.partial, self.out)
 
-    def _writing(self):
-        return _DiskErrors(self.out)
 
+@contextmanager
+def _disk_errors(where: Path):
+    """Turn a full disk, read-only file system or missing permission while writing into a one-line error.
 
-class _DiskErrors:
-    """Turn a full disk, read-only file system or missing permission while writing into a one-line error."""
-
-    def __init__(self, where: Path):
-        self.where = where
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, kind, exc, traceback):
-        if isinstance(exc, OSError):
-            error = disk_error(exc, self.where)
-            if error is not exc:
-                raise error from None
-        if isinstance(exc, SafetensorError) and "No space" in str(exc):
-            raise UserError(f"cannot write {self.where}: no space left on the device; free space or choose another "
-                            "location") from None  # fmt: skip
-        return False
+    safetensors reports its own write failures as SafetensorError with the OS message inside.
+    """
+    try:
+        yield
+    except OSError as exc:
+        error = disk_error(exc, where)
+        if error is exc:
+            raise
+        raise error from None
+    except SafetensorError as exc:
+        if "No space" not in str(exc):
+            raise
+        raise UserError(f"cannot write {where}: no space left on the device; free space or choose another location") from None
 
 
 def save_run(out: Path, model, tokenizer, changes: dict[str, LayerChange], report: dict, overwrite: bool = False) -> Path:
