@@ -83,7 +83,7 @@ def run_case(case: str, args) -> dict:
             with tempfile.TemporaryDirectory() as scratch, RunWriter(Path(scratch) / "run") as run:
                 # As the CLI does: each block's masks go to disk at once instead of piling up in memory.
                 prune_model(model, calib, case, args.sparsity, batch_size=args.batch_size,
-                            on_block=lambda changes: run.add_block(model, changes))  # fmt: skip
+                            on_block=lambda index, changes: run.add_block(model, index, changes))  # fmt: skip
         seconds = time.perf_counter() - start
     return {"case": case, "seconds": seconds, "rss_loaded_mb": loaded / 2**20, "rss_peak_mb": rss.peak / 2**20,
             "sequences": int(calib.input_ids.shape[0]), "seqlen": int(calib.input_ids.shape[1])}  # fmt: skip

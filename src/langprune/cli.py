@@ -47,6 +47,10 @@ console = _console()
 err_console = _console(stderr=True)
 
 JSON_HELP = "Print the result as JSON (for scripts) instead of tables."
+DEVICE_HELP = "Where the model runs: auto (a GPU when there is one), cpu, cuda or cuda:N."
+DTYPE_HELP = "Compute dtype: auto (the checkpoint's own), bfloat16, float16 or float32; statistics stay float32."
+OFFLOAD_HELP = ("auto (only when the model does not fit), none, cpu (weights in host memory, one block on the device "
+                "at a time) or disk (blocks read from the safetensors files as they run).")
 
 
 def _list(text: Optional[str]) -> list[str]:
@@ -126,6 +130,9 @@ def prune_command(
     eval_langs: Optional[str] = typer.Option(None, help="Comma-separated languages: perplexity before and after on held-out text."),
     eval_corpus: str = typer.Option("udhr", help="Corpus whose evaluation part --eval-langs reads."),
     overwrite: bool = typer.Option(False, help="Replace an existing --out run folder."),
+    device: str = typer.Option("auto", help=DEVICE_HELP),
+    dtype: str = typer.Option("auto", help=DTYPE_HELP),
+    offload: str = typer.Option("auto", help=OFFLOAD_HELP),
 ):
     """Prune a model block by block and save a Hugging Face checkpoint with masks and a report."""
     from .runs import PruneSettings, run_prune
@@ -134,7 +141,7 @@ def prune_command(
         out=out, model=model, calib=calib, method=method, sparsity=sparsity, nsamples=nsamples, shots=shots,
         contrast=contrast, tokens=tokens, seqlen=seqlen, seed=seed, batch_size=batch_size, propagate=propagate,
         include=tuple(include), exclude=tuple(exclude), eval_langs=tuple(_list(eval_langs)), eval_corpus=eval_corpus,
-        overwrite=overwrite,
+        overwrite=overwrite, device=device, dtype=dtype, offload=offload,
     )  # fmt: skip
     with _reporting() as reporter:
         report = run_prune(settings, reporter)
@@ -206,6 +213,9 @@ def eval_command(
     harness: Optional[str] = typer.Option(None, help="lm-evaluation-harness tasks, comma-separated (e.g. arc_easy), run on the model in memory."),
     harness_include: Optional[Path] = typer.Option(None, help="A folder of harness task YAML files (local data; no network)."),
     out: Optional[Path] = typer.Option(None, help="Folder for eval.json [default: the run folder; runs/<model>-dense with --model]."),
+    device: str = typer.Option("auto", help=DEVICE_HELP),
+    dtype: str = typer.Option("auto", help=DTYPE_HELP),
+    offload: str = typer.Option("auto", help=OFFLOAD_HELP),
     as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
 ):
     """Evaluate a pruned run (or a dense model) per language; writes eval.json as each task finishes and prints a table."""
@@ -217,7 +227,7 @@ def eval_command(
                        lrp2_stride=lrp2_stride, harness=tuple(_list(harness)),
                        harness_include=str(harness_include) if harness_include else None)  # fmt: skip
     settings = EvalSettings(run=run, model=model, tasks=tuple(_list(tasks)), langs=tuple(_list(langs)), options=options,
-                            out=out)  # fmt: skip
+                            out=out, device=device, dtype=dtype, offload=offload)  # fmt: skip
     with _reporting(quiet=as_json) as reporter:
         results = run_eval(settings, reporter)
     if as_json:

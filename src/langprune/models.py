@@ -21,6 +21,17 @@ from typing import Callable
 import torch
 from safetensors import SafetensorError, safe_open
 
+from .engine.checkpoint import Checkpoint
+from .engine.placement import (
+    Placement,
+    check_dtype,
+    check_offload,
+    choose_offload,
+    compute_dtype,
+    load_skeleton,
+    move_outside_blocks,
+    resolve_device,
+)
 from .errors import UserError, did_you_mean
 from .storage import cache_dir, locked, partial_path
 
@@ -176,16 +187,57 @@ def load_tokenizer(name: str):
     return tokenizer
 
 
-def load_model(name: str, dtype: torch.dtype = torch.float32, device: str = "cpu"):
-    """Load (model, tokenizer) in evaluation mode; user-fixable failures become UserError."""
+def load_model(name: str, dtype: str = "auto", device: str | torch.device = "auto", offload: str = "auto"):
+    """Load (model, tokenizer) in evaluation mode on a placement; user-fixable failures become UserError.
+
+    ``dtype`` is the compute dtype (``auto``: the checkpoint's own, see
+    ``compute_dtype``); ``device`` ``auto``, ``cpu``, ``cuda`` or ``cuda:N``;
+    ``offload`` ``none``, ``cpu``, ``disk`` or ``auto`` (offload only when the
+    model does not fit). The model carries its ``Placement``, which also
+    knows the source checkpoint, so a pruned checkpoint is written in the
+    source's dtype and untouched tensors are copied from it.
+    """
     from transformers import AutoConfig, AutoModelForCausalLM
 
+    check_dtype(dtype)
+    check_offload(offload)
+    execution = resolve_device(device)
     source = resolve_model_path(name)
-    if Path(source).is_dir():
-        check_local_folder(name, Path(source))
+    folder = Path(source) if Path(source).is_dir() else None
+    if folder is not None:
+        check_local_folder(name, folder)
     config = _loading(name, lambda: AutoConfig.from_pretrained(source))
     check_decoder_only(config, name)
-    model = _loading(name, lambda: AutoModelForCausalLM.from_pretrained(source, config=config, dtype=dtype))
+    checkpoint = Checkpoint(folder) if folder is not None else None
+    source_dtype = (checkpoint.dtype() if checkpoint else None) or _config_dtype(config)
+    compute = compute_dtype(dtype, source_dtype, execution)
+    size = checkpoint.floating_numel() * compute.itemsize if checkpoint else 0
+    mode = choose_offload(offload, size, execution)
+    if mode == "disk":
+        if not checkpoint:
+            raise UserError(f"--offload disk reads weights from safetensors files, and {name!r} has none here: "
+                            "download it to a folder (safetensors) and pass that folder")  # fmt: skip
+        model = load_skeleton(config, checkpoint, execution, compute)
+    else:
+        model = _loading(name, lambda: AutoModelForCausalLM.from_pretrained(source, config=config, dtype=compute))
+        model.eval()
+        if mode == "none":
+            model.to(execution)
+        else:  # blocks stay in host memory and visit the device one at a time
+            move_outside_blocks(model, execution)
+    Placement(model, execution, compute, mode, checkpoint, save_dtype=source_dtype or compute)
     tokenizer = load_tokenizer(name)
-    model.to(device).eval()
     return model, tokenizer
+
+
+def safetensors_folder(name: str) -> Path | None:
+    """The local folder of a model when its weights are safetensors files (offloading to disk reads them), else None."""
+    path = Path(resolve_model_path(name))
+    return path if path.is_dir() and any(path.glob("*.safetensors")) else None
+
+
+def _config_dtype(config) -> torch.dtype | None:
+    value = getattr(config, "dtype", None)
+    if isinstance(value, str):
+        value = getattr(torch, value, None)
+    return value if isinstance(value, torch.dtype) else None

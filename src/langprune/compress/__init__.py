@@ -2,7 +2,7 @@
 
 from .loop import PruneResult, prune_model
 from .methods import METHODS, Method, get_method
-from .result import LayerChange, measure_sparsity
+from .result import LayerChange, SparsityTally
 from .sparsity import Sparsity
 
-__all__ = ["LayerChange", "METHODS", "Method", "PruneResult", "Sparsity", "get_method", "measure_sparsity", "prune_model"]
+__all__ = ["LayerChange", "METHODS", "Method", "PruneResult", "Sparsity", "get_method", "SparsityTally", "prune_model"]

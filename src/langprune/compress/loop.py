@@ -21,11 +21,12 @@ from torch import nn
 
 from ..calibration import CalibrationSet
 from ..engine import BlockEngine, LayerFilter, find_blocks, prunable_layers, weight_matrix
+from ..engine.placement import outside_blocks, placement_of
 from ..engine.memory import return_freed_memory
 from ..engine.statistics import CONTRAST, ContrastedNorms
 from ..errors import UserError, check_at_least
 from .methods import ContrastiveWanda, Method, get_method
-from .result import LayerChange, measure_sparsity
+from .result import LayerChange, SparsityTally, zeros
 from .sparsity import Sparsity
 
 PROPAGATE = ("pruned", "dense")
@@ -79,13 +80,17 @@ def prune_model(
     batch_size: int = 8,
     progress: Callable[[int, int], None] | None = None,
     contrast: CalibrationSet | torch.Tensor | None = None,
-    on_block: Callable[[dict[str, LayerChange]], None] | None = None,
+    on_block: Callable[[int, dict[str, LayerChange]], None] | None = None,
 ) -> PruneResult:
     """Prune ``model`` in place; returns each layer's change and a summary with measured sparsity.
 
-    ``on_block`` receives each block's changes as soon as they exist (a run
-    writer streams the masks to disk) and they are not kept, so memory does
-    not grow with the model; without it the changes are returned. With a
+    ``on_block(index, changes)`` is called for every block as soon as it is
+    compressed, while it is still on the execution device (a run writer
+    streams its masks and weights to disk, after which an offloaded block
+    can be dropped); the changes are then not kept, so memory does not grow
+    with the model. Without it the changes are returned. The model runs
+    where its placement says (device, dtype, offloading), one block at a
+    time, and the sparsity is counted block by block. With a
     ``contrast`` set, wanda becomes the contrastive score of the
     translation-feature paper: X is always ``calibration`` and Z
     ``contrast``, told apart by the tags their batches carry; both pass
@@ -121,27 +126,34 @@ def prune_model(
             batches += contrast.batches(batch_size, role=CONTRAST)
         engine = BlockEngine(model, batches, layer_filter)
         engine.capture()
+    placement, tally = placement_of(model), SparsityTally()
     with torch.no_grad():
         for index in range(len(blocks)):
-            layers = prunable_layers(blocks[index], f"{blocks_name}.{index}", layer_filter)
-            check_finite(layers)
-            if engine is None:
-                changes = {}
-                for name, layer in layers.items():
-                    changes.update(method.prune_group({name: weight_matrix(layer)}, None, sparsity, seed))
-            else:
-                changes = _prune_block(engine, index, layers, method, sparsity, seed, propagate)
-            records.update({name: change.record() for name, change in changes.items()})
-            if on_block is not None:
-                on_block(changes)
-            else:
-                kept.update(changes)
+            with placement.hold(index):
+                layers = prunable_layers(blocks[index], f"{blocks_name}.{index}", layer_filter)
+                check_finite(layers)
+                if engine is None:
+                    changes = {}
+                    for name, layer in layers.items():
+                        changes.update(method.prune_group({name: weight_matrix(layer)}, None, sparsity, seed))
+                else:
+                    changes = _prune_block(engine, index, layers, method, sparsity, seed, propagate)
+                for name in changes:
+                    tally.layer(name, weight_matrix(layers[name]))
+                tally.tensors(blocks[index].parameters())
+                records.update({name: change.record() for name, change in changes.items()})
+                if on_block is not None:
+                    on_block(index, changes)
+                else:
+                    kept.update(changes)
             if progress:
                 progress(index + 1, len(blocks))
     if engine is not None:
         engine.release()
-    modules = dict(model.named_modules())
-    measured = measure_sparsity({name: weight_matrix(modules[name]) for name in records}, model.parameters())
+    for name, param in outside_blocks(model, blocks_name):  # untouched by pruning: counted in the source file if known
+        key = placement.key(name)
+        tally.tensor(param.numel(), placement.checkpoint.count_zeros(key) if key else zeros(param))
+    measured = tally.summary()
     for name, record in records.items():
         measured["layers"][name].update(record)
     summary = {
@@ -153,6 +165,7 @@ def prune_model(
         "exclude": list(exclude),
         "calibration": calibration.summary() if calibration is not None and engine is not None else None,
         **({"contrast": contrast.summary(), "roles": {"X": "calibration", "Z": "contrast"}} if contrast else {}),
+        "placement": placement.describe(),
         "seconds": round(time.perf_counter() - started, 3),
         **measured,
     }

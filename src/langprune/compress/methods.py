@@ -57,7 +57,7 @@ class Random(Method):
         # Seeded per layer by name, so a layer's mask does not depend on which layers came before it.
         # Modulo 2^64: any seed the CLI accepts stays within the generator's range.
         generator = torch.Generator().manual_seed((seed * 1_000_003 + zlib.crc32(layer_name.encode())) % 2**64)
-        return kernels.random_scores(tuple(weight.shape), generator)
+        return kernels.random_scores(tuple(weight.shape), generator).to(weight.device)  # drawn on the CPU: same on any device
 
 
 class Wanda(Method):

@@ -3,8 +3,8 @@
 A method returns a ``LayerChange`` per layer of the group it compressed: the
 keep mask, whether surviving weights were rewritten (SparseGPT's OBS update),
 and, for quantizing methods, their parameters. The run folder stores the
-masks from it, the report records it, and ``measure_sparsity`` counts zeros
-the same way on a model in memory and on a saved checkpoint.
+masks from it, the report records it, and ``SparsityTally`` counts zeros
+the same way on a model being pruned and on a saved checkpoint.
 """
 
 from __future__ import annotations
@@ -32,31 +32,43 @@ def zeros(tensor: torch.Tensor) -> int:
     return tensor.numel() - int(torch.count_nonzero(tensor))
 
 
-def measure_sparsity(layers: dict[str, torch.Tensor], all_tensors: Iterable[torch.Tensor],
-                     masks: dict[str, torch.Tensor] | None = None) -> dict:  # fmt: skip
-    """Exact zeros per compressed layer, over compressed layers, and over all parameters.
+class SparsityTally:
+    """Exact zeros, counted tensor by tensor as they come by: per compressed layer, over them, over all parameters.
 
-    ``layers`` maps layer names to weights (in any layout), ``all_tensors``
-    is every parameter once. With ``masks`` (same layout as the weights), the
-    weights that survive where a mask prunes are counted too (0 for a sound run).
+    Counting as tensors come by is what lets a run measure a model that is
+    never whole in memory (offloaded blocks, a checkpoint read shard by
+    shard). ``inspect`` re-measures a saved run the same way.
     """
-    per_layer, pruned_zeros, pruned_total, violations = {}, 0, 0, 0
-    for name, weight in layers.items():
+
+    def __init__(self):
+        self.layers: dict[str, dict] = {}
+        self.pruned_zeros = self.pruned_total = self.all_zeros = self.all_params = 0
+        self.violations: int | None = None
+
+    def layer(self, name: str, weight: torch.Tensor, keep: torch.Tensor | None = None) -> None:
+        """A compressed layer's weight (any layout); with ``keep`` (same layout), weights left where it prunes count too."""
         z = zeros(weight)
-        per_layer[name] = {"shape": list(weight.shape), "sparsity": z / weight.numel()}
-        pruned_zeros, pruned_total = pruned_zeros + z, pruned_total + weight.numel()
-        if masks is not None:
-            violations += int((weight[~masks[name]] != 0).sum())
-    all_zeros = all_params = 0
-    for tensor in all_tensors:
-        all_zeros, all_params = all_zeros + zeros(tensor), all_params + tensor.numel()
-    summary = {
-        "layers": per_layer,
-        "sparsity_pruned_layers": pruned_zeros / pruned_total if pruned_total else 0.0,
-        "sparsity_all_parameters": all_zeros / all_params if all_params else 0.0,
-        "pruned_parameters": pruned_total,
-        "all_parameters": all_params,
-    }
-    if masks is not None:
-        summary["nonzero_where_mask_prunes"] = violations
-    return summary
+        self.layers[name] = {"shape": list(weight.shape), "sparsity": z / weight.numel()}
+        self.pruned_zeros, self.pruned_total = self.pruned_zeros + z, self.pruned_total + weight.numel()
+        if keep is not None:
+            self.violations = (self.violations or 0) + int((weight[~keep] != 0).sum())
+
+    def tensor(self, numel: int, zero_count: int) -> None:
+        """One parameter of the model, counted once."""
+        self.all_zeros, self.all_params = self.all_zeros + zero_count, self.all_params + numel
+
+    def tensors(self, tensors: Iterable[torch.Tensor]) -> None:
+        for tensor in tensors:
+            self.tensor(tensor.numel(), zeros(tensor))
+
+    def summary(self) -> dict:
+        summary = {
+            "layers": self.layers,
+            "sparsity_pruned_layers": self.pruned_zeros / self.pruned_total if self.pruned_total else 0.0,
+            "sparsity_all_parameters": self.all_zeros / self.all_params if self.all_params else 0.0,
+            "pruned_parameters": self.pruned_total,
+            "all_parameters": self.all_params,
+        }
+        if self.violations is not None:
+            summary["nonzero_where_mask_prunes"] = self.violations
+        return summary

@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from .architecture import LayerFilter, find_blocks, prunable_layers
+from .placement import available_memory, placement_of
 
 
 @dataclass(frozen=True)
@@ -71,6 +72,19 @@ class _StopBlock(Exception):
     pass
 
 
+def _moved(value, device: torch.device):
+    """Tensors inside call arguments (tuples, lists, dicts) on ``device``; anything else as it is."""
+    if isinstance(value, torch.Tensor):
+        return value.to(device)
+    if isinstance(value, tuple) and hasattr(value, "_fields"):  # a named tuple
+        return type(value)(*(_moved(v, device) for v in value))
+    if isinstance(value, (tuple, list)):
+        return type(value)(_moved(v, device) for v in value)
+    if isinstance(value, dict):
+        return {k: _moved(v, device) for k, v in value.items()}
+    return value
+
+
 def block_output(output) -> torch.Tensor:
     """Decoder blocks return a tensor or a tuple whose first item is the hidden states."""
     return output[0] if isinstance(output, tuple) else output
@@ -105,7 +119,9 @@ class BlockEngine:
         self.blocks_name, self.blocks = find_blocks(self.model)
         self.hidden: list[torch.Tensor] = []
         self.calls: list[list[_Call]] = []  # calls[block][batch]
-        self.device = next(self.model.parameters()).device
+        self.placement = placement_of(self.model)
+        self.device = self.placement.device
+        self.store = self.device  # where held activations live between blocks (host memory when the device is short)
         self.returns_tuple = False  # what the blocks return, learnt when one runs
 
     def layers(self, index: int) -> dict[str, nn.Module]:
@@ -123,29 +139,44 @@ class BlockEngine:
                 if isinstance(hidden_states, _Relay):
                     hidden_states = hidden_states[0]
                 if index == 0:
-                    self.hidden.append(hidden_states)
-                self.calls[index].append(_Call(args, kwargs))
+                    self.hidden.append(hidden_states.to(self.store))
+                self.calls[index].append(_Call(_moved(args, self.store), _moved(kwargs, self.store)))
                 if index == last:
                     raise _StopCapture
                 return _Relay((hidden_states,))
 
             return forward
 
+        self.store = self._activation_store()
         for index, block in enumerate(self.blocks):
             block.forward = recorder(index)
         try:
-            for batch in self.batches:
-                try:
-                    self.model(
-                        input_ids=batch.input_ids.to(self.device),
-                        attention_mask=batch.attention_mask.to(self.device),
-                        use_cache=False,
-                    )
-                except _StopCapture:
-                    pass
+            with self.placement.paused():
+                self._record_calls()
         finally:
             for block in self.blocks:
                 del block.forward
+
+    def _activation_store(self, share: float = 0.5) -> torch.device:
+        """The execution device when every batch's activations fit in ``share`` of its free memory, else the host."""
+        if self.device.type == "cpu":
+            return self.device
+        config = getattr(self.model, "config", None)
+        width = getattr(config, "hidden_size", 0) or getattr(config, "n_embd", 0) or 0
+        tokens = sum(batch.input_ids.numel() for batch in self.batches)
+        needed = 2 * tokens * width * self.placement.dtype.itemsize  # the held states and one block's outputs
+        return self.device if needed <= share * available_memory(self.device) else torch.device("cpu")
+
+    def _record_calls(self) -> None:
+        for batch in self.batches:
+            try:
+                self.model(
+                    input_ids=batch.input_ids.to(self.device),
+                    attention_mask=batch.attention_mask.to(self.device),
+                    use_cache=False,
+                )
+            except _StopCapture:
+                pass
 
     def token_mask(self, batch: int) -> torch.Tensor | None:
         """Flat boolean mask of real tokens for a batch, or None when nothing is padded."""
@@ -200,20 +231,22 @@ class BlockEngine:
                 raise KeyError(f"block {prefix} has no submodule {tap_name!r}")
             handles.append(modules[tap_name].register_forward_hook(self._tap_hook(f"{prefix}.{tap_name}", visitor, current)))
         try:
-            for b in batches if batches is not None else range(len(self.batches)):
-                current["batch"] = b
-                call = self.calls[index][b]
-                try:
-                    raw = block(self.hidden[b], *call.args, **call.kwargs)
-                    self.returns_tuple = isinstance(raw, tuple)
-                    output = block_output(raw)
-                    if on_output is not None:
-                        on_output(prefix, self.real_tokens(output, b, prefix), self.batches[b])
-                    if write_outputs:
-                        self.hidden[b] = output
-                except _StopBlock:
-                    pass
-                current["first"], current["inputs"] = False, {}
+            with self.placement.hold(index), self.placement.paused():  # held here: no streaming hooks
+                for b in batches if batches is not None else range(len(self.batches)):
+                    current["batch"] = b
+                    call = self.calls[index][b]
+                    args, kwargs = (_moved(call.args, self.device), _moved(call.kwargs, self.device))
+                    try:
+                        raw = block(self.hidden[b].to(self.device), *args, **kwargs)
+                        self.returns_tuple = isinstance(raw, tuple)
+                        output = block_output(raw)
+                        if on_output is not None:
+                            on_output(prefix, self.real_tokens(output, b, prefix), self.batches[b])
+                        if write_outputs:
+                            self.hidden[b] = output.to(self.store)
+                    except _StopBlock:
+                        pass
+                    current["first"], current["inputs"] = False, {}
         finally:
             for handle in handles:
                 handle.remove()
@@ -251,7 +284,7 @@ class BlockEngine:
         after its blocks (final norm, projection) is applied exactly as in a
         full forward. Call it after the last block has run with ``write_outputs``.
         """
-        held, last = self.hidden[batch], len(self.blocks) - 1
+        held, last = self.hidden[batch].to(self.device), len(self.blocks) - 1
 
         def stub(index):
             def forward(hidden_states, *args, **kwargs):
@@ -265,8 +298,9 @@ class BlockEngine:
             block.forward = stub(index)
         try:
             tokens = self.batches[batch]
-            out = self.model.base_model(input_ids=tokens.input_ids.to(self.device),
-                                        attention_mask=tokens.attention_mask.to(self.device), use_cache=False)  # fmt: skip
+            with self.placement.paused():
+                out = self.model.base_model(input_ids=tokens.input_ids.to(self.device),
+                                            attention_mask=tokens.attention_mask.to(self.device), use_cache=False)  # fmt: skip
         finally:
             for block in self.blocks:
                 del block.forward

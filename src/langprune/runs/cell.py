@@ -25,7 +25,8 @@ from ..evaluation import Settings as EvalOptions
 from ..evaluation import evaluate, perplexity
 from ..evaluation.runner import plan
 from ..languages import check_language
-from ..models import load_model
+from ..engine.placement import check_dtype, check_offload, resolve_device
+from ..models import load_model, safetensors_folder
 from .folder import EVAL_FILE, RunWriter, check_out, load_eval, load_report
 from .provenance import provenance
 from ..storage import write_json_atomic
@@ -72,10 +73,14 @@ class PruneSettings:
     eval_langs: tuple[str, ...] = ()
     eval_corpus: str = "udhr"
     overwrite: bool = False
+    device: str = "auto"
+    dtype: str = "auto"
+    offload: str = "auto"
 
     def validate(self) -> None:
         """Every check that needs no model: one clear error for the first mistake found."""
         Sparsity.parse(self.sparsity)
+        check_placement(self.device, self.dtype, self.offload)
         chosen = get_method(self.method)
         check_at_least("--seqlen", self.seqlen, 2)
         check_at_least("--batch-size", self.batch_size, 1)
@@ -100,6 +105,13 @@ class PruneSettings:
         check_out(Path(self.out), self.overwrite)
 
 
+def check_placement(device: str, dtype: str, offload: str) -> None:
+    """Refuse a device that is not there, an unknown dtype or offload mode, before anything loads."""
+    resolve_device(device)
+    check_dtype(dtype)
+    check_offload(offload)
+
+
 def run_prune(settings: PruneSettings, reporter: Reporter | None = None) -> dict:
     """Validate, load, build calibration, prune, measure, write the run folder; returns the report."""
     reporter = reporter or Reporter()
@@ -109,7 +121,7 @@ def run_prune(settings: PruneSettings, reporter: Reporter | None = None) -> dict
     languages = list(settings.eval_langs)
     with RunWriter(Path(settings.out), settings.overwrite) as run:  # a folder that cannot be written fails here, early
         with reporter.loading(settings.model):
-            lm, tokenizer = load_model(settings.model)
+            lm, tokenizer = load_model(settings.model, settings.dtype, settings.device, settings.offload)
         if settings.calib or settings.contrast:
             calibration_module.check_seqlen(settings.seqlen, lm)
         build = lambda recipe: calibration_module.build(recipe, tokenizer, settings.nsamples, settings.seqlen,  # noqa: E731
@@ -125,7 +137,7 @@ def run_prune(settings: PruneSettings, reporter: Reporter | None = None) -> dict
         result = prune_model(
             lm, calibration, settings.method, target, propagate=settings.propagate, include=tuple(settings.include),
             exclude=tuple(settings.exclude), seed=settings.seed, batch_size=settings.batch_size, contrast=contrast,
-            progress=reporter.blocks, on_block=lambda changes: run.add_block(lm, changes),
+            progress=reporter.blocks, on_block=lambda index, changes: run.add_block(lm, index, changes),
         )  # fmt: skip
         after = perplexity(lm, tokenizer, languages, corpus=settings.eval_corpus) if languages else {}
         report = {"model": settings.model, **result.summary, "settings": _jsonable(asdict(settings)),
@@ -146,8 +158,12 @@ class EvalSettings:
     langs: tuple[str, ...] = ("en", "de", "fr")
     options: EvalOptions = field(default_factory=EvalOptions)
     out: Path | None = None
+    device: str = "auto"
+    dtype: str = "auto"
+    offload: str = "auto"
 
     def validate(self) -> None:
+        check_placement(self.device, self.dtype, self.offload)
         if (self.run is None) == (self.model is None):
             raise UserError("give a run folder or --model, not both and not neither")
         plan(list(self.tasks), list(self.langs), self.options)  # refuse a task without data before loading anything
@@ -182,10 +198,14 @@ def run_eval(settings: EvalSettings, reporter: Reporter | None = None) -> dict:
     if previous:
         reporter.note(f"resuming {target}: {sum(len(v) for v in previous.values())} finished results kept")
     with reporter.loading(source):
-        lm, tokenizer = load_model(source)
+        lm, tokenizer = load_model(source, settings.dtype, settings.device, settings.offload)
         dense = None
-        if any(t == "fidelity" for t in settings.tasks):
-            dense = load_model(dense_name)[0] if dense_name else lm
+        if any(t == "fidelity" for t in settings.tasks) and dense_name:
+            # The dense model is read block by block from its checkpoint: never two whole models in memory.
+            offload = "disk" if safetensors_folder(dense_name) else settings.offload
+            dense = load_model(dense_name, settings.dtype, settings.device, offload)[0]
+        elif any(t == "fidelity" for t in settings.tasks):
+            dense = lm
 
     def save(results: dict) -> None:
         write_json_atomic(target, {**results, **header, "provenance": provenance()})

@@ -1,24 +1,30 @@
 """A run folder: the pruned checkpoint, its masks and ``report.json``, written atomically.
 
 Everything is written into ``<out>.partial`` and renamed at the end, so a
-failed or interrupted run never leaves a half-written folder behind. Masks
-live in ``masks/``: one safetensors shard per pruned block (boolean, one
-tensor per layer, True = kept) and ``index.json`` mapping layers to shards.
+failed or interrupted run never leaves a half-written folder behind. The
+checkpoint is sharded (one shard per decoder block, one for the rest, and
+``model.safetensors.index.json``), in the source's dtype. Masks live in
+``masks/``: one safetensors shard per pruned block, one bit-packed uint8
+tensor per layer (True = kept; the shapes are in the shard's metadata) and
+``index.json`` mapping layers to shards; ``load_masks`` unpacks them.
 """
 
 from __future__ import annotations
 
+import copy
 import json
+import math
 import shutil
 from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
-from ..compress.result import LayerChange, measure_sparsity
+from ..compress.result import LayerChange, SparsityTally
 from ..engine.architecture import is_conv1d
+from ..engine.placement import placement_of
 from ..errors import UserError
 from ..storage import disk_error, partial_path, read_json_object, replace_folder, write_json_atomic
 
@@ -26,6 +32,8 @@ MASKS_DIR = "masks"
 MASKS_INDEX = "index.json"
 REPORT_FILE = "report.json"
 EVAL_FILE = "eval.json"
+WEIGHTS_INDEX = "model.safetensors.index.json"
+PACKED = "langprune_packed_shapes"  # mask shard metadata: the unpacked shape of each bit-packed mask
 
 
 def check_out(out: Path, overwrite: bool) -> None:
@@ -46,12 +54,20 @@ def check_out(out: Path, overwrite: bool) -> None:
 class RunWriter:
     """A run folder being written: everything goes into a uniquely named partial folder, renamed by ``finish``.
 
-    Masks are streamed: ``add_block`` writes each block's masks to their own
-    safetensors shard under ``masks/`` at once, so pruning a 70B model never
-    holds its masks in memory. Leaving the ``with`` block without ``finish``
-    (an error, an interrupt) removes this writer's partial folder and no
-    other (a concurrent writer's partial folder has another name). A full
-    disk or a read-only file system is a one-line error, not a traceback.
+    Everything is streamed block by block: ``add_block`` writes a block's
+    keep masks (bit-packed) and its weights, each to their own safetensors
+    shard, as soon as the block is pruned and while it is still on the
+    execution device, so a 70B model never holds its masks or a second copy
+    of itself in memory, and an offloaded block can be dropped at once.
+    Weights are written in the source checkpoint's dtype: layers whose
+    surviving weights were not rewritten are the source's own weights with
+    the mask applied, exactly, whatever dtype the model computed in.
+    ``finish`` copies the tensors outside the blocks (embeddings, norms,
+    head) byte for byte from the source files, in chunks. Leaving the
+    ``with`` block without ``finish`` (an error, an interrupt) removes this
+    writer's partial folder and no other (a concurrent writer's partial
+    folder has another name). A full disk or a read-only file system is a
+    one-line error, not a traceback.
     """
 
     def __init__(self, out: Path, overwrite: bool = False):
@@ -63,6 +79,8 @@ class RunWriter:
         except OSError as exc:
             raise disk_error(exc, self.out) from None
         self.index: dict[str, str] = {}
+        self.weight_map: dict[str, str] = {}
+        self.total_size = 0
 
     def __enter__(self) -> "RunWriter":
         return self
@@ -71,28 +89,108 @@ class RunWriter:
         if self.partial.exists():  # not finished: an error or an interrupt
             shutil.rmtree(self.partial, ignore_errors=True)
 
-    def add_block(self, model, changes: dict[str, LayerChange]) -> None:
-        """Store a block's keep masks (True = kept) in each parameter's own layout (Conv1D weights are (in, out))."""
-        masks = {name: change.keep for name, change in changes.items() if change.keep is not None}
-        if not masks:
-            return
-        modules = dict(model.named_modules())
-        shard = f"{len(set(self.index.values())):05d}.safetensors"
-        stored = {name: (keep.T if is_conv1d(modules[name]) else keep).contiguous().cpu() for name, keep in masks.items()}
+    def add_block(self, model, index: int, changes: dict[str, LayerChange]) -> None:
+        """Store block ``index``'s masks and weights; the block must be on its device (inside the prune loop)."""
+        placement = placement_of(model)
+        block, prefix = placement.blocks[index], placement.block_prefix(index)
+        modules = {f"{prefix}.{name}" if name else prefix: module for name, module in block.named_modules()}
+        layouts = {name: (change.keep.T if is_conv1d(modules[name]) else change.keep)
+                   for name, change in changes.items() if change.keep is not None}  # fmt: skip
+        if layouts:
+            shard = f"{len(set(self.index.values())):05d}.safetensors"
+            packed = {name: pack_bits(keep).cpu() for name, keep in layouts.items()}
+            shapes = json.dumps({name: list(keep.shape) for name, keep in layouts.items()})
+            with _disk_errors(self.out):
+                save_file(packed, str(self.partial / MASKS_DIR / shard), metadata={PACKED: shapes})
+            self.index.update({name: shard for name in layouts})
+        tensors = {}
+        for name, tensor in block.state_dict().items():
+            full = f"{prefix}.{name}"
+            layer = full.removesuffix(".weight")
+            tensors[full] = _saved_tensor(placement, full, tensor, changes.get(layer), layouts.get(layer))
+        path = self.partial / f"model-block-{index:05d}.safetensors"
+        self._save_weights(tensors, path)
+        placement.saved(path)
+
+    def _save_weights(self, tensors: dict[str, torch.Tensor], path: Path) -> None:
         with _disk_errors(self.out):
-            save_file(stored, str(self.partial / MASKS_DIR / shard))
-        self.index.update({name: shard for name in masks})
+            save_file(tensors, str(path), metadata={"format": "pt"})
+        self.weight_map.update({name: path.name for name in tensors})
+        self.total_size += sum(t.numel() * t.element_size() for t in tensors.values())
 
     def finish(self, model, tokenizer, report: dict) -> Path:
-        """Write checkpoint, mask index and report, then swap the folder into place (the old one goes last)."""
+        """Write what lies outside the blocks, the index, config, tokenizer and report; swap the folder into place."""
+        placement = placement_of(model)
+        copied, held, seen = {}, {}, set()
+        for name, tensor in model.state_dict(keep_vars=True).items():
+            if name.startswith(placement.blocks_name + ".") or id(tensor) in seen:
+                continue  # blocks are written already; a tied head is its embedding
+            seen.add(id(tensor))
+            key = placement.key(name)
+            if key is not None:
+                copied[name] = key
+            else:
+                held[name] = _cast(tensor.detach(), placement.save_dtype).cpu().contiguous()
         with _disk_errors(self.out):
-            model.save_pretrained(self.partial)
+            if copied:
+                path = self.partial / "model-outside-blocks.safetensors"
+                placement.checkpoint.copy_to(path, copied)
+                self.weight_map.update({name: path.name for name in copied})
+                entries = placement.checkpoint.entries
+                self.total_size += sum(entries[key].end - entries[key].begin for key in copied.values())
+            if held:
+                self._save_weights(held, self.partial / "model-outside-blocks-memory.safetensors")
+            write_json_atomic(self.partial / WEIGHTS_INDEX, {"metadata": {"total_size": self.total_size},
+                                                             "weight_map": dict(sorted(self.weight_map.items()))})  # fmt: skip
+            config = copy.deepcopy(model.config)
+            config.dtype = placement.save_dtype
+            config.architectures = [type(model).__name__]
+            config.save_pretrained(self.partial)
+            if getattr(model, "generation_config", None) is not None:
+                model.generation_config.save_pretrained(self.partial)
             if tokenizer is not None:
                 tokenizer.save_pretrained(self.partial)
             (self.partial / MASKS_DIR / MASKS_INDEX).write_text(json.dumps(self.index, indent=1) + "\n")
             write_json_atomic(self.partial / REPORT_FILE, report)
         check_out(self.out, self.overwrite)  # nobody created it meanwhile
-        return replace_folder(self.partial, self.out)
+        final = replace_folder(self.partial, self.out)
+        placement.saved_folder(final)
+        return final
+
+
+def _cast(tensor: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Floating tensors to ``dtype``; integer and boolean buffers as they are."""
+    return tensor.to(dtype) if tensor.is_floating_point() else tensor
+
+
+def _saved_tensor(placement, name: str, tensor: torch.Tensor, change: LayerChange | None,
+                  keep: torch.Tensor | None) -> torch.Tensor:  # fmt: skip
+    """What a block tensor is saved as: in the source's dtype, masked source weights when only a mask was applied."""
+    key = placement.key(name)
+    entry = placement.checkpoint.entries[key] if key is not None else None
+    target = entry.torch_dtype if entry is not None and entry.torch_dtype is not None else placement.save_dtype
+    if tensor.dtype == target or key is None or (change is not None and change.weights_updated):
+        return _cast(tensor, target).cpu().contiguous()
+    source = placement.checkpoint.read(key)
+    if keep is not None:
+        source[~keep.cpu()] = 0
+    return source.contiguous()
+
+
+def pack_bits(keep: torch.Tensor) -> torch.Tensor:
+    """A boolean tensor as uint8 bytes, 8 values per byte, most significant bit first (numpy's packbits order)."""
+    flat = keep.reshape(-1)
+    if flat.numel() % 8:
+        flat = torch.cat([flat, flat.new_zeros(8 - flat.numel() % 8)])
+    weights = torch.tensor([128, 64, 32, 16, 8, 4, 2, 1], dtype=torch.uint8, device=flat.device)
+    return (flat.view(-1, 8).to(torch.uint8) * weights).sum(1, dtype=torch.uint8)
+
+
+def unpack_bits(packed: torch.Tensor, shape: list[int]) -> torch.Tensor:
+    """The boolean tensor of ``shape`` that ``pack_bits`` packed."""
+    shifts = torch.arange(7, -1, -1, dtype=torch.uint8)
+    numel = math.prod(shape)
+    return ((packed.unsqueeze(1) >> shifts) & 1).bool().reshape(-1)[:numel].reshape(shape)
 
 
 @contextmanager
@@ -116,13 +214,17 @@ def _disk_errors(where: Path):
 
 def save_run(out: Path, model, tokenizer, changes: dict[str, LayerChange], report: dict, overwrite: bool = False) -> Path:
     """Write checkpoint, changes held in memory and report in one go."""
+    placement = placement_of(model)
     with RunWriter(out, overwrite) as run:
-        run.add_block(model, changes)
+        for index in range(len(placement.blocks)):
+            prefix = placement.block_prefix(index) + "."
+            with placement.hold(index):
+                run.add_block(model, index, {n: c for n, c in changes.items() if n.startswith(prefix)})
         return run.finish(model, tokenizer, report)
 
 
 def load_masks(run: Path) -> dict[str, torch.Tensor]:
-    """All keep masks of a run folder, by layer name."""
+    """All keep masks of a run folder, by layer name, as boolean tensors in each weight's layout."""
     folder = Path(run) / MASKS_DIR
     index = folder / MASKS_INDEX
     if not index.is_file():
@@ -131,8 +233,12 @@ def load_masks(run: Path) -> dict[str, torch.Tensor]:
     masks = {}
     for shard in sorted(set(shards.values())):
         try:
-            masks.update(load_file(str(folder / shard)))
-        except (SafetensorError, OSError) as exc:
+            with safe_open(str(folder / shard), framework="pt") as handle:
+                shapes = json.loads((handle.metadata() or {}).get(PACKED, "null"))
+                for name in handle.keys():
+                    stored = handle.get_tensor(name)
+                    masks[name] = unpack_bits(stored, shapes[name]) if shapes is not None else stored  # old runs: bool
+        except (SafetensorError, OSError, json.JSONDecodeError, KeyError) as exc:
             raise UserError(f"mask shard {folder / shard} is missing or damaged ({exc}): prune the run again") from None
     return masks
 
@@ -145,23 +251,28 @@ def load_report(run: Path) -> dict:
 
 
 def remeasure(run: Path) -> dict:
-    """Re-measure sparsity from the saved weights and check them against the saved masks."""
+    """Re-measure sparsity from the saved weights, one tensor at a time, and check them against the saved masks."""
     run = Path(run)
     masks = load_masks(run)
-    weights = {}
+    tally, found = SparsityTally(), set()
     for shard in sorted(run.glob("model*.safetensors")):
         try:
-            with safe_open(str(shard), framework="pt") as f:
-                for key in f.keys():
-                    weights[key] = f.get_tensor(key)
+            with safe_open(str(shard), framework="pt") as handle:
+                for key in handle.keys():
+                    tensor = handle.get_tensor(key)
+                    layer = key.removesuffix(".weight")
+                    if key.endswith(".weight") and layer in masks:
+                        tally.layer(layer, tensor, masks[layer])
+                        found.add(layer)
+                    tally.tensors([tensor])
         except (SafetensorError, OSError) as exc:
             raise UserError(f"checkpoint file {shard} is damaged ({exc}): prune the run again") from None
-    layers = {}
-    for name in masks:
-        if f"{name}.weight" not in weights:
-            raise UserError(f"{run}: mask {name} has no matching weight in the checkpoint")
-        layers[name] = weights[f"{name}.weight"]
-    return measure_sparsity(layers, weights.values(), masks)
+    missing = sorted(set(masks) - found)
+    if missing:
+        raise UserError(f"{run}: mask {missing[0]} has no matching weight in the checkpoint")
+    summary = tally.summary()
+    summary.setdefault("nonzero_where_mask_prunes", 0)
+    return summary
 
 
 def load_eval(where: Path) -> dict:

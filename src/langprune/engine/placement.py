@@ -1,0 +1,265 @@
+"""Where a model's weights live while it runs: the execution device, the compute dtype, and offloading.
+
+- ``none``: the whole model sits on the execution device.
+- ``cpu``: the weights stay in host memory; each decoder block moves to the
+  execution device only while it runs (a GPU holds one block at a time).
+- ``disk``: only what lies outside the decoder blocks (embeddings, final
+  norm, head) is loaded; each block is read from the checkpoint's
+  safetensors files when it runs and dropped afterwards. Once a block is
+  pruned and saved, later reads of it come from the saved file.
+
+The block engine asks for a block with ``hold(index)`` (nested holds load it
+once) and pauses the placement while it only records calls (``paused``), so
+its capture coexists with offloading. A plain forward pass (scoring,
+generation, lm-evaluation-harness) streams the blocks through forward
+hooks. Every model that langprune loads carries its placement
+(``placement_of``); a model built in code gets a resident one.
+"""
+
+from __future__ import annotations
+
+import re
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+
+from ..errors import UserError
+from .architecture import find_blocks
+from .checkpoint import Checkpoint
+
+DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+DTYPE_CHOICES = ("auto", *DTYPES)
+OFFLOADS = ("auto", "none", "cpu", "disk")
+ATTRIBUTE = "langprune_placement"
+
+
+def resolve_device(spec: str | torch.device | None) -> torch.device:
+    """``auto`` (a GPU when there is one), ``cpu``, ``cuda`` or ``cuda:N``; a GPU that is not there is a user error."""
+    if isinstance(spec, torch.device):
+        return spec
+    text = (spec or "auto").strip().lower()
+    if text == "auto":
+        return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
+    if text == "cpu":
+        return torch.device("cpu")
+    match = re.fullmatch(r"cuda(?::(\d+))?", text)
+    if not match:
+        raise UserError(f"unknown device {spec!r}: use auto, cpu, cuda or cuda:N")
+    if not torch.cuda.is_available():
+        build = "this torch is a CPU-only build" if torch.version.cuda is None else "no CUDA GPU is visible"
+        raise UserError(f"--device {text}: {build}; use --device cpu (or auto, which picks a GPU when there is one)")
+    number = int(match.group(1) or 0)
+    if number >= torch.cuda.device_count():
+        raise UserError(f"--device {text}: only {torch.cuda.device_count()} GPU(s) visible (cuda:0 to "
+                        f"cuda:{torch.cuda.device_count() - 1})")  # fmt: skip
+    return torch.device("cuda", number)
+
+
+def check_dtype(spec: str) -> None:
+    if spec not in DTYPE_CHOICES:
+        raise UserError(f"unknown dtype {spec!r}: use {', '.join(DTYPE_CHOICES)}")
+
+
+def check_offload(spec: str) -> None:
+    if spec not in OFFLOADS:
+        raise UserError(f"unknown offload {spec!r}: use {', '.join(OFFLOADS)}")
+
+
+def compute_dtype(spec: str, source: torch.dtype | None, device: torch.device) -> torch.dtype:
+    """The dtype a model computes in: as asked, or (``auto``) the checkpoint's own.
+
+    float16 checkpoints compute in float32 on a CPU, where float16 matrix
+    products are slow and overflow easily; bfloat16 stays bfloat16 (fast on
+    CPUs with AMX or avx512_bf16).
+    """
+    check_dtype(spec)
+    if spec != "auto":
+        return DTYPES[spec]
+    if source == torch.float16 and device.type == "cpu":
+        return torch.float32
+    return source if source in DTYPES.values() else torch.float32
+
+
+def available_memory(device: torch.device) -> int:
+    """Bytes free on ``device`` now (host memory for the CPU)."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    import psutil
+
+    return psutil.virtual_memory().available
+
+
+def choose_offload(spec: str, model_bytes: int, device: torch.device, headroom: float = 0.8) -> str:
+    """``auto`` keeps the model on the device when it fits in ``headroom`` of the free memory, else offloads."""
+    check_offload(spec)
+    if spec != "auto":
+        return spec
+    if model_bytes <= headroom * available_memory(device):
+        return "none"
+    if device.type == "cuda" and model_bytes <= headroom * available_memory(torch.device("cpu")):
+        return "cpu"
+    return "disk"
+
+
+def _set_parameter(module: nn.Module, name: str, tensor: torch.Tensor) -> None:
+    owner, _, leaf = name.rpartition(".")
+    target = module.get_submodule(owner) if owner else module
+    target._parameters[leaf] = nn.Parameter(tensor, requires_grad=False)
+
+
+class Placement:
+    """A model's execution device, compute dtype, offloading mode and (when known) its source checkpoint."""
+
+    def __init__(self, model: nn.Module, device: torch.device, dtype: torch.dtype, offload: str = "none",
+                 checkpoint: Checkpoint | None = None, save_dtype: torch.dtype | None = None):  # fmt: skip
+        self.model, self.device, self.dtype, self.offload = model, torch.device(device), dtype, offload
+        self.checkpoint = checkpoint if checkpoint else None
+        self.save_dtype = save_dtype or dtype  # what the pruned checkpoint is written in: the source's dtype
+        self.blocks_name, self.blocks = find_blocks(model)
+        self.prefix = getattr(model, "base_model_prefix", "")
+        self._holds = [0] * len(self.blocks)
+        self._paused = 0
+        if offload != "none":
+            for index, block in enumerate(self.blocks):
+                block.register_forward_pre_hook(self._streaming_enter(index))
+                block.register_forward_hook(self._streaming_leave(index))
+        setattr(model, ATTRIBUTE, self)
+
+    def describe(self) -> dict:
+        return {"device": str(self.device), "dtype": str(self.dtype).removeprefix("torch."), "offload": self.offload,
+                "saved_dtype": str(self.save_dtype).removeprefix("torch.")}  # fmt: skip
+
+    def key(self, name: str) -> str | None:
+        """The checkpoint key of a model tensor, or None (no checkpoint, or not in it)."""
+        return self.checkpoint.key_for(name, self.prefix) if self.checkpoint else None
+
+    def block_prefix(self, index: int) -> str:
+        return f"{self.blocks_name}.{index}"
+
+    @contextmanager
+    def hold(self, index: int):
+        """Block ``index`` on the execution device for the duration; nested holds load it once."""
+        self._acquire(index)
+        try:
+            yield self.blocks[index]
+        finally:
+            self._release(index)
+
+    @contextmanager
+    def paused(self):
+        """Forward hooks do not stream blocks in (the engine's capture replaces the blocks' forward)."""
+        self._paused += 1
+        try:
+            yield
+        finally:
+            self._paused -= 1
+
+    def saved(self, path) -> None:
+        """Tensors just written to ``path`` (a pruned block) are read from there from now on."""
+        if self.offload == "disk":
+            self.checkpoint.add_file(path)
+
+    def saved_folder(self, folder) -> None:
+        """The pruned checkpoint moved into ``folder``: an offloaded model reads it from there."""
+        if self.offload == "disk":
+            self.checkpoint = Checkpoint(folder)
+
+    def _acquire(self, index: int) -> None:
+        if self._holds[index] == 0 and self.offload != "none":
+            self._load(index)
+        self._holds[index] += 1
+
+    def _release(self, index: int) -> None:
+        self._holds[index] -= 1
+        if self._holds[index] == 0 and self.offload != "none":
+            self._unload(index)
+
+    def _load(self, index: int) -> None:
+        block = self.blocks[index]
+        if self.offload == "cpu":
+            block.to(self.device)
+            return
+        for name, param in list(block.named_parameters()):
+            full = f"{self.block_prefix(index)}.{name}"
+            key = self.key(full)
+            if key is None:
+                raise UserError(f"the checkpoint has no tensor for {full}: --offload disk needs every weight in "
+                                "the model folder's safetensors files")  # fmt: skip
+            _set_parameter(block, name, self.checkpoint.read(key, self.dtype, self.device))
+
+    def _unload(self, index: int) -> None:
+        block = self.blocks[index]
+        if self.offload == "cpu":
+            block.to("cpu")
+            return
+        for name, param in list(block.named_parameters()):
+            _set_parameter(block, name, torch.empty(param.shape, dtype=param.dtype, device="meta"))
+
+    def _streaming_enter(self, index):
+        def hook(module, args):
+            if not self._paused:
+                self._acquire(index)
+
+        return hook
+
+    def _streaming_leave(self, index):
+        def hook(module, args, output):
+            if not self._paused:
+                self._release(index)
+
+        return hook
+
+
+def placement_of(model: nn.Module) -> Placement:
+    """The placement a model was loaded with, or a resident one on the device of its first parameter."""
+    placement = getattr(model, ATTRIBUTE, None)
+    if placement is None:
+        first = next(model.parameters())
+        placement = Placement(model, first.device, first.dtype)
+    return placement
+
+
+def outside_blocks(model: nn.Module, blocks_name: str) -> list[tuple[str, nn.Parameter]]:
+    """Parameters outside the decoder blocks, each once (a tied head is its embedding)."""
+    return [(name, p) for name, p in model.named_parameters() if not name.startswith(blocks_name + ".")]
+
+
+def move_outside_blocks(model: nn.Module, device: torch.device) -> None:
+    """Everything but the decoder blocks to ``device``, in place (tied weights stay one parameter)."""
+    blocks_name, _ = find_blocks(model)
+    for name, module in model.named_modules():
+        if name == blocks_name or name.startswith(blocks_name + "."):
+            continue
+        for tensor in [*module._parameters.values(), *module._buffers.values()]:
+            if tensor is not None:
+                tensor.data = tensor.data.to(device)
+
+
+def load_skeleton(config, checkpoint: Checkpoint, device: torch.device, dtype: torch.dtype) -> nn.Module:
+    """A model whose decoder blocks hold no memory (meta tensors) and whose other weights come from ``checkpoint``.
+
+    Built with accelerate's ``init_empty_weights``, so buffers computed at
+    construction (rotary frequencies, embedding scales) are real.
+    """
+    from accelerate import init_empty_weights
+    from transformers import AutoModelForCausalLM
+
+    with init_empty_weights():
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    blocks_name, _ = find_blocks(model)
+    prefix = getattr(model, "base_model_prefix", "")
+    for name, _param in outside_blocks(model, blocks_name):
+        key = checkpoint.key_for(name, prefix)
+        if key is not None:
+            _set_parameter(model, name, checkpoint.read(key, dtype, device))
+    model.tie_weights()
+    missing = [name for name, p in outside_blocks(model, blocks_name) if p.device.type == "meta"]
+    if missing:
+        raise UserError(f"the checkpoint has no tensor for {', '.join(missing)}: --offload disk needs every weight "
+                        "in the model folder's safetensors files")  # fmt: skip
+    for module in model.modules():
+        for name, buffer in module._buffers.items():
+            if buffer is not None:
+                module._buffers[name] = buffer.to(device)
+    return model.eval()
