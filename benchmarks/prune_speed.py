@@ -1,6 +1,7 @@
 """Wall time and peak RSS of wanda and sparsegpt against the floor of two dense passes.
 
     python benchmarks/prune_speed.py [--model gemma-3-270m] [--nsamples 32] [--seqlen 512] [--repeat 3]
+    python benchmarks/prune_speed.py --dtype bfloat16     # adds bfloat16 cases and checks their quality
 
 The floor is the work no implementation of these methods avoids: the
 calibration set passed densely through every decoder block twice (collect,
@@ -9,6 +10,12 @@ fresh process, so peaks do not leak between cases; peak RSS is sampled every
 5 ms and reported against the RSS right after loading the model. The
 calibration set is real multilingual text (all 16 UDHR languages, equal
 shares) or, with --tokens FILE, a saved (n x seqlen) tensor of input ids.
+
+With ``--dtype bfloat16`` every case also runs in bfloat16 (``wanda@bfloat16``)
+in the same sitting, ratios stay against the float32 floor, and after the
+timing each pruning case saves its masks and measures held-out perplexity
+(UDHR evaluation part, six languages): the bfloat16 masks' agreement with
+the float32 ones and the perplexity change are printed at the end.
 """
 
 from __future__ import annotations
@@ -57,12 +64,16 @@ def calibration_set(tokenizer, args):
     return calibration.build(recipe, tokenizer, nsamples=args.nsamples, seqlen=args.seqlen, seed=0)
 
 
+QUALITY_LANGUAGES = ["en", "de", "fr", "zh", "hi", "sw"]
+
+
 def run_case(case: str, args) -> dict:
     from langprune import load_model, prune_model
     from langprune.engine import BlockEngine
-    from langprune.runs.folder import RunWriter
+    from langprune.runs.folder import RunWriter, pack_bits
 
-    model, tokenizer = load_model(args.model)
+    method, _, dtype = case.partition("@")
+    model, tokenizer = load_model(args.model, dtype=dtype or "float32")
     with torch.no_grad():
         # Weights load memory-mapped; write them once so every case starts fully resident and
         # neither page faults nor copy-on-write of the pruned weights are charged to one case only.
@@ -72,7 +83,7 @@ def run_case(case: str, args) -> dict:
     loaded = psutil.Process().memory_info().rss
     with PeakRSS() as rss:
         start = time.perf_counter()
-        if case == "floor":
+        if method == "floor":
             with torch.no_grad():
                 engine = BlockEngine(model, calib.batches(args.batch_size))
                 engine.capture()
@@ -80,13 +91,25 @@ def run_case(case: str, args) -> dict:
                     engine.run_block(index, write_outputs=False)
                     engine.run_block(index)
         else:
+            kept = {}  # bit-packed masks for the quality check (12 MB for gemma-3-270m)
+
+            def on_block(index, changes):
+                run.add_block(model, index, changes)
+                if args.quality:
+                    kept.update({name: (pack_bits(c.keep).cpu(), list(c.keep.shape)) for name, c in changes.items()})
+
             with tempfile.TemporaryDirectory() as scratch, RunWriter(Path(scratch) / "run") as run:
-                # As the CLI does: each block's masks go to disk at once instead of piling up in memory.
-                prune_model(model, calib, case, args.sparsity, batch_size=args.batch_size,
-                            on_block=lambda index, changes: run.add_block(model, index, changes))  # fmt: skip
+                # As the CLI does: each block's masks and weights go to disk at once instead of piling up in memory.
+                prune_model(model, calib, method, args.sparsity, batch_size=args.batch_size, on_block=on_block)
         seconds = time.perf_counter() - start
-    return {"case": case, "seconds": seconds, "rss_loaded_mb": loaded / 2**20, "rss_peak_mb": rss.peak / 2**20,
-            "sequences": int(calib.input_ids.shape[0]), "seqlen": int(calib.input_ids.shape[1])}  # fmt: skip
+    found = {"case": case, "seconds": seconds, "rss_loaded_mb": loaded / 2**20, "rss_peak_mb": rss.peak / 2**20,
+             "sequences": int(calib.input_ids.shape[0]), "seqlen": int(calib.input_ids.shape[1])}  # fmt: skip
+    if args.quality and method != "floor":
+        from langprune.evaluation import perplexity
+
+        torch.save(kept, Path(args.quality) / f"{case}.pt")
+        found["ppl"] = {lang: r["ppl"] for lang, r in perplexity(model, tokenizer, QUALITY_LANGUAGES).items()}
+    return found
 
 
 def main():
@@ -99,18 +122,25 @@ def main():
     parser.add_argument("--tokens", help="a torch-saved (n x seqlen) tensor of input ids to use instead of UDHR")
     parser.add_argument("--cases", default="floor,wanda,sparsegpt")
     parser.add_argument("--repeat", type=int, default=1, help="run every case this many times; report medians")
+    parser.add_argument("--dtype", choices=["bfloat16", "float16"], help="also run every case in this dtype")
     parser.add_argument("--one", help=argparse.SUPPRESS)
+    parser.add_argument("--quality", help=argparse.SUPPRESS)  # folder where a case leaves its masks
     args = parser.parse_args()
     if args.one:
         print(json.dumps(run_case(args.one, args)))
         return
-    runs: dict[str, list[dict]] = {case: [] for case in args.cases.split(",")}
+    cases = args.cases.split(",")
+    if args.dtype:
+        cases += [f"{case}@{args.dtype}" for case in cases]
+    runs: dict[str, list[dict]] = {case: [] for case in cases}
+    quality = tempfile.mkdtemp(prefix="prune-speed-") if args.dtype else None
     for repeat in range(args.repeat):
         # Cases interleave, so slow drifts of the machine hit every case alike.
         for case in runs:
             cmd = [sys.executable, __file__, "--one", case, "--model", args.model, "--nsamples", str(args.nsamples),
                    "--seqlen", str(args.seqlen), "--batch-size", str(args.batch_size), "--sparsity", args.sparsity]
             cmd += ["--tokens", args.tokens] if args.tokens else []
+            cmd += ["--quality", quality] if quality else []
             done = subprocess.run(cmd, capture_output=True, text=True, check=True)
             r = json.loads(done.stdout.strip().splitlines()[-1])
             runs[case].append(r)
@@ -122,7 +152,28 @@ def main():
     for case, rs in runs.items():
         peak = max(r["rss_peak_mb"] / r["rss_loaded_mb"] for r in rs)
         ratio = f"   {median[case] / median['floor']:.3f}x of the two-pass floor" if "floor" in median else ""
-        print(f"{case:10s} {median[case]:8.1f} s   worst peak RSS {peak:.3f}x of loaded{ratio}")
+        print(f"{case:18s} {median[case]:8.1f} s   worst peak RSS {peak:.3f}x of loaded{ratio}")
+    if quality:
+        report_quality(runs, quality, args.dtype)
+
+
+def report_quality(runs: dict[str, list[dict]], folder: str, dtype: str) -> None:
+    """Mask agreement and held-out perplexity of each reduced-precision case against its float32 twin."""
+    from langprune.runs.folder import unpack_bits
+
+    for case in [c for c in runs if "@" in c and not c.startswith("floor")]:
+        base = case.partition("@")[0]
+        a, b = torch.load(Path(folder) / f"{base}.pt"), torch.load(Path(folder) / f"{case}.pt")
+        same = total = 0
+        for name, (packed, shape) in a.items():
+            keep_a, keep_b = unpack_bits(packed, shape), unpack_bits(*b[name])
+            same, total = same + int((keep_a == keep_b).sum()), total + keep_a.numel()
+        ppl_a, ppl_b = runs[base][-1]["ppl"], runs[case][-1]["ppl"]
+        changes = {lang: ppl_b[lang] / ppl_a[lang] - 1 for lang in ppl_a}
+        worst = max(changes, key=lambda lang: abs(changes[lang]))
+        print(f"{case}: masks agree with float32 on {same / total:.4%} of weights; held-out perplexity change "
+              + ", ".join(f"{lang} {change:+.2%}" for lang, change in changes.items())
+              + f" (worst {worst} {changes[worst]:+.2%})")
 
 if __name__ == "__main__":
     main()

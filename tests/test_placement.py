@@ -216,3 +216,37 @@ def test_float16_overflow_is_refused_and_nothing_is_written(cli, tmp_path):
     assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
     assert "non-finite" in result.stderr or "NaN or infinite" in result.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_auto_offload_follows_free_memory(monkeypatch):
+    from langprune.engine import placement
+
+    cpu, gpu = torch.device("cpu"), torch.device("cuda", 0)
+    free = {"cpu": 10 * 2**30, "cuda": 4 * 2**30}
+    monkeypatch.setattr(placement, "available_memory", lambda device: free[device.type])
+    assert placement.choose_offload("auto", 2 * 2**30, cpu) == "none"
+    assert placement.choose_offload("auto", 9 * 2**30, cpu) == "disk"  # beyond 80% of the host's free memory
+    assert placement.choose_offload("auto", 3 * 2**30, gpu) == "none"
+    assert placement.choose_offload("auto", 6 * 2**30, gpu) == "cpu"  # too big for the GPU, fits the host
+    assert placement.choose_offload("auto", 20 * 2**30, gpu) == "disk"
+    assert placement.choose_offload("none", 20 * 2**30, cpu) == "none"  # asked for explicitly
+
+
+def test_evaluation_is_the_same_offloaded_and_reads_the_dense_model_from_disk(checkpoints, tiny_corpora, tmp_path,
+                                                                             monkeypatch):
+    from langprune.evaluation import Settings
+    from langprune.runs import EvalSettings, cell, run_eval
+
+    folder = checkpoints[("llama", "float32")]
+    prune_to(folder, tmp_path / "run", "wanda")
+    loaded = []
+    real_load = cell.load_model
+    monkeypatch.setattr(cell, "load_model", lambda name, *a: loaded.append((name, a[-1])) or real_load(name, *a))
+    results = {}
+    for offload in ("none", "disk"):
+        settings = EvalSettings(run=tmp_path / "run", tasks=("ppl", "fidelity"), langs=("en",), offload=offload,
+                                options=Settings(corpus="udhr", limit=2, seqlen=16), out=tmp_path / offload)  # fmt: skip
+        results[offload] = run_eval(settings)["tasks"]
+    assert results["none"]["ppl"]["en"]["ppl"] == results["disk"]["ppl"]["en"]["ppl"]
+    assert results["none"]["fidelity"]["en"]["snr_db"] == results["disk"]["fidelity"]["en"]["snr_db"]
+    assert (str(folder), "disk") in loaded  # the dense model of fidelity: block by block from its checkpoint
