@@ -104,14 +104,25 @@ class Checkpoint:
         return sum(e.numel for e in self.entries.values() if e.torch_dtype is not None and e.torch_dtype.is_floating_point)
 
     def read(self, key: str, dtype: torch.dtype | None = None, device: torch.device | str = "cpu") -> torch.Tensor:
-        """One tensor, in ``dtype`` on ``device`` (the file is mapped only while it is read)."""
-        entry = self.entries[key]
-        try:
-            with safe_open(str(entry.file), framework="pt") as handle:
-                tensor = handle.get_tensor(key)
-        except (SafetensorError, OSError) as exc:
-            raise UserError(f"cannot read {key} from {entry.file} ({exc}): the checkpoint is damaged") from None
-        return tensor.to(device=device, dtype=dtype or tensor.dtype)
+        """One tensor, in ``dtype`` on ``device``."""
+        return self.read_many([key], dtype, device)[key]
+
+    def read_many(self, keys: list[str], dtype: torch.dtype | None = None,
+                  device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:  # fmt: skip
+        """Several tensors (a block's), opening each file once; it is mapped only while it is read."""
+        by_file: dict[Path, list[str]] = {}
+        for key in keys:
+            by_file.setdefault(self.entries[key].file, []).append(key)
+        tensors = {}
+        for path, file_keys in by_file.items():
+            try:
+                with safe_open(str(path), framework="pt") as handle:
+                    for key in file_keys:
+                        tensor = handle.get_tensor(key)
+                        tensors[key] = tensor.to(device=device, dtype=dtype or tensor.dtype)
+            except (SafetensorError, OSError) as exc:
+                raise UserError(f"cannot read {file_keys[0]} from {path} ({exc}): the checkpoint is damaged") from None
+        return tensors
 
     def _chunks(self, key: str):
         entry = self.entries[key]
@@ -126,16 +137,14 @@ class Checkpoint:
                 yield data
 
     def count_zeros(self, key: str) -> int:
-        """Zeros of one tensor, counted chunk by chunk from the file (never the whole tensor in memory)."""
-        entry, zeros, carry = self.entries[key], 0, b""
-        item = torch.empty((), dtype=entry.torch_dtype).element_size()
+        """Zeros of one tensor, counted chunk by chunk from the file (never the whole tensor in memory).
+
+        Chunks hold whole elements: CHUNK_BYTES is a multiple of every element size.
+        """
+        entry, zeros = self.entries[key], 0
         for data in self._chunks(key):
-            data = carry + data
-            whole = len(data) // item * item
-            carry = data[whole:]
-            if whole:
-                values = torch.frombuffer(bytearray(data[:whole]), dtype=entry.torch_dtype)
-                zeros += values.numel() - int(torch.count_nonzero(values))
+            values = torch.frombuffer(bytearray(data), dtype=entry.torch_dtype)
+            zeros += values.numel() - int(torch.count_nonzero(values))
         return zeros
 
     def copy_to(self, path: Path, names: dict[str, str]) -> None:

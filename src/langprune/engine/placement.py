@@ -102,6 +102,11 @@ def choose_offload(spec: str, model_bytes: int, device: torch.device, headroom: 
     return "disk"
 
 
+def _missing(names: list[str]) -> UserError:
+    return UserError(f"the checkpoint has no tensor for {', '.join(names)}: --offload disk needs every weight in the "
+                     "model folder's safetensors files")  # fmt: skip
+
+
 def _set_parameter(module: nn.Module, name: str, tensor: torch.Tensor) -> None:
     owner, _, leaf = name.rpartition(".")
     target = module.get_submodule(owner) if owner else module
@@ -180,13 +185,13 @@ class Placement:
         if self.offload == "cpu":
             block.to(self.device)
             return
-        for name, param in list(block.named_parameters()):
-            full = f"{self.block_prefix(index)}.{name}"
-            key = self.key(full)
-            if key is None:
-                raise UserError(f"the checkpoint has no tensor for {full}: --offload disk needs every weight in "
-                                "the model folder's safetensors files")  # fmt: skip
-            _set_parameter(block, name, self.checkpoint.read(key, self.dtype, self.device))
+        keys = {name: self.key(f"{self.block_prefix(index)}.{name}") for name, _ in block.named_parameters()}
+        missing = [f"{self.block_prefix(index)}.{name}" for name, key in keys.items() if key is None]
+        if missing:
+            raise _missing(missing)
+        tensors = self.checkpoint.read_many(list(keys.values()), self.dtype, self.device)
+        for name, key in keys.items():
+            _set_parameter(block, name, tensors[key])
 
     def _unload(self, index: int) -> None:
         block = self.blocks[index]
@@ -256,8 +261,7 @@ def load_skeleton(config, checkpoint: Checkpoint, device: torch.device, dtype: t
     model.tie_weights()
     missing = [name for name, p in outside_blocks(model, blocks_name) if p.device.type == "meta"]
     if missing:
-        raise UserError(f"the checkpoint has no tensor for {', '.join(missing)}: --offload disk needs every weight "
-                        "in the model folder's safetensors files")  # fmt: skip
+        raise _missing(missing)
     for module in model.modules():
         for name, buffer in module._buffers.items():
             if buffer is not None:
