@@ -33,7 +33,9 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, help="Prune multil
 data_app = typer.Typer(no_args_is_help=True, help="The corpus catalog: list and fetch corpora.")
 calib_app = typer.Typer(no_args_is_help=True, help="Inspect calibration recipes.")
 app.add_typer(data_app, name="data")
+analyze_app = typer.Typer(no_args_is_help=True, help="The papers' analyses: numbers as JSON, figures as PNG.")
 app.add_typer(calib_app, name="calib")
+app.add_typer(analyze_app, name="analyze")
 
 WIDE = 10_000  # columns when not on a terminal: tables keep every cell whole
 
@@ -117,7 +119,7 @@ def prune_command(
     method: str = typer.Option("wanda", help="magnitude, random, wanda, wanda-contrastive or sparsegpt."),
     sparsity: str = typer.Option("0.5", help="Fraction to remove (0.5) or N:M (2:4)."),
     out: Path = typer.Option(..., help="Run folder to write (refused if it exists, unless --overwrite)."),
-    nsamples: Optional[int] = typer.Option(None, help="Calibration sequences [default: 128, or 100 demonstrations]."),
+    nsamples: Optional[int] = typer.Option(None, help="Calibration sequences (default: 128, or 100 demonstrations)."),
     shots: int = typer.Option(4, help="Shots per demonstration for mt: and demo: recipes."),
     contrast: Optional[str] = typer.Option(None, help="Contrast recipe Z for wanda's Eq. 4 score, e.g. code: features strong on Z are pruned."),
     tokens: Optional[Path] = typer.Option(None, help="Pre-tokenized calibration instead of --calib: a torch-saved ids tensor (n x seqlen) or dict with input_ids/attention_mask."),
@@ -200,8 +202,8 @@ def eval_command(
     tasks: str = typer.Option("ppl,fidelity,cloze,mcq", help="Tasks or groups: ppl, fidelity, cloze, mcq, translation, rankc, or task names (xnli, multiemo, mmlu...)."),
     langs: str = typer.Option("en,de,fr", help="Comma-separated evaluation languages."),
     limit: Optional[int] = typer.Option(None, help="At most this many examples (or sentences) per task and language (1 or more)."),
-    corpus: Optional[str] = typer.Option(None, help="Corpus for ppl and fidelity [default: udhr]."),
-    mt_corpus: Optional[str] = typer.Option(None, help="Parallel corpus for translation [default: flores if fetched, else libreoffice-help]."),
+    corpus: Optional[str] = typer.Option(None, help="Corpus for ppl and fidelity (default: udhr)."),
+    mt_corpus: Optional[str] = typer.Option(None, help="Parallel corpus for translation (default: flores if fetched, else libreoffice-help)."),
     seqlen: int = typer.Option(512, help="Tokens per perplexity/fidelity window."),
     batch_size: int = typer.Option(8, help="Sequences per forward pass."),
     seed: int = typer.Option(0, help="Seed for translation shots and sampling."),
@@ -212,7 +214,7 @@ def eval_command(
     lrp2_stride: int = typer.Option(3, help="LRP2: step of the (a, b) search grid, in blocks."),
     harness: Optional[str] = typer.Option(None, help="lm-evaluation-harness tasks, comma-separated (e.g. arc_easy), run on the model in memory."),
     harness_include: Optional[Path] = typer.Option(None, help="A folder of harness task YAML files (local data; no network)."),
-    out: Optional[Path] = typer.Option(None, help="Folder for eval.json [default: the run folder; runs/<model>-dense with --model]."),
+    out: Optional[Path] = typer.Option(None, help="Folder for eval.json (default: the run folder; runs/<model>-dense with --model)."),
     device: str = typer.Option("auto", help=DEVICE_HELP),
     dtype: str = typer.Option("auto", help=DTYPE_HELP),
     offload: str = typer.Option("auto", help=OFFLOAD_HELP),
@@ -345,7 +347,7 @@ def data_fetch_command(
 def calib_show_command(
     recipe: str = typer.Argument(..., help="A calibration recipe, e.g. mt:fr-en or mix:en+de@wikilingua."),
     model: str = typer.Option("gemma-3-270m", help="Model whose tokenizer counts the tokens."),
-    nsamples: Optional[int] = typer.Option(None, help="Sequences [default: 128, or 100 demonstrations]."),
+    nsamples: Optional[int] = typer.Option(None, help="Sequences (default: 128, or 100 demonstrations)."),
     seqlen: int = typer.Option(512, help="Tokens per sequence."),
     seed: int = typer.Option(0, help="Sampling seed."),
     shots: int = typer.Option(4, help="Shots per demonstration."),
@@ -369,6 +371,133 @@ def calib_show_command(
     first = calib.input_ids[0][calib.attention_mask[0].bool()]
     console.print("[bold]first sample, decoded:[/bold]")
     console.print(tokenizer.decode(first), highlight=False, markup=False)
+
+
+ANALYSIS_OUT_HELP = "Folder for analysis.json and the figures (refused if it exists, unless --overwrite)."
+# Options every analysis shares, declared once.
+_OUT = typer.Option(..., help=ANALYSIS_OUT_HELP)
+_OVERWRITE = typer.Option(False, help="Replace an existing --out.")
+_DEVICE = typer.Option("auto", help=DEVICE_HELP)
+_DTYPE = typer.Option("auto", help=DTYPE_HELP)
+_OFFLOAD = typer.Option("auto", help=OFFLOAD_HELP)
+_DENSE = typer.Option("gemma-3-270m", help="The dense model the runs were pruned from.")
+_LANGS = typer.Option("en,de,fr,zh,hi,sw", help="Comma-separated languages whose held-out text is analysed.")
+_CORPUS = typer.Option("udhr", help="Corpus whose held-out part is analysed.")
+_LIMIT = typer.Option(None, help="At most this many texts per language.")
+_TEXT_SEQLEN = typer.Option(512, help="Tokens kept per text.")
+_TEXT_BATCH = typer.Option(8, help="Texts per forward pass.")
+
+
+def _analyze(**options) -> None:
+    """Fill the settings object, run the analysis, print its summary."""
+    from .analysis import AnalysisSettings, run_analysis, summary
+
+    settings = AnalysisSettings(**options)
+    with _reporting() as reporter:
+        result = run_analysis(settings, reporter)
+    for line in summary(result):
+        console.print(line, highlight=False)
+    console.print(f"wrote {settings.out} ({result['seconds']:.1f} s)")
+
+
+@analyze_app.command("features")
+def analyze_features_command(
+    model: str = typer.Option("gemma-3-270m", help="Alias, local folder or hub id."),
+    sets: str = typer.Option(..., help="Comma-separated sets (calibration recipes): demo:en,demo:fr,mt:fr-en,mono:de..."),
+    beta: float = typer.Option(30.0, help="Top and bottom share of features, in percent, (0, 50]."),
+    layers: Optional[str] = typer.Option(None, help="Blocks drawn as heatmaps (Figures 1 and 3), e.g. 9,17 (default: middle and last)."),
+    nsamples: Optional[int] = typer.Option(None, help="Sequences per set (default: 128, or 100 demonstrations)."),
+    shots: int = typer.Option(4, help="Shots per demonstration."),
+    seqlen: int = typer.Option(512, help="Tokens per sequence."),
+    seed: int = typer.Option(0, help="Seed for sampling the sets."),
+    batch_size: int = typer.Option(8, help="Sequences per forward pass."),
+    out: Path = _OUT,
+    overwrite: bool = _OVERWRITE,
+    device: str = _DEVICE,
+    dtype: str = _DTYPE,
+    offload: str = _OFFLOAD,
+):
+    """Feature magnitudes per set and their top/bottom overlap per block (translation-feature paper, Figures 1-4, Table 7)."""
+    _analyze(kind="features", model=model, sets=tuple(_list(sets)), beta=beta, layers=_ints("--layers", layers),
+             nsamples=nsamples, shots=shots, seqlen=seqlen, seed=seed, batch_size=batch_size, out=out,
+             overwrite=overwrite, device=device, dtype=dtype, offload=offload)  # fmt: skip
+
+
+@analyze_app.command("masks")
+def analyze_masks_command(
+    runs: list[Path] = typer.Argument(..., help="Run folders (several seeds per calibration language)."),
+    out: Path = _OUT,
+    overwrite: bool = _OVERWRITE,
+):
+    """Pruning-mask stability across seeds and IoU across calibration languages (calibration paper, Figure 2)."""
+    _analyze(kind="masks", runs=tuple(runs), out=out, overwrite=overwrite)
+
+
+@analyze_app.command("lape")
+def analyze_lape_command(
+    model: str = _DENSE,
+    pruned: list[Path] = typer.Option([], help="A pruned run folder to compare (repeatable)."),
+    langs: str = _LANGS,
+    corpus: str = _CORPUS,
+    limit: Optional[int] = _LIMIT,
+    tap: Optional[str] = typer.Option(None, help="The FFN activation module inside a block, e.g. mlp.act_fn (default: found)."),
+    focus: Optional[str] = typer.Option(None, help="Language of the probability and magnitude panels (default: the first run's calibration language)."),
+    group_share: float = typer.Option(0.02, help="Share of all neurons per group."),
+    plot_share: float = typer.Option(0.3, help="Lowest-LAPE share of neurons drawn."),
+    filter_rate: float = typer.Option(0.95, help="Tang et al.: percentile a neuron's probability must pass in some language."),
+    top_rate: float = typer.Option(0.01, help="Tang et al.: share of neurons with the lowest LAPE selected."),
+    bar_rate: float = typer.Option(0.95, help="Tang et al.: percentile above which a selected neuron belongs to a language."),
+    seqlen: int = _TEXT_SEQLEN,
+    batch_size: int = _TEXT_BATCH,
+    out: Path = _OUT,
+    overwrite: bool = _OVERWRITE,
+    device: str = _DEVICE,
+    dtype: str = _DTYPE,
+    offload: str = _OFFLOAD,
+):
+    """Language activation probability entropy of FFN neurons, dense vs pruned (calibration paper, Figure 3)."""
+    _analyze(kind="lape", model=model, pruned=tuple(pruned), langs=tuple(_list(langs)), corpus=corpus, limit=limit,
+             tap=tap, focus=focus, group_share=group_share, plot_share=plot_share, filter_rate=filter_rate,
+             top_rate=top_rate, bar_rate=bar_rate, seqlen=seqlen, batch_size=batch_size, out=out, overwrite=overwrite,
+             device=device, dtype=dtype, offload=offload)  # fmt: skip
+
+
+@analyze_app.command("lsar")
+def analyze_lsar_command(
+    model: str = _DENSE,
+    pruned: list[Path] = typer.Option(..., help="A pruned run folder to compare (repeatable)."),
+    langs: str = _LANGS,
+    corpus: str = _CORPUS,
+    limit: Optional[int] = _LIMIT,
+    rank: Optional[int] = typer.Option(None, help="Rank of the language subspace (default: languages - 1)."),
+    seqlen: int = _TEXT_SEQLEN,
+    batch_size: int = _TEXT_BATCH,
+    out: Path = _OUT,
+    overwrite: bool = _OVERWRITE,
+    device: str = _DEVICE,
+    dtype: str = _DTYPE,
+    offload: str = _OFFLOAD,
+):
+    """Change of language-agnostic and language-specific sentence features after pruning (calibration paper, Figure 1)."""
+    _analyze(kind="lsar", model=model, pruned=tuple(pruned), langs=tuple(_list(langs)), corpus=corpus, limit=limit,
+             rank=rank, seqlen=seqlen, batch_size=batch_size, out=out, overwrite=overwrite, device=device,
+             dtype=dtype, offload=offload)  # fmt: skip
+
+
+@analyze_app.command("plot")
+def analyze_plot_command(folder: Path = typer.Argument(..., help="An analysis folder (with analysis.json).")):
+    """Redraw an analysis' figures from its analysis.json alone."""
+    from .analysis import redraw
+
+    for path in redraw(folder):
+        console.print(f"wrote {path}")
+
+
+def _ints(option: str, text: Optional[str]) -> tuple[int, ...]:
+    try:
+        return tuple(int(item) for item in _list(text))
+    except ValueError:
+        raise UserError(f"{option} takes comma-separated integers, e.g. 9,17; not {text!r}") from None
 
 
 def _fail(message: str, code: int = 2) -> None:

@@ -12,6 +12,7 @@ advances them one block at a time, handing out on request:
   are one group, named by its first layer);
 - ``taps``: the output of any submodule of the block, by its name inside the
   block (e.g. ``mlp.act_fn``, the activation feeding the down projection);
+- ``on_block_input``: the block's input (the residual stream entering it);
 - ``on_output``: the block's output.
 
 Every tensor handed out holds real tokens only (padding dropped), as
@@ -203,6 +204,7 @@ class BlockEngine:
         batches: range | None = None,
         taps: dict[str, Visitor] | None = None,
         on_output: Visitor | None = None,
+        on_block_input: Visitor | None = None,
     ) -> InputGroups:
         """Run block ``index`` over the given batches (all by default).
 
@@ -236,8 +238,11 @@ class BlockEngine:
                     current["batch"] = b
                     call = self.calls[index][b]
                     args, kwargs = (_moved(call.args, self.device), _moved(call.kwargs, self.device))
+                    hidden = self.hidden[b].to(self.device)
+                    if on_block_input is not None:
+                        on_block_input(prefix, self.real_tokens(hidden, b, prefix), self.batches[b])
                     try:
-                        raw = block(self.hidden[b].to(self.device), *args, **kwargs)
+                        raw = block(hidden, *args, **kwargs)
                         self.returns_tuple = isinstance(raw, tuple)
                         output = block_output(raw)
                         if on_output is not None:
@@ -310,10 +315,27 @@ class BlockEngine:
         self.hidden, self.calls = [], []
 
 
-def block_outputs(model: nn.Module, batches: list[TokenBatch], visit: Visitor) -> None:
-    """Visit every block's raw output (real tokens) for every batch, one block at a time."""
+def sweep(
+    model: nn.Module,
+    batches: list[TokenBatch],
+    *,
+    on_input: Visitor | None = None,
+    taps: dict[str, Visitor] | None = None,
+    on_output: Visitor | None = None,
+    on_block_input: Visitor | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> None:
+    """One dense pass over every block for every batch, one block's activations at a time, visiting what is asked.
+
+    The shared collection pass of evaluation and analyses: visitors as in
+    ``BlockEngine.run_block``; ``progress(done, total)`` after each block.
+    """
     engine = BlockEngine(model, batches)
     engine.capture()
-    for index in range(len(engine.blocks)):
-        engine.run_block(index, on_output=visit)
-    engine.release()
+    try:
+        for index in range(len(engine.blocks)):
+            engine.run_block(index, on_input=on_input, taps=taps, on_output=on_output, on_block_input=on_block_input)
+            if progress is not None:
+                progress(index + 1, len(engine.blocks))
+    finally:
+        engine.release()

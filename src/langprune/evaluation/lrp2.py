@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..calibration import calibration_texts
-from ..engine import Tag, block_outputs, find_blocks
+from ..engine import Tag, find_blocks, sweep
 from ..engine.collection import block_output
 from ..text import pad_id, text_windows
 from .choice import prompts, score_prompts
@@ -56,7 +56,7 @@ def mean_states(model, tokenizer, texts: list[str], seqlen: int = 256, max_windo
     def visit(name: str, states: torch.Tensor, batch) -> None:
         sums[name] = sums[name] + states.double().sum(0) if name in sums else states.double().sum(0)
 
-    block_outputs(model, batches, visit)
+    sweep(model, batches, on_output=visit)
     tokens = sum(int(batch.attention_mask.sum()) for batch in batches)
     return (torch.stack(list(sums.values())) / tokens).float()
 

@@ -223,24 +223,36 @@ def save_run(out: Path, model, tokenizer, changes: dict[str, LayerChange], repor
         return run.finish(model, tokenizer, report)
 
 
+class SavedMasks:
+    """A run's keep masks, read one layer at a time (a 70B model's masks never need to be in memory together)."""
+
+    def __init__(self, run: Path):
+        self.run, self.folder = Path(run), Path(run) / MASKS_DIR
+        index = self.folder / MASKS_INDEX
+        if not index.is_file():
+            raise UserError(f"{run} has no {MASKS_DIR}/{MASKS_INDEX}: it was not written by langprune prune")
+        self.shards: dict[str, str] = read_json_object(index, "mask index")
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.shards)
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        """The boolean keep mask of one layer, in the layout of its weight."""
+        shard = self.folder / self.shards[name]
+        try:
+            with safe_open(str(shard), framework="pt") as handle:
+                shapes = json.loads((handle.metadata() or {}).get(PACKED, "null"))
+                stored = handle.get_tensor(name)
+                return unpack_bits(stored, shapes[name]) if shapes is not None else stored  # old runs: one byte each
+        except (SafetensorError, OSError, json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise UserError(f"mask shard {shard} is missing or damaged ({exc}): prune the run again") from None
+
+
 def load_masks(run: Path) -> dict[str, torch.Tensor]:
     """All keep masks of a run folder, by layer name, as boolean tensors in each weight's layout."""
-    folder = Path(run) / MASKS_DIR
-    index = folder / MASKS_INDEX
-    if not index.is_file():
-        raise UserError(f"{run} has no {MASKS_DIR}/{MASKS_INDEX}: it was not written by langprune prune")
-    shards = read_json_object(index, "mask index")
-    masks = {}
-    for shard in sorted(set(shards.values())):
-        try:
-            with safe_open(str(folder / shard), framework="pt") as handle:
-                shapes = json.loads((handle.metadata() or {}).get(PACKED, "null"))
-                for name in handle.keys():
-                    stored = handle.get_tensor(name)
-                    masks[name] = unpack_bits(stored, shapes[name]) if shapes is not None else stored  # old runs: bool
-        except (SafetensorError, OSError, json.JSONDecodeError, KeyError) as exc:
-            raise UserError(f"mask shard {folder / shard} is missing or damaged ({exc}): prune the run again") from None
-    return masks
+    saved = SavedMasks(run)
+    return {name: saved[name] for name in saved.names}
 
 
 def load_report(run: Path) -> dict:

@@ -1,0 +1,150 @@
+"""Large-magnitude features per set and how they overlap (translation-feature paper, section 3, RQ1).
+
+For set S and layer k, ``||X_S^k||`` holds, per hidden feature j, the L2
+norm of feature j over every real token of S (as Wanda's statistic, after
+Sun et al. 2024). X^k is the hidden state entering decoder block k (the
+residual stream), taken by the block engine. With d_beta = floor(d * beta / 100)
+the overlap of set A's top-beta% features with set B's bottom-beta% is
+``|top(A) ∩ bottom(B)| / d_beta`` (the paper's formula); a high value means
+features strong on A are weak on B. The sets x sets matrix of these ratios
+per layer is Figures 1 and 3; averaged per quadrant (monolingual rows or
+translation rows x monolingual or translation columns, diagonal left out
+since a set's top and bottom never meet) it is Figure 4; the top-20
+features of a translation set next to its monolingual sets is Figure 2;
+the share of a translation set's top-k features absent from the top-k of
+each of its two monolingual sets is Table 7. Ties in magnitude rank by
+feature index (a stable sort), so results repeat exactly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .. import calibration
+from ..engine import find_blocks, sweep
+from ..errors import UserError
+from .inputs import block_index
+
+QUADRANTS = {
+    "monolingual x monolingual": ("monolingual", "monolingual"),
+    "monolingual x translation": ("monolingual", "translation"),
+    "translation x monolingual": ("translation", "monolingual"),
+    "translation x translation": ("translation", "translation"),
+}
+UNIQUE_TOP_K = (20, 50, 100)
+
+
+@dataclass(frozen=True)
+class FeatureSet:
+    """A named set of texts (a calibration recipe), monolingual or translation, with its languages."""
+
+    name: str
+    kind: str  # monolingual | translation
+    languages: tuple[str, ...]
+
+
+def describe_set(recipe: str) -> FeatureSet:
+    parsed = calibration.check_recipe(recipe)
+    return FeatureSet(recipe, "translation" if parsed.kind == "mt" else "monolingual", parsed.languages)
+
+
+def check_beta(beta: float) -> float:
+    if not 0 < beta <= 50:
+        raise UserError(f"--beta {beta} is outside (0, 50]: the top and bottom beta% of features must not overlap")
+    return beta
+
+
+def feature_norms(model, sets: dict[str, calibration.CalibrationSet], batch_size: int,
+                  progress=None) -> dict[str, torch.Tensor]:  # fmt: skip
+    """Per set, a (blocks x features) float64 tensor of feature L2 norms over the set's real tokens, entering each block."""
+    blocks_name, blocks = find_blocks(model)
+    batches = [b for name, chosen in sets.items() for b in chosen.batches(batch_size, role=name)]
+    squares: dict[str, torch.Tensor] = {}
+
+    def visit(name: str, states: torch.Tensor, batch) -> None:
+        layer = block_index(name, blocks_name)
+        if batch.tag.role not in squares:
+            squares[batch.tag.role] = torch.zeros(len(blocks), states.shape[-1], dtype=torch.float64, device=states.device)
+        squares[batch.tag.role][layer] += states.double().square().sum(0)
+
+    sweep(model, batches, on_block_input=visit, progress=progress)
+    norms = {name: squares[name].sqrt().cpu() for name in sets}
+    for name, value in norms.items():
+        if not torch.isfinite(value).all():
+            raise UserError(f"feature norms of {name} are not finite (overflow in the compute dtype): use --dtype float32")
+    return norms
+
+
+def ranked(norms: torch.Tensor) -> torch.Tensor:
+    """Feature indices by descending magnitude, ties by index, for each row of (sets x features)."""
+    return torch.sort(norms, dim=-1, descending=True, stable=True).indices
+
+
+def overlap_matrix(norms: torch.Tensor, beta: float) -> torch.Tensor:
+    """(sets x sets): entry [a, b] = share of set a's top-beta% features among set b's bottom-beta%."""
+    count, width = norms.shape
+    top_count = max(1, int(width * beta / 100))
+    order = ranked(norms)
+    top = torch.zeros(count, width, dtype=torch.float64)
+    bottom = torch.zeros(count, width, dtype=torch.float64)
+    top.scatter_(1, order[:, :top_count], 1.0)
+    bottom.scatter_(1, order[:, width - top_count :], 1.0)
+    return top @ bottom.T / top_count
+
+
+def quadrant_means(matrix: torch.Tensor, kinds: list[str]) -> dict[str, float | None]:
+    """Mean of the off-diagonal entries in each (row kind x column kind) quadrant; None where a quadrant is empty."""
+    means = {}
+    for label, (row_kind, column_kind) in QUADRANTS.items():
+        values = [float(matrix[a, b]) for a, ka in enumerate(kinds) for b, kb in enumerate(kinds)
+                  if a != b and ka == row_kind and kb == column_kind]  # fmt: skip
+        means[label] = sum(values) / len(values) if values else None
+    return means
+
+
+def unique_top_share(translation: torch.Tensor, monolingual: torch.Tensor, k: int) -> float:
+    """Share of the translation set's top-k features that are not among the monolingual set's top-k (Table 7)."""
+    k = min(k, translation.numel())
+    top_translation = set(ranked(translation)[:k].tolist())
+    return len(top_translation - set(ranked(monolingual)[:k].tolist())) / k
+
+
+def monolingual_partners(chosen: FeatureSet, sets: list[FeatureSet]) -> list[FeatureSet]:
+    """The monolingual sets in the translation set's source and target languages."""
+    return [s for s in sets if s.kind == "monolingual" and len(s.languages) == 1 and s.languages[0] in chosen.languages]
+
+
+def analyze_features(norms: dict[str, torch.Tensor], sets: list[FeatureSet], beta: float, figure_layers: list[int],
+                     top: int = 20) -> dict:  # fmt: skip
+    """Every number of the features analysis, from the norms: overlap matrices, quadrant means, top features, Table 7."""
+    stacked = torch.stack([norms[s.name] for s in sets])  # sets x layers x features
+    layers = stacked.shape[1]
+    kinds = [s.kind for s in sets]
+    matrices = [overlap_matrix(stacked[:, layer], beta) for layer in range(layers)]
+    quadrants = [quadrant_means(m, kinds) for m in matrices]
+    top_features, unique = [], []
+    for chosen in (s for s in sets if s.kind == "translation"):
+        partners = monolingual_partners(chosen, sets)
+        for layer in figure_layers:
+            dims = ranked(norms[chosen.name][layer])[:top].tolist()
+            top_features.append({"set": chosen.name, "layer": layer, "features": dims,
+                                 "norms": {s.name: [float(norms[s.name][layer][d]) for d in dims]
+                                           for s in [chosen, *partners]}})  # fmt: skip
+            for partner in partners:
+                unique.append({"set": chosen.name, "against": partner.name, "layer": layer,
+                               "share": {str(k): unique_top_share(norms[chosen.name][layer], norms[partner.name][layer], k)
+                                         for k in UNIQUE_TOP_K}})  # fmt: skip
+    return {
+        "sets": [{"name": s.name, "kind": s.kind, "languages": list(s.languages)} for s in sets],
+        "beta": beta,
+        "features": int(stacked.shape[2]),
+        "layers": layers,
+        "where": "input of each decoder block (the residual stream)",
+        "overlap": [m.tolist() for m in matrices],
+        "quadrants": {label: [q[label] for q in quadrants] for label in QUADRANTS},
+        "figure_layers": figure_layers,
+        "top_features": top_features,
+        "unique_top": unique,
+    }
