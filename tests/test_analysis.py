@@ -83,24 +83,38 @@ def padded_batches(tags, seed=0):
 def test_feature_norms_equal_hidden_states_of_a_plain_forward():
     from langprune.analysis.features import feature_norms
 
-    class Set:  # the one method feature_norms needs of a calibration set
-        def __init__(self, batches):
-            self.chosen = batches
-
-        def batches(self, size, role):
-            return [TokenBatch(b.input_ids, b.attention_mask, Tag(role)) for b in self.chosen]
-
     model = tiny_model("llama")
-    sets = {"a": Set(padded_batches([Tag()] * 2)), "b": Set(padded_batches([Tag()], seed=5))}
-    norms = feature_norms(model, sets, batch_size=3)
+    sets = {"a": padded_batches([Tag("a")] * 2), "b": padded_batches([Tag("b")], seed=5)}
+    norms = feature_norms(model, [b for chosen in sets.values() for b in chosen])
     for name, chosen in sets.items():
         squares = 0
-        for batch in chosen.chosen:
+        for batch in chosen:
             with torch.no_grad():
                 hidden = model(batch.input_ids, attention_mask=batch.attention_mask, output_hidden_states=True).hidden_states
             real = batch.attention_mask.bool()
             squares = squares + torch.stack([h[real].double().square().sum(0) for h in hidden[:-1]])
         assert torch.allclose(norms[name], squares.sqrt(), rtol=1e-5, atol=1e-6)
+
+
+def test_feature_norms_at_a_layer_equal_that_layers_inputs():
+    from langprune.analysis.features import feature_norms
+
+    model = tiny_model("gemma3")
+    batches = padded_batches([Tag("a")] * 2)
+    norms = feature_norms(model, batches, at="mlp.down_proj")["a"]
+    squares = torch.zeros_like(norms)
+    for batch in batches:
+        seen = []
+        handles = [block.mlp.down_proj.register_forward_pre_hook(lambda m, args: seen.append(args[0])) for block in model.model.layers]
+        with torch.no_grad():
+            model(batch.input_ids, attention_mask=batch.attention_mask)
+        for handle in handles:
+            handle.remove()
+        for layer, inputs in enumerate(seen):
+            squares[layer] += inputs[batch.attention_mask.bool()].double().square().sum(0)
+    assert torch.allclose(norms, squares.sqrt(), rtol=1e-5, atol=1e-6)
+    with pytest.raises(Exception, match="reads its own input"):
+        feature_norms(model, batches, at="self_attn.k_proj")  # shares q_proj's input: never a group's first reader
 
 
 # ---------------------------------------------------------------- lape

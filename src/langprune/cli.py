@@ -405,6 +405,7 @@ def analyze_features_command(
     model: str = typer.Option("gemma-3-270m", help="Alias, local folder or hub id."),
     sets: str = typer.Option(..., help="Comma-separated sets (calibration recipes): demo:en,demo:fr,mt:fr-en,mono:de..."),
     beta: float = typer.Option(30.0, help="Top and bottom share of features, in percent, (0, 50]."),
+    at: Optional[str] = typer.Option(None, help="Analyse the input of this layer in each block (e.g. self_attn.q_proj) instead of the block's input."),
     layers: Optional[str] = typer.Option(None, help="Blocks drawn as heatmaps (Figures 1 and 3), e.g. 9,17 (default: middle and last)."),
     nsamples: Optional[int] = typer.Option(None, help="Sequences per set (default: 128, or 100 demonstrations)."),
     shots: int = typer.Option(4, help="Shots per demonstration."),
@@ -418,7 +419,7 @@ def analyze_features_command(
     offload: str = _OFFLOAD,
 ):
     """Feature magnitudes per set and their top/bottom overlap per block (translation-feature paper, Figures 1-4, Table 7)."""
-    _analyze(kind="features", model=model, sets=tuple(_list(sets)), beta=beta, layers=_ints("--layers", layers),
+    _analyze(kind="features", model=model, sets=tuple(_list(sets)), beta=beta, at=at, layers=_ints("--layers", layers),
              nsamples=nsamples, shots=shots, seqlen=seqlen, seed=seed, batch_size=batch_size, out=out,
              overwrite=overwrite, device=device, dtype=dtype, offload=offload)  # fmt: skip
 

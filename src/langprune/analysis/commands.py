@@ -45,6 +45,7 @@ class AnalysisSettings:
     model: str = "gemma-3-270m"
     sets: tuple[str, ...] = ()  # features: calibration recipes
     beta: float = 30.0
+    at: str | None = None  # features: a layer inside each block whose input is analysed [default: the block's input]
     layers: tuple[int, ...] = ()  # features: blocks drawn as heatmaps [default: middle and last]
     runs: tuple[Path, ...] = ()  # masks: run folders
     pruned: tuple[Path, ...] = ()  # lape, lsar: pruned run folders compared with --model
@@ -144,10 +145,11 @@ def _features(settings: AnalysisSettings, reporter: Reporter) -> dict:
     for recipe in settings.sets:
         sets[recipe] = calibration.build(recipe, tokenizer, settings.nsamples, settings.seqlen, settings.seed, settings.shots)
         reporter.note(f"{recipe}: {sets[recipe].input_ids.shape[0]} sequences, {sets[recipe].tokens} real tokens")
-    norms = feature_norms(model, sets, settings.batch_size, lambda d, t: reporter.evaluating(d, t, "feature norms"))
+    batches = [b for name, chosen in sets.items() for b in chosen.batches(settings.batch_size, role=name)]
+    norms = feature_norms(model, batches, settings.at, lambda d, t: reporter.evaluating(d, t, "feature norms"))
     blocks = next(iter(norms.values())).shape[0]
     figure_layers = check_layers(settings.layers or (blocks // 2, blocks - 1), blocks)
-    result = analyze_features(norms, described, settings.beta, figure_layers)
+    result = analyze_features(norms, described, settings.beta, figure_layers, settings.at)
     for entry in result["sets"]:
         entry["tokens"] = sets[entry["name"]].tokens
     return {"model": settings.model, **result}

@@ -3,7 +3,8 @@
 For set S and layer k, ``||X_S^k||`` holds, per hidden feature j, the L2
 norm of feature j over every real token of S (as Wanda's statistic, after
 Sun et al. 2024). X^k is the hidden state entering decoder block k (the
-residual stream), taken by the block engine. With d_beta = floor(d * beta / 100)
+residual stream), taken by the block engine; ``--at LAYER`` takes the input
+of a named layer instead (Wanda's own X). With d_beta = floor(d * beta / 100)
 the overlap of set A's top-beta% features with set B's bottom-beta% is
 ``|top(A) ∩ bottom(B)| / d_beta`` (the paper's formula); a high value means
 features strong on A are weak on B. The sets x sets matrix of these ratios
@@ -25,7 +26,7 @@ import torch
 from .. import calibration
 from ..engine import find_blocks, sweep
 from ..errors import UserError
-from .inputs import block_index
+from .inputs import block_index, trimmed
 
 QUADRANTS = {
     "monolingual x monolingual": ("monolingual", "monolingual"),
@@ -56,21 +57,30 @@ def check_beta(beta: float) -> float:
     return beta
 
 
-def feature_norms(model, sets: dict[str, calibration.CalibrationSet], batch_size: int,
-                  progress=None) -> dict[str, torch.Tensor]:  # fmt: skip
-    """Per set, a (blocks x features) float64 tensor of feature L2 norms over the set's real tokens, entering each block."""
+def feature_norms(model, batches, at: str | None = None, progress=None) -> dict[str, torch.Tensor]:
+    """Per set (a batch's ``tag.role``), a (blocks x features) float64 tensor of feature L2 norms over its real tokens.
+
+    The features are those entering each block (the residual stream), or with
+    ``at`` those entering the named layer of each block (``self_attn.q_proj``:
+    Wanda's X for the attention projections, after the block's input norm).
+    """
     blocks_name, blocks = find_blocks(model)
-    batches = [b for name, chosen in sets.items() for b in chosen.batches(batch_size, role=name)]
     squares: dict[str, torch.Tensor] = {}
 
     def visit(name: str, states: torch.Tensor, batch) -> None:
+        if at is not None and not name.endswith("." + at):
+            return
         layer = block_index(name, blocks_name)
         if batch.tag.role not in squares:
             squares[batch.tag.role] = torch.zeros(len(blocks), states.shape[-1], dtype=torch.float64, device=states.device)
         squares[batch.tag.role][layer] += states.double().square().sum(0)
 
-    sweep(model, batches, on_block_input=visit, progress=progress)
-    norms = {name: squares[name].sqrt().cpu() for name in sets}
+    visitors = {"on_block_input": visit} if at is None else {"on_input": visit}
+    sweep(model, [trimmed(b) for b in batches], progress=progress, **visitors)
+    if not squares:
+        raise UserError(f"no layer {at!r} reads its own input in the blocks: name a prunable layer that is first "
+                        "to read its input, e.g. self_attn.q_proj, mlp.gate_proj or mlp.down_proj")  # fmt: skip
+    norms = {name: value.sqrt().cpu() for name, value in squares.items()}
     for name, value in norms.items():
         if not torch.isfinite(value).all():
             raise UserError(f"feature norms of {name} are not finite (overflow in the compute dtype): use --dtype float32")
@@ -117,7 +127,7 @@ def monolingual_partners(chosen: FeatureSet, sets: list[FeatureSet]) -> list[Fea
 
 
 def analyze_features(norms: dict[str, torch.Tensor], sets: list[FeatureSet], beta: float, figure_layers: list[int],
-                     top: int = 20) -> dict:  # fmt: skip
+                     at: str | None = None, top: int = 20) -> dict:  # fmt: skip
     """Every number of the features analysis, from the norms: overlap matrices, quadrant means, top features, Table 7."""
     stacked = torch.stack([norms[s.name] for s in sets])  # sets x layers x features
     layers = stacked.shape[1]
@@ -141,7 +151,7 @@ def analyze_features(norms: dict[str, torch.Tensor], sets: list[FeatureSet], bet
         "beta": beta,
         "features": int(stacked.shape[2]),
         "layers": layers,
-        "where": "input of each decoder block (the residual stream)",
+        "where": "input of each decoder block (the residual stream)" if at is None else f"input of {at} in each block",
         "overlap": [m.tolist() for m in matrices],
         "quadrants": {label: [q[label] for q in quadrants] for label in QUADRANTS},
         "figure_layers": figure_layers,

@@ -41,3 +41,9 @@ def check_layers(layers: tuple[int, ...], count: int) -> list[int]:
             raise UserError(f"layer {layer} is out of range: this model has {count} blocks (0 to {count - 1})")
         chosen.append(layer % count)
     return chosen
+
+
+def trimmed(batch: TokenBatch) -> TokenBatch:
+    """The batch without the padding columns after its longest row: statistics of real tokens are unchanged, work shrinks."""
+    width = int(batch.attention_mask.sum(1).max())
+    return TokenBatch(batch.input_ids[:, :width], batch.attention_mask[:, :width], batch.tag)
