@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 import gc
+import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -23,7 +24,7 @@ from ..runs import Reporter, load_report
 from ..runs.cell import check_placement
 from ..runs.folder import check_out
 from ..runs.provenance import provenance
-from ..storage import partial_path, read_json_object, replace_folder, write_json_atomic
+from ..storage import disk_error, partial_path, read_json_object, replace_folder, write_json_atomic
 from .features import analyze_features, check_beta, describe_set, feature_norms
 from .figures import DRAW
 from .inputs import check_layers, sentence_batches
@@ -119,12 +120,17 @@ def run_analysis(settings: AnalysisSettings, reporter: Reporter | None = None) -
     result = {"analysis": settings.kind, **result, "seconds": time.perf_counter() - start,
               "settings": _jsonable(asdict(settings)), "provenance": provenance()}  # fmt: skip
     partial = partial_path(Path(settings.out))
-    partial.mkdir(parents=True)
-    write_json_atomic(partial / RESULT_FILE, result)
-    DRAW[settings.kind](result, partial)
-    if Path(settings.out).exists() and not settings.overwrite:
-        raise UserError(f"{settings.out} appeared while the analysis ran: pass --overwrite or choose another --out")
-    replace_folder(partial, Path(settings.out))
+    try:
+        partial.mkdir(parents=True)
+        write_json_atomic(partial / RESULT_FILE, result)
+        DRAW[settings.kind](result, partial)
+        if Path(settings.out).exists() and not settings.overwrite:
+            raise UserError(f"{settings.out} appeared while the analysis ran: pass --overwrite or choose another --out")
+        replace_folder(partial, Path(settings.out))
+    except OSError as exc:
+        raise disk_error(exc, Path(settings.out)) from None
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)  # gone already when the rename succeeded
     return result
 
 

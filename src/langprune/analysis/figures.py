@@ -95,23 +95,27 @@ def draw_masks(result: dict, folder: Path) -> list[Path]:
     panels += [(f"IoU {pair.replace('|', ' vs ')}", per) for pair, per in result["iou"].items()]
     columns = min(3, len(panels))
     rows = math.ceil(len(panels) / columns)
-    figure, axes = plt.subplots(rows, columns, figsize=(0.25 * blocks * columns + 2.5 * columns, 0.35 * len(modules) * rows + 1.2 * rows),
-                                squeeze=False)  # fmt: skip
+    known = [v for _, per in panels for m in modules for v in per[m] if v is not None]
+    low = math.floor(min(known, default=0.0) * 10) / 10  # the colour scale starts near the data, as in the paper
+    figure, axes = plt.subplots(rows, columns, figsize=(0.22 * blocks * columns + 2.8, 0.32 * len(modules) * rows + 1.0 * rows),
+                                squeeze=False, layout="constrained")  # fmt: skip
     image = None
-    for axis, (title, per) in zip(axes.flat, panels):
+    for k, (axis, (title, per)) in enumerate(zip(axes.flat, panels)):
         values = [[math.nan if v is None else v for v in per[m]] for m in modules]
-        image = _heatmap(axis, values, modules, layers, title, annotate=False)
+        image = _heatmap(axis, values, modules, layers, title, vmin=low, annotate=False)
         axis.set_xlabel("decoder block")
+        if k % columns:
+            axis.set_yticklabels([])
     for axis in list(axes.flat)[len(panels) :]:
         axis.axis("off")
     figure.suptitle("Figure 2: pruning-mask stability per calibration language (|∩ seeds| / |∪ seeds|) and IoU between languages")
     figure.colorbar(image, ax=axes, label="share of pruned weights")
     written.append(_save(figure, folder / "figure2-mask-iou.png"))
     labels = [g["label"] for g in result["groups"]]
-    figure, axes = plt.subplots(1, len(modules), figsize=(2.2 * len(modules) + 1, 2.6), squeeze=False)
+    figure, axes = plt.subplots(1, len(modules), figsize=(2.2 * len(modules) + 1, 2.8), squeeze=False, layout="constrained")
     for axis, module in zip(axes.flat, modules):
         matrix = [[1.0 if a == b else _pair(result, a, b, module) for b in labels] for a in labels]
-        image = _heatmap(axis, matrix, labels, labels, module)
+        image = _heatmap(axis, matrix, labels, labels, module, vmin=low)
     figure.suptitle("Mean IoU over blocks between calibration languages, per module (paper Table 17)")
     figure.colorbar(image, ax=axes, label="IoU")
     written.append(_save(figure, folder / "table17-iou-by-module.png"))
@@ -127,7 +131,7 @@ def _pair(result: dict, a: str, b: str, module: str):
 def draw_lape(result: dict, folder: Path) -> list[Path]:
     models, focus = result["models"], result["focus_language"]
     shown = max(1, round(result["plot_share"] / result["group_share"]))
-    figure, axes = plt.subplots(3, 1, figsize=(max(8, 0.7 * shown * len(models) / 2 + 4), 10), sharex=True)
+    figure, axes = plt.subplots(3, 1, figsize=(max(8, 0.7 * shown * len(models) / 2 + 4), 10), sharex=True, layout="constrained")
     width = 0.8 / len(models)
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for k, label in enumerate(models):
@@ -156,7 +160,8 @@ def draw_lsar(result: dict, folder: Path) -> list[Path]:
     languages, blocks, pruned = result["languages"], result["blocks"], result["models"][1:]
     chosen = sorted({round(i * (blocks - 1) / 3) for i in range(4)})
     written = []
-    figure, axes = plt.subplots(2, len(chosen), figsize=(3.2 * len(chosen), 6), sharey="row", squeeze=False)
+    figure, axes = plt.subplots(2, len(chosen), figsize=(3.2 * len(chosen), 6.5), sharey="row", squeeze=False,
+                                layout="constrained")  # fmt: skip
     for row, part in enumerate(("agnostic", "specific")):
         for column, block in enumerate(chosen):
             axis = axes[row][column]
@@ -164,12 +169,13 @@ def draw_lsar(result: dict, folder: Path) -> list[Path]:
                 values = [result["delta"][label]["magnitude"][part][lang][block] for lang in languages]
                 axis.plot(languages, values, marker="o", linestyle="none", label=label)
             axis.set_title(f"{part}, block {block}", fontsize=10)
-            axis.set_xlabel("evaluation language")
+            if row == 1:
+                axis.set_xlabel("evaluation language")
         axes[row][0].set_ylabel(f"Δ magnitude ({part})")
     axes[0][-1].legend(fontsize=7)
     figure.suptitle("Figure 1: change of language-agnostic and language-specific features after pruning (LSAR)")
     written.append(_save(figure, folder / "figure1-lsar.png"))
-    figure, axes = plt.subplots(1, 2, figsize=(11, 4), squeeze=False)
+    figure, axes = plt.subplots(1, 2, figsize=(11, 4), squeeze=False, layout="constrained")
     for column, part in enumerate(("agnostic", "specific")):
         axis = axes[0][column]
         for label in pruned:
