@@ -36,6 +36,8 @@ app.add_typer(data_app, name="data")
 analyze_app = typer.Typer(no_args_is_help=True, help="The papers' analyses: numbers as JSON, figures as PNG.")
 app.add_typer(calib_app, name="calib")
 app.add_typer(analyze_app, name="analyze")
+grid_app = typer.Typer(no_args_is_help=True, help="Experiment grids: run (resumable, local or Ray), status, tables.")
+app.add_typer(grid_app, name="grid")
 
 WIDE = 10_000  # columns when not on a terminal: tables keep every cell whole
 
@@ -492,6 +494,93 @@ def analyze_plot_command(folder: Path = typer.Argument(..., help="An analysis fo
 
     for path in redraw(folder):
         console.print(f"wrote {path}")
+
+
+_GRID_FILE = typer.Argument(..., help="A grid file (YAML), e.g. experiments/calibration-language.yaml.")
+_PROFILE = typer.Option(None, help="A profile of the grid file, e.g. quick.")
+_GRID_OUT = typer.Option(None, help="Folder of the grid's cells (default: the file's out, else runs/grids/NAME).")
+
+
+@grid_app.command("run")
+def grid_run_command(
+    grid_file: Path = _GRID_FILE,
+    executor: str = typer.Option("local", help="local (one cell after another here) or ray (RAY_ADDRESS, else a local Ray instance)."),
+    profile: Optional[str] = _PROFILE,
+    out: Optional[Path] = _GRID_OUT,
+):
+    """Run every cell that is not done yet; a failing cell is recorded and the others go on."""
+    from .experiments import load_grid, run_grid, verdict
+
+    grid = load_grid(grid_file, profile, out)
+    done = {"count": 0}
+
+    def on_cell(cell, record):
+        done["count"] += 1
+        state = record["state"] if record["state"] == "done" else f"FAILED: {record['error']}"
+        console.print(f"[{done['count']}] {cell.label()} -> {grid.folder(cell)}: {state}", highlight=False, markup=False)
+
+    with _reporting(quiet=True) as reporter:
+        counts = run_grid(grid, executor, reporter, on_cell)
+    console.print(f"{grid.name}: {counts['done']} done, {counts['failed']} failed, {counts['pending']} pending ({grid.out})")
+    if counts["failed"] == 0 and counts["pending"] == 0:
+        found = verdict(grid)
+        if found:
+            console.print(found, highlight=False)
+    if counts["failed"]:
+        raise typer.Exit(1)
+
+
+@grid_app.command("status")
+def grid_status_command(grid_file: Path = _GRID_FILE, profile: Optional[str] = _PROFILE, out: Optional[Path] = _GRID_OUT,
+                        as_json: bool = typer.Option(False, "--json", help=JSON_HELP)):  # fmt: skip
+    """Each cell's state: done, failed (with its error) or pending."""
+    from .experiments import cell_state, load_grid
+
+    grid = load_grid(grid_file, profile, out)
+    states = [(cell, cell_state(grid, cell)) for cell in grid.cells]
+    if as_json:
+        _print_json([{"key": c.key, "axes": c.axes, "state": s, "folder": str(grid.folder(c))} for c, s in states])
+        return
+    table = Table("cell", "key", "state", title=f"{grid.name} ({grid.out})")
+    for cell, state in states:
+        if state == "failed":
+            error = json.loads((grid.out / "failed" / f"{cell.key}.json").read_text())["error"]
+            state = f"failed: {error}"
+        table.add_row(cell.label(), cell.key, state)
+    console.print(table)
+    counts = {k: sum(1 for _, s in states if s == k) for k in ("done", "failed", "pending")}
+    console.print(f"{counts['done']} done, {counts['failed']} failed, {counts['pending']} pending")
+
+
+@grid_app.command("table")
+def grid_table_command(
+    grid_file: Path = _GRID_FILE,
+    metric: str = typer.Option("ppl", help="ppl, bpb, snr, error, or a task name (accuracy) / TASK:chrf."),
+    rows: str = typer.Option("calib", help="Axis of the rows: calib, method, sparsity, model, seed or eval."),
+    cols: str = typer.Option("eval", help="Axis of the columns (eval: the evaluation language)."),
+    baseline: Optional[str] = typer.Option(None, help="A row to test every other against (paired bootstrap), e.g. dense or mono:en."),
+    format: str = typer.Option("md", "--format", help="md, csv, tex or png."),
+    out: Optional[Path] = typer.Option(None, help="Write the table to this file (needed for png)."),
+    profile: Optional[str] = _PROFILE,
+    grid_out: Optional[Path] = typer.Option(None, help="Folder of the grid's cells (default: as grid run)."),
+):
+    """The grid's results as a table of any two axes; missing cells show as –."""
+    from .experiments import build_table, load_grid, render
+    from .storage import partial_path
+
+    grid = load_grid(grid_file, profile, grid_out)
+    table = build_table(grid, metric, rows, cols, baseline)
+    text = render(table, format, out)
+    if format == "png":
+        console.print(f"wrote {text}")
+        return
+    if out is not None:
+        partial = partial_path(out)
+        partial.write_text(text + "\n", encoding="utf-8")
+        partial.replace(out)
+        console.print(f"wrote {out}")
+    else:
+        sys.stdout.write(text + "\n")
 
 
 def _ints(option: str, text: Optional[str]) -> tuple[int, ...]:

@@ -21,7 +21,7 @@ from ..errors import UserError, check_at_least
 from ..languages import check_language
 from ..models import load_model
 from ..runs import Reporter, load_report
-from ..runs.cell import check_placement
+from ..runs.cell import check_placement, jsonable
 from ..runs.folder import check_out
 from ..runs.provenance import provenance
 from ..storage import disk_error, partial_path, read_json_object, replace_folder, write_json_atomic
@@ -118,7 +118,7 @@ def run_analysis(settings: AnalysisSettings, reporter: Reporter | None = None) -
     start = time.perf_counter()
     result = COMPUTE[settings.kind](settings, reporter)
     result = {"analysis": settings.kind, **result, "seconds": time.perf_counter() - start,
-              "settings": _jsonable(asdict(settings)), "provenance": provenance()}  # fmt: skip
+              "settings": jsonable(asdict(settings)), "provenance": provenance()}  # fmt: skip
     partial = partial_path(Path(settings.out))
     try:
         partial.mkdir(parents=True)
@@ -229,14 +229,6 @@ def _lsar(settings: AnalysisSettings, reporter: Reporter) -> dict:
 
 
 COMPUTE = {"features": _features, "masks": _masks, "lape": _lape, "lsar": _lsar}
-
-
-def _jsonable(value):
-    if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    return str(value) if isinstance(value, Path) else value
 
 
 def summary(result: dict) -> list[str]:

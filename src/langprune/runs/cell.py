@@ -140,7 +140,7 @@ def run_prune(settings: PruneSettings, reporter: Reporter | None = None) -> dict
             progress=reporter.blocks, on_block=lambda index, changes: run.add_block(lm, index, changes),
         )  # fmt: skip
         after = perplexity(lm, tokenizer, languages, corpus=settings.eval_corpus) if languages else {}
-        report = {"model": settings.model, **result.summary, "settings": _jsonable(asdict(settings)),
+        report = {"model": settings.model, **result.summary, "settings": jsonable(asdict(settings)),
                   "provenance": provenance()}  # fmt: skip
         if languages:
             report["perplexity"] = {"corpus": settings.eval_corpus, "dense": before, "pruned": after}
@@ -193,7 +193,7 @@ def run_eval(settings: EvalSettings, reporter: Reporter | None = None) -> dict:
     else:
         source, dense_name = settings.model, None
     target = settings.target
-    header = {"model": source, "dense_model": dense_name, "settings": _jsonable(asdict(settings.options))}
+    header = {"model": source, "dense_model": dense_name, "settings": jsonable(asdict(settings.options))}
     previous = _resumable(target, header)
     if previous:
         reporter.note(f"resuming {target}: {sum(len(v) for v in previous.values())} finished results kept")
@@ -230,12 +230,12 @@ def _resumable(target: Path, header: dict) -> dict:
     return {name: dict(per_key) for name, per_key in earlier["tasks"].items() if name != "rankc"} if same else {}
 
 
-def _jsonable(value):
+def jsonable(value):
     """Settings as JSON: paths as strings, tuples as lists, no NaN."""
     if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
+        return {k: jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
+        return [jsonable(v) for v in value]
     if isinstance(value, Path):
         return str(value)
     if isinstance(value, float) and not math.isfinite(value):

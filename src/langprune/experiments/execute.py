@@ -1,0 +1,135 @@
+"""Running a grid's cells: one after another here, or as Ray tasks; resumable after any kill.
+
+A cell is done when ``cell.json`` sits in its folder. It is written
+(atomically) only after the pruning run folder was renamed into place and
+its ``eval.json`` holds every task, so a grid killed at any moment (kill -9
+too) loses at most the cells in flight: on the next ``grid run`` a cell
+whose run folder is complete only evaluates, and ``run_eval`` keeps every
+task it had finished. A failing cell writes ``failed/<key>.json`` with its
+error and the others go on; the next run retries it. Cells take paths and
+plain settings, never weights, so a Ray worker on another machine runs the
+very same function.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+import traceback
+from pathlib import Path
+
+import torch
+
+from ..errors import UserError
+from ..evaluation import Settings as EvalOptions
+from ..runs import EvalSettings, PruneSettings, Reporter, run_eval, run_prune
+from ..runs.folder import REPORT_FILE
+from ..storage import write_json_atomic
+from .grid import Cell, Grid
+
+CELL_FILE = "cell.json"
+EXECUTORS = ("local", "ray")
+
+
+def cell_state(grid: Grid, cell: Cell) -> str:
+    """done, failed or pending."""
+    if (grid.folder(cell) / CELL_FILE).is_file():
+        return "done"
+    return "failed" if _failure(grid, cell).is_file() else "pending"
+
+
+def _failure(grid: Grid, cell: Cell) -> Path:
+    return grid.out / "failed" / f"{cell.key}.json"
+
+
+def run_cell(cell: Cell, folder: Path, failure: Path, reporter: Reporter | None = None) -> dict:
+    """Prune (unless dense or already pruned), evaluate, mark done; a failure is recorded, not raised."""
+    reporter = reporter or Reporter()
+    start = time.perf_counter()
+    try:
+        evaluation = cell.evaluation
+        options = EvalOptions(**evaluation["options"])
+        placement = {k: evaluation[k] for k in ("device", "dtype", "offload")}
+        if cell.dense:
+            folder.mkdir(parents=True, exist_ok=True)
+            settings = EvalSettings(model=cell.axes["model"], out=folder, tasks=tuple(evaluation["tasks"]),
+                                    langs=tuple(evaluation["langs"]), options=options, **placement)  # fmt: skip
+        else:
+            if not (folder / REPORT_FILE).is_file():
+                for stale in folder.parent.glob(f"{folder.name}.partial-*"):  # left by a killed run
+                    shutil.rmtree(stale, ignore_errors=True)
+                run_prune(PruneSettings(out=folder, overwrite=True, **cell.prune), reporter)
+            settings = EvalSettings(run=folder, tasks=tuple(evaluation["tasks"]), langs=tuple(evaluation["langs"]),
+                                    options=options, **placement)  # fmt: skip
+        run_eval(settings, reporter)
+    except Exception as exc:  # noqa: BLE001 - a failing cell must not stop the grid; its error is kept
+        failure.parent.mkdir(parents=True, exist_ok=True)
+        detail = str(exc) if isinstance(exc, UserError) else "".join(traceback.format_exception(exc))
+        write_json_atomic(failure, {"key": cell.key, "axes": cell.axes, "error": str(exc) or type(exc).__name__,
+                                    "detail": detail})  # fmt: skip
+        return {"key": cell.key, "state": "failed", "error": str(exc) or type(exc).__name__}
+    failure.unlink(missing_ok=True)
+    record = {"key": cell.key, "axes": cell.axes, "prune": cell.prune, "evaluation": cell.evaluation,
+              "seconds": time.perf_counter() - start, "state": "done"}  # fmt: skip
+    write_json_atomic(folder / CELL_FILE, record)
+    return record
+
+
+def run_grid(grid: Grid, executor: str = "local", reporter: Reporter | None = None, on_cell=None) -> dict[str, int]:
+    """Run every cell that is not done; returns how many cells are done, failed, pending afterwards."""
+    if executor not in EXECUTORS:
+        raise UserError(f"unknown executor {executor!r}: choose local or ray")
+    todo = [cell for cell in grid.cells if cell_state(grid, cell) != "done"]
+    grid.out.mkdir(parents=True, exist_ok=True)
+    if executor == "local":
+        for cell in todo:
+            record = run_cell(cell, grid.folder(cell), _failure(grid, cell), reporter)
+            if on_cell:
+                on_cell(cell, record)
+    else:
+        _run_on_ray(grid, todo, on_cell)
+    return status_counts(grid)
+
+
+def status_counts(grid: Grid) -> dict[str, int]:
+    counts = {"done": 0, "failed": 0, "pending": 0}
+    for cell in grid.cells:
+        counts[cell_state(grid, cell)] += 1
+    return counts
+
+
+def _run_on_ray(grid: Grid, todo: list[Cell], on_cell) -> None:
+    """Each cell a Ray task with its resources declared: this process' CPU threads, and a GPU when the grid computes on cuda."""
+    try:
+        import ray
+    except ImportError:
+        raise UserError("the ray executor needs Ray: pip install 'langprune[ray]' (scripts/setup.sh installs it)") from None
+    address = os.environ.get("RAY_ADDRESS")
+    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")  # keep GPUs visible as declared, silence the notice
+    if not ray.is_initialized():
+        ray.init(address=address or None, include_dashboard=False, log_to_driver=False,
+                 runtime_env={"env_vars": {k: v for k, v in os.environ.items() if k.startswith("LANGPRUNE_")}})  # fmt: skip
+    task = ray.remote(_ray_cell)
+    threads = torch.get_num_threads()  # as many as here: same reduction order, same numbers as the local executor
+    pending = {}
+    for cell in todo:
+        gpu = str(cell.evaluation.get("device", "auto")).startswith("cuda")
+        options = task.options(num_cpus=threads, num_gpus=1 if gpu else 0)
+        ref = options.remote(cell, str(grid.folder(cell)), str(_failure(grid, cell)), threads)
+        pending[ref] = cell
+    while pending:
+        ready, _ = ray.wait(list(pending), num_returns=1)
+        for ref in ready:
+            cell = pending.pop(ref)
+            record = ray.get(ref)
+            if on_cell:
+                on_cell(cell, record)
+
+
+def _ray_cell(cell: Cell, folder: str, failure: str, threads: int) -> dict:
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    torch.set_num_threads(threads)
+    return run_cell(cell, Path(folder), Path(failure))

@@ -1,0 +1,190 @@
+"""A grid file: axes that multiply into cells, each cell a pruning run plus its evaluation in a folder named by its content.
+
+A grid is YAML. The axes ``models``, ``methods``, ``sparsities``,
+``calibration`` (recipes) and ``seeds`` multiply; ``exclude`` drops the
+combinations that match every key it names, ``include`` adds combinations
+(after exclusion). ``evaluation`` names tasks, languages and evaluation
+options, ``settings`` the options every pruning run shares (nsamples,
+seqlen, batch_size, shots, device, dtype, offload). Each model also gets a
+dense cell (method ``dense``): the baseline, evaluated once. ``profiles``
+name overrides of any top-level key (``--profile quick``). ``verdict``
+names the paper finding checked from the table.
+
+A cell's folder is ``<out>/cells/<key>``, the key a SHA-256 of the
+canonical JSON of its resolved settings: the same settings give the same
+folder in any order and on any machine. Every mistake in a grid file is
+found before anything runs and reported in one line.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from .. import calibration
+from ..compress.methods import get_method
+from ..compress.sparsity import Sparsity
+from ..errors import UserError, did_you_mean
+from ..evaluation import Settings as EvalOptions
+from ..evaluation.runner import plan
+from ..languages import check_language
+from ..runs.cell import check_placement
+
+AXES = {"models": "model", "methods": "method", "sparsities": "sparsity", "calibration": "calib", "seeds": "seed"}
+TOP_KEYS = set(AXES) | {"name", "description", "evaluation", "settings", "exclude", "include", "profiles", "verdict", "out"}
+SETTING_KEYS = {"nsamples", "seqlen", "batch_size", "shots", "device", "dtype", "offload", "propagate", "contrast"}
+EVAL_KEYS = {"tasks", "langs", "limit", "seqlen", "batch_size", "corpus", "translation_corpus", "seed", "skip_missing"}
+DENSE = "dense"
+KEY_VERSION = 1  # bump when a cell's meaning changes, so old folders are not mistaken for new cells
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One pruning run (none for the dense baseline) and its evaluation, fully resolved."""
+
+    axes: dict  # model, method, sparsity, calib, seed (None where a dense cell has none)
+    prune: dict | None  # PruneSettings fields except out
+    evaluation: dict  # tasks, langs, options (EvalOptions fields), device, dtype, offload
+
+    @property
+    def key(self) -> str:
+        text = json.dumps({"version": KEY_VERSION, "prune": self.prune, "evaluation": self.evaluation}, sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    @property
+    def dense(self) -> bool:
+        return self.prune is None
+
+    def label(self) -> str:
+        return " ".join(f"{k}={v}" for k, v in self.axes.items() if v is not None)
+
+
+@dataclass
+class Grid:
+    path: Path
+    name: str
+    out: Path
+    cells: list[Cell] = field(default_factory=list)
+    verdict: dict | None = None
+
+    def folder(self, cell: Cell) -> Path:
+        return self.out / "cells" / cell.key
+
+
+def _mistake(path: Path, text: str) -> UserError:
+    return UserError(f"{path}: {text}")
+
+
+def _unknown(path: Path, keys, allowed: set[str], where: str) -> None:
+    for key in keys:
+        if key not in allowed:
+            raise _mistake(path, f"unknown key {key!r} in {where}{did_you_mean(str(key), allowed)}; "
+                                 f"known: {', '.join(sorted(allowed))}")  # fmt: skip
+
+
+def _as_list(path: Path, value, name: str) -> list:
+    values = value if isinstance(value, list) else [value]
+    if not values:
+        raise _mistake(path, f"{name} is empty: give at least one value")
+    return values
+
+
+def load_grid(path: Path, profile: str | None = None, out: Path | None = None) -> Grid:
+    """Read, validate and expand a grid file; one clear line for the first mistake."""
+    path = Path(path)
+    try:
+        spec = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserError(f"grid file {path} does not exist") from None
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path} is not valid YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(spec, dict):
+        raise _mistake(path, "a grid file is a mapping of keys (models, methods, calibration, ...)")
+    _unknown(path, spec, TOP_KEYS, "the grid")
+    profiles = spec.get("profiles") or {}
+    if profile is not None:
+        if profile not in profiles:
+            raise _mistake(path, f"no profile {profile!r}; profiles: {', '.join(profiles) or 'none'}")
+        _unknown(path, profiles[profile], TOP_KEYS - {"profiles"}, f"profile {profile!r}")
+        spec = {**spec, **profiles[profile]}
+    settings = spec.get("settings") or {}
+    _unknown(path, settings, SETTING_KEYS, "settings")
+    evaluation = spec.get("evaluation") or {}
+    _unknown(path, evaluation, EVAL_KEYS, "evaluation")
+    values = {axis: _as_list(path, spec.get(name, default), name)
+              for name, axis, default in [("models", "model", "gemma-3-270m"), ("methods", "method", "wanda"),
+                                          ("sparsities", "sparsity", "0.5"), ("calibration", "calib", None),
+                                          ("seeds", "seed", 0)]}  # fmt: skip
+    values["sparsity"] = [str(s) for s in values["sparsity"]]
+    _check_axes(path, values, settings)
+    combos = [dict(zip(values, combo)) for combo in itertools.product(*values.values())]
+    for rule in _as_rules(path, spec.get("exclude"), "exclude"):
+        combos = [c for c in combos if not all(str(c[k]) == str(v) for k, v in rule.items())]
+    for rule in _as_rules(path, spec.get("include"), "include"):
+        missing = [axis for axis in values if axis not in rule]
+        if missing:
+            raise _mistake(path, f"an include entry must name every axis; missing: {', '.join(missing)}")
+        _check_axes(path, {k: [v] for k, v in rule.items()}, settings)
+        combos.append({k: (str(v) if k == "sparsity" else v) for k, v in rule.items()})
+    if not combos:
+        raise _mistake(path, "the grid is empty: exclude removes every combination")
+    eval_cell = _evaluation(path, evaluation, settings)
+    cells = [Cell({"model": m, "method": DENSE, "sparsity": None, "calib": None, "seed": None}, None, eval_cell)
+             for m in dict.fromkeys(c["model"] for c in combos)]  # fmt: skip
+    seen = {cell.key for cell in cells}
+    for combo in combos:
+        prune = {"model": combo["model"], "calib": combo["calib"], "method": combo["method"], "sparsity": combo["sparsity"],
+                 "seed": combo["seed"], **{k: v for k, v in settings.items()}}  # fmt: skip
+        cell = Cell(dict(combo), prune, eval_cell)
+        if cell.key not in seen:
+            seen.add(cell.key)
+            cells.append(cell)
+    name = str(spec.get("name") or path.stem)
+    root = Path(out) if out else Path(spec.get("out") or Path("runs") / "grids" / name)
+    return Grid(path, name, root, cells, spec.get("verdict"))
+
+
+def _as_rules(path: Path, rules, name: str) -> list[dict]:
+    rules = rules or []
+    if not isinstance(rules, list) or not all(isinstance(r, dict) for r in rules):
+        raise _mistake(path, f"{name} is a list of mappings such as {{method: sparsegpt, calib: mono:de}}")
+    for rule in rules:
+        _unknown(path, rule, set(AXES.values()), name)
+    return rules
+
+
+def _check_axes(path: Path, values: dict, settings: dict) -> None:
+    try:
+        for method in values.get("method", []):
+            get_method(method)
+        for sparsity in values.get("sparsity", []):
+            Sparsity.parse(str(sparsity))
+        for recipe in values.get("calib", []):
+            if recipe is None:
+                raise UserError("calibration is missing: list recipes, e.g. calibration: [mono:en, mono:de]")
+            calibration.check_recipe(recipe)
+        for seed in values.get("seed", []):
+            if not isinstance(seed, int) or seed < 0:
+                raise UserError(f"seed {seed!r} is not a non-negative integer")
+        check_placement(settings.get("device", "auto"), settings.get("dtype", "auto"), settings.get("offload", "auto"))
+    except UserError as exc:
+        raise _mistake(path, str(exc)) from None
+
+
+def _evaluation(path: Path, evaluation: dict, settings: dict) -> dict:
+    tasks = _as_list(path, evaluation.get("tasks", ["ppl"]), "evaluation tasks")
+    langs = _as_list(path, evaluation.get("langs", ["en"]), "evaluation langs")
+    options = {k: v for k, v in evaluation.items() if k not in ("tasks", "langs")}
+    try:
+        for language in langs:
+            check_language(language)
+        plan(list(tasks), list(langs), EvalOptions(**options))
+    except (UserError, TypeError) as exc:
+        raise _mistake(path, str(exc)) from None
+    placement = {k: settings.get(k, "auto") for k in ("device", "dtype", "offload")}
+    return {"tasks": list(tasks), "langs": list(langs), "options": options, **placement}

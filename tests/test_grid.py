@@ -1,0 +1,173 @@
+"""Experiment grids: expansion and hashing, resuming after SIGKILL, Ray gives the same cells, tables, bad grid files."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from langprune.experiments import build_table, load_grid, render, run_grid
+from langprune.experiments.execute import CELL_FILE
+from langprune.experiments.grid import Cell, Grid
+
+
+def write_grid(folder: Path, model: Path, **changes) -> Path:
+    spec = {
+        "name": "tiny",
+        "models": [str(model)],
+        "methods": ["wanda"],
+        "sparsities": [0.5],
+        "calibration": ["mono:en", "mono:fr"],
+        "seeds": [0, 1],
+        "include": [{"model": str(model), "method": "magnitude", "sparsity": 0.3, "calib": "mono:en", "seed": 0}],
+        "settings": {"nsamples": 4, "seqlen": 16, "batch_size": 2},
+        "evaluation": {"tasks": ["ppl", "fidelity"], "langs": ["en", "fr"], "seqlen": 16},
+        "out": str(folder / "grid-out"),
+        "verdict": {"kind": "own-language-best", "metric": "ppl"},
+        **changes,
+    }
+    path = folder / "tiny.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def test_axes_multiply_with_include_and_exclude_and_keys_do_not_depend_on_order(checkpoint, tiny_corpora, tmp_path):
+    grid = load_grid(write_grid(tmp_path, checkpoint))
+    assert len(grid.cells) == 6  # dense + 2 calib x 2 seeds + 1 included
+    assert [c.axes["method"] for c in grid.cells].count("dense") == 1
+    reordered = load_grid(write_grid(tmp_path, checkpoint, calibration=["mono:fr", "mono:en"], seeds=[1, 0]))
+    assert {c.key for c in grid.cells} == {c.key for c in reordered.cells}
+    cut = load_grid(write_grid(tmp_path, checkpoint, exclude=[{"calib": "mono:fr", "seed": 1}]))
+    assert len(cut.cells) == 5 and not any(c.axes["calib"] == "mono:fr" and c.axes["seed"] == 1 for c in cut.cells)
+
+
+def grid_files(grid: Grid) -> dict[str, float]:
+    return {str(p.relative_to(grid.out)): p.stat().st_mtime_ns for p in grid.out.rglob("*") if p.is_file()}
+
+
+def test_a_grid_killed_mid_way_resumes_without_redoing_finished_cells(checkpoint, tiny_corpora, tmp_path):
+    path = write_grid(tmp_path, checkpoint)
+    grid = load_grid(path)
+    env = {**os.environ, "LANGPRUNE_CACHE": str(tiny_corpora)}
+    process = subprocess.Popen([sys.executable, "-m", "langprune", "grid", "run", str(path)], env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list(grid.out.glob(f"cells/*/{CELL_FILE}"))) < 2:
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    done_before = {p.parent.name for p in grid.out.glob(f"cells/*/{CELL_FILE}")}
+    assert 2 <= len(done_before) < 6, "the grid finished before it could be killed"
+    kept = {name: mtime for name, mtime in grid_files(grid).items() if name.split("/")[1] in done_before}
+    done = subprocess.run([sys.executable, "-m", "langprune", "grid", "run", str(path)], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "6 done, 0 failed, 0 pending" in done.stdout
+    assert "target-language calibration gives the best ppl in its own language in" in done.stdout
+    after = grid_files(grid)
+    assert all(after[name] == mtime for name, mtime in kept.items())  # nothing finished was redone
+    assert not list(grid.out.glob("cells/*.partial-*"))
+    status = subprocess.run([sys.executable, "-m", "langprune", "grid", "status", str(path), "--json"], env=env,
+                            capture_output=True, text=True)  # fmt: skip
+    assert {c["state"] for c in json.loads(status.stdout)} == {"done"}
+
+
+def test_a_failing_cell_is_recorded_and_the_others_go_on(checkpoint, tiny_corpora, tmp_path, cli):
+    path = write_grid(tmp_path, checkpoint, calibration=["mono:en"], seeds=[0], include=[],
+                      settings={"nsamples": 4, "seqlen": 5000})  # longer than the model's positions: that cell fails  # fmt: skip
+    done = cli("grid", "run", path)
+    assert done.returncode == 1
+    assert "1 done, 1 failed, 0 pending" in done.stdout
+    status = cli("grid", "status", path)
+    assert "failed: " in status.stdout and "seqlen" in status.stdout
+
+
+@pytest.mark.slow
+def test_the_ray_executor_gives_the_same_cells_as_the_local_one(checkpoint, tiny_corpora, tmp_path):
+    pytest.importorskip("ray")
+    from safetensors.torch import load_file
+
+    local = load_grid(write_grid(tmp_path, checkpoint), out=tmp_path / "local")
+    remote = load_grid(write_grid(tmp_path, checkpoint), out=tmp_path / "ray")
+    assert run_grid(local)["done"] == 6
+    assert run_grid(remote, executor="ray")["done"] == 6
+    for cell in local.cells:
+        a, b = local.folder(cell), remote.folder(cell)
+        assert a.name == b.name
+        for shard in a.glob("masks/*.safetensors"):
+            left, right = load_file(shard), load_file(b / "masks" / shard.name)
+            assert left.keys() == right.keys() and all((left[k] == right[k]).all() for k in left)
+        tasks_a = json.loads((a / "eval.json").read_text())["tasks"]
+        tasks_b = json.loads((b / "eval.json").read_text())["tasks"]
+        assert tasks_a == tasks_b
+
+
+def fake_grid(tmp_path: Path, values: dict) -> Grid:
+    """A grid whose finished cells hold known perplexities: {(calib, seed): {lang: (ppl, windows)}}."""
+    cells = []
+    for (calib, seed), per_language in values.items():
+        method = "dense" if calib is None else "wanda"
+        cell = Cell({"model": "m", "method": method, "sparsity": None if calib is None else "0.5", "calib": calib,
+                     "seed": seed}, None if calib is None else {"calib": calib, "seed": seed}, {"tasks": ["ppl"]})  # fmt: skip
+        cells.append(cell)
+    grid = Grid(tmp_path / "g.yaml", "known", tmp_path / "out", cells)
+    for cell, per_language in zip(cells, values.values()):
+        folder = grid.folder(cell)
+        folder.mkdir(parents=True)
+        tasks = {"ppl": {lang: {"ppl": ppl, "windows": windows} for lang, (ppl, windows) in per_language.items()}}
+        (folder / "eval.json").write_text(json.dumps({"tasks": tasks}))
+        (folder / CELL_FILE).write_text("{}")
+    return grid
+
+
+def test_tables_match_hand_computed_means_stds_and_marks(tmp_path):
+    w = [[10.0, 5], [12.0, 5], [9.0, 5], [11.0, 5]]
+    grid = fake_grid(tmp_path, {
+        (None, None): {"en": (10.0, w), "de": (20.0, w)},
+        ("mono:en", 0): {"en": (12.0, w), "de": (30.0, w)},
+        ("mono:en", 1): {"en": (14.0, w), "de": (34.0, w)},
+        ("mono:de", 0): {"en": (16.0, w)},
+    })  # fmt: skip
+    table = build_table(grid, "ppl", "calib", "eval", baseline="dense")
+    (section,) = table["sections"]
+    assert section["row_labels"] == ["dense", "mono:de", "mono:en"] and section["col_labels"] == ["de", "en"]
+    en = section["cells"]["mono:en|en"]
+    assert en["mean"] == 13.0 and en["std"] == pytest.approx(2**0.5) and en["n"] == 2 and en["best"]
+    assert section["cells"]["mono:de|de"] is None  # missing: marked, not an error
+    assert not section["cells"]["mono:de|en"]["best"] and section["cells"]["mono:en|de"]["best"]
+    markdown = render(table, "md")
+    assert "| mono:en | **32.00 ± 2.83** | **13.00 ± 1.41** |" in markdown
+    assert "| mono:de | – | 16.00 |" in markdown
+    assert "| dense | 20.00 | 10.00 |" in markdown  # the dense row is never marked best
+    assert "mono:en,32.00 ± 2.83,13.00 ± 1.41" in render(table, "csv")
+    assert r"\textbf{13.00 $\pm$ 1.41}" in render(table, "tex")
+    png = tmp_path / "t.png"
+    render(table, "png", png)
+    assert png.read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"colour": "red"}, "unknown key 'colour'"),
+        ({"methods": ["wandaa"]}, "wandaa"),
+        ({"calibration": ["mono:xx"]}, "xx"),
+        ({"evaluation": {"tasks": ["nosuchtask"], "langs": ["en"]}}, "nosuchtask"),
+        ({"evaluation": {"tasks": ["ppl"], "langs": ["qq"]}}, "qq"),
+        ({"exclude": [{"method": "wanda"}], "include": []}, "empty"),
+        ({"seeds": []}, "empty"),
+        ({"settings": {"nsample": 3}}, "unknown key 'nsample'"),
+    ],
+)
+def test_bad_grid_files_give_one_line_and_exit_2(checkpoint, tiny_corpora, tmp_path, cli, change, message):
+    path = write_grid(tmp_path, checkpoint, **change)
+    done = cli("grid", "run", path)
+    assert done.returncode == 2
+    assert message in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert not (tmp_path / "grid-out").exists()
