@@ -171,3 +171,20 @@ def test_bad_grid_files_give_one_line_and_exit_2(checkpoint, tiny_corpora, tmp_p
     assert done.returncode == 2
     assert message in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
     assert not (tmp_path / "grid-out").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["calibration-language", "translation-features"])
+def test_shipped_experiments_run_quick_on_gemma_and_print_a_verdict(name, tmp_path):
+    """Each shipped grid's --quick profile on the real model and real text, then its table."""
+    path = Path(__file__).parents[1] / "experiments" / f"{name}.yaml"
+    run = subprocess.run([sys.executable, "-m", "langprune", "grid", "run", str(path), "--quick", "--out", str(tmp_path)],
+                         capture_output=True, text=True)  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    assert "0 failed, 0 pending" in run.stdout and "calibrating on the evaluated language gives the best" in run.stdout
+    metric = "ppl" if name == "calibration-language" else "translation:chrf"
+    table = subprocess.run([sys.executable, "-m", "langprune", "grid", "table", str(path), "--quick", "--grid-out", str(tmp_path),
+                            "--metric", metric, "--rows", "method+calib", "--baseline", "dense"],
+                           capture_output=True, text=True)  # fmt: skip
+    assert table.returncode == 0, table.stderr
+    assert "| dense |" in table.stdout and "–" not in table.stdout

@@ -498,6 +498,13 @@ def analyze_plot_command(folder: Path = typer.Argument(..., help="An analysis fo
 
 _GRID_FILE = typer.Argument(..., help="A grid file (YAML), e.g. experiments/calibration-language.yaml.")
 _PROFILE = typer.Option(None, help="A profile of the grid file, e.g. quick.")
+_QUICK = typer.Option(False, "--quick", help="Shorthand for --profile quick: the grid's small budget.")
+
+
+def _profile(profile: Optional[str], quick: bool) -> Optional[str]:
+    if quick and profile not in (None, "quick"):
+        raise UserError("give --quick or --profile, not both")
+    return "quick" if quick else profile
 _GRID_OUT = typer.Option(None, help="Folder of the grid's cells (default: the file's out, else runs/grids/NAME).")
 
 
@@ -506,12 +513,13 @@ def grid_run_command(
     grid_file: Path = _GRID_FILE,
     executor: str = typer.Option("local", help="local (one cell after another here) or ray (RAY_ADDRESS, else a local Ray instance)."),
     profile: Optional[str] = _PROFILE,
+    quick: bool = _QUICK,
     out: Optional[Path] = _GRID_OUT,
 ):
     """Run every cell that is not done yet; a failing cell is recorded and the others go on."""
     from .experiments import load_grid, run_grid, verdict
 
-    grid = load_grid(grid_file, profile, out)
+    grid = load_grid(grid_file, _profile(profile, quick), out)
     done = {"count": 0}
 
     def on_cell(cell, record):
@@ -531,12 +539,12 @@ def grid_run_command(
 
 
 @grid_app.command("status")
-def grid_status_command(grid_file: Path = _GRID_FILE, profile: Optional[str] = _PROFILE, out: Optional[Path] = _GRID_OUT,
-                        as_json: bool = typer.Option(False, "--json", help=JSON_HELP)):  # fmt: skip
+def grid_status_command(grid_file: Path = _GRID_FILE, profile: Optional[str] = _PROFILE, quick: bool = _QUICK,
+                        out: Optional[Path] = _GRID_OUT, as_json: bool = typer.Option(False, "--json", help=JSON_HELP)):  # fmt: skip
     """Each cell's state: done, failed (with its error) or pending."""
     from .experiments import cell_state, load_grid
 
-    grid = load_grid(grid_file, profile, out)
+    grid = load_grid(grid_file, _profile(profile, quick), out)
     states = [(cell, cell_state(grid, cell)) for cell in grid.cells]
     if as_json:
         _print_json([{"key": c.key, "axes": c.axes, "state": s, "folder": str(grid.folder(c))} for c, s in states])
@@ -562,13 +570,14 @@ def grid_table_command(
     format: str = typer.Option("md", "--format", help="md, csv, tex or png."),
     out: Optional[Path] = typer.Option(None, help="Write the table to this file (needed for png)."),
     profile: Optional[str] = _PROFILE,
+    quick: bool = _QUICK,
     grid_out: Optional[Path] = typer.Option(None, help="Folder of the grid's cells (default: as grid run)."),
 ):
     """The grid's results as a table of any two axes; missing cells show as –."""
     from .experiments import build_table, load_grid, render
     from .storage import partial_path
 
-    grid = load_grid(grid_file, profile, grid_out)
+    grid = load_grid(grid_file, _profile(profile, quick), grid_out)
     table = build_table(grid, metric, rows, cols, baseline)
     text = render(table, format, out)
     if format == "png":

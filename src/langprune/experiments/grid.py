@@ -3,7 +3,8 @@
 A grid is YAML. The axes ``models``, ``methods``, ``sparsities``,
 ``calibration`` (recipes) and ``seeds`` multiply; ``exclude`` drops the
 combinations that match every key it names, ``include`` adds combinations
-(after exclusion). ``evaluation`` names tasks, languages and evaluation
+(after exclusion), each naming every axis and optionally its own
+``settings`` (e.g. a ``contrast`` recipe for wanda-contrastive). ``evaluation`` names tasks, languages and evaluation
 options, ``settings`` the options every pruning run shares (nsamples,
 seqlen, batch_size, shots, device, dtype, offload). Each model also gets a
 dense cell (method ``dense``): the baseline, evaluated once. ``profiles``
@@ -33,7 +34,7 @@ from ..errors import UserError, did_you_mean
 from ..evaluation import Settings as EvalOptions
 from ..evaluation.runner import plan
 from ..languages import check_language
-from ..runs.cell import check_placement
+from ..runs.cell import PruneSettings, check_placement
 
 AXES = {"models": "model", "methods": "method", "sparsities": "sparsity", "calibration": "calib", "seeds": "seed"}
 TOP_KEYS = set(AXES) | {"name", "description", "evaluation", "settings", "exclude", "include", "profiles", "verdict", "out"}
@@ -125,12 +126,15 @@ def load_grid(path: Path, profile: str | None = None, out: Path | None = None) -
     combos = [dict(zip(values, combo)) for combo in itertools.product(*values.values())]
     for rule in _as_rules(path, spec.get("exclude"), "exclude"):
         combos = [c for c in combos if not all(str(c[k]) == str(v) for k, v in rule.items())]
-    for rule in _as_rules(path, spec.get("include"), "include"):
+    for rule in _as_rules(path, spec.get("include"), "include", extra={"settings"}):
         missing = [axis for axis in values if axis not in rule]
         if missing:
             raise _mistake(path, f"an include entry must name every axis; missing: {', '.join(missing)}")
-        _check_axes(path, {k: [v] for k, v in rule.items()}, settings)
-        combos.append({k: (str(v) if k == "sparsity" else v) for k, v in rule.items()})
+        own = rule.get("settings") or {}
+        _unknown(path, own, SETTING_KEYS, "an include entry's settings")
+        axes = {k: (str(v) if k == "sparsity" else v) for k, v in rule.items() if k != "settings"}
+        _check_axes(path, {k: [v] for k, v in axes.items()}, {**settings, **own})
+        combos.append({**axes, "settings": own} if own else axes)
     if not combos:
         raise _mistake(path, "the grid is empty: exclude removes every combination")
     eval_cell = _evaluation(path, evaluation, settings)
@@ -138,23 +142,31 @@ def load_grid(path: Path, profile: str | None = None, out: Path | None = None) -
              for m in dict.fromkeys(c["model"] for c in combos)]  # fmt: skip
     seen = {cell.key for cell in cells}
     for combo in combos:
+        own = combo.pop("settings", {})
         prune = {"model": combo["model"], "calib": combo["calib"], "method": combo["method"], "sparsity": combo["sparsity"],
-                 "seed": combo["seed"], **{k: v for k, v in settings.items()}}  # fmt: skip
+                 "seed": combo["seed"], **settings, **own}  # fmt: skip
         cell = Cell(dict(combo), prune, eval_cell)
         if cell.key not in seen:
             seen.add(cell.key)
             cells.append(cell)
     name = str(spec.get("name") or path.stem)
     root = Path(out) if out else Path(spec.get("out") or Path("runs") / "grids" / name)
-    return Grid(path, name, root, cells, spec.get("verdict"))
+    grid = Grid(path, name, root, cells, spec.get("verdict"))
+    for cell in cells:  # every pairing a run would refuse (a method and its contrast set, say) is refused now
+        if not cell.dense:
+            try:
+                PruneSettings(out=grid.folder(cell), overwrite=True, **cell.prune).validate()
+            except UserError as exc:
+                raise _mistake(path, f"cell {cell.label()}: {exc}") from None
+    return grid
 
 
-def _as_rules(path: Path, rules, name: str) -> list[dict]:
+def _as_rules(path: Path, rules, name: str, extra: frozenset | set = frozenset()) -> list[dict]:
     rules = rules or []
     if not isinstance(rules, list) or not all(isinstance(r, dict) for r in rules):
         raise _mistake(path, f"{name} is a list of mappings such as {{method: sparsegpt, calib: mono:de}}")
     for rule in rules:
-        _unknown(path, rule, set(AXES.values()), name)
+        _unknown(path, rule, set(AXES.values()) | set(extra), name)
     return rules
 
 

@@ -64,20 +64,22 @@ class Entry:
 
 
 def _row_label(axes: dict, rows: str) -> str:
-    if axes["method"] != DENSE or rows == "method":
-        return str(axes[rows])
-    return f"{axes['model']} dense" if rows == "model" else DENSE
+    """The row of a cell: one axis, or several joined by + (``method+calib``); the dense cell is ``dense``."""
+    names = rows.split("+")
+    if axes["method"] == DENSE:
+        return f"{axes['model']} {DENSE}" if "model" in names else DENSE
+    return " ".join(str(axes[name]) for name in names)
 
 
 def collect(grid: Grid, metric: str, rows: str, cols: str) -> dict:
     """{section: {row: {column: Entry}}} from every finished cell of the grid."""
-    for axis in (rows, cols):
+    for axis in rows.split("+") + [cols]:
         if axis not in TABLE_AXES:
-            raise UserError(f"unknown table axis {axis!r}: choose from {', '.join(TABLE_AXES)}")
-    if rows == cols:
+            raise UserError(f"unknown table axis {axis!r}: choose from {', '.join(TABLE_AXES)} (rows may join axes with +)")
+    if cols in rows.split("+"):
         raise UserError("rows and columns must be different axes")
     task, name, _ = metric_spec(metric)
-    split = [a for a in ("model", "method", "sparsity") if a not in (rows, cols)]
+    split = [a for a in ("model", "method", "sparsity") if a not in rows.split("+") + [cols]]
     found, pruned, dense = False, [], []
     for cell in grid.cells:
         if cell_state(grid, cell) != "done":
@@ -248,13 +250,13 @@ def verdict(grid: Grid) -> str | None:
         for section in table["sections"]:
             wins, columns = 0, 0
             for c in section["col_labels"]:
-                own = next((r for r in section["row_labels"] if r.split(":")[-1].split("@")[0] == c), None)
-                if own is None or section["cells"].get(f"{own}|{c}") is None:
-                    continue
-                columns += 1
-                wins += section["cells"][f"{own}|{c}"]["best"]
-            lines.append(f"{section['section'] or grid.name}: target-language calibration gives the best {table['metric']} "
-                         f"in its own language in {wins} of {columns} columns")  # fmt: skip
+                own = [r for r in section["row_labels"]
+                       if r.split(":")[-1].split("@")[0] == c and section["cells"].get(f"{r}|{c}") is not None]  # fmt: skip
+                if own:
+                    columns += 1
+                    wins += any(section["cells"][f"{r}|{c}"]["best"] for r in own)
+            lines.append(f"{section['section'] or grid.name}: calibrating on the evaluated language gives the best "
+                         f"{table['metric']} in {wins} of {columns} columns")  # fmt: skip
         return "\n".join(lines)
     if spec.get("kind") == "best-row":
         expected = spec["row"]
