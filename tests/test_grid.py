@@ -69,7 +69,7 @@ def test_a_grid_killed_mid_way_resumes_without_redoing_finished_cells(checkpoint
     done = subprocess.run([sys.executable, "-m", "langprune", "grid", "run", str(path)], env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert "6 done, 0 failed, 0 pending" in done.stdout
-    assert "target-language calibration gives the best ppl in its own language in" in done.stdout
+    assert "calibrating on the evaluated language gives the best ppl in" in done.stdout
     after = grid_files(grid)
     assert all(after[name] == mtime for name, mtime in kept.items())  # nothing finished was redone
     assert not list(grid.out.glob("cells/*.partial-*"))
