@@ -52,6 +52,7 @@ def grid_files(grid: Grid) -> dict[str, float]:
     return {str(p.relative_to(grid.out)): p.stat().st_mtime_ns for p in grid.out.rglob("*") if p.is_file()}
 
 
+@pytest.mark.slow
 def test_a_grid_killed_mid_way_resumes_without_redoing_finished_cells(checkpoint, tiny_corpora, tmp_path):
     path = write_grid(tmp_path, checkpoint)
     grid = load_grid(path)
