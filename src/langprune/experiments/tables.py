@@ -194,6 +194,7 @@ def render(table: dict, fmt: str, png: Path | None = None) -> str:
             for row in [header] + body:
                 writer.writerow([section["section"]] + row)
         else:
+            lines += [f"% {section['section']}"] if section["section"] else []
             lines += [r"\begin{tabular}{l" + "r" * len(section["col_labels"]) + "}", r"\toprule",
                       " & ".join(header).replace("\\ ", r"\textbackslash\ ") + r" \\", r"\midrule"]  # fmt: skip
             lines += [" & ".join(row) + r" \\" for row in body] + [r"\bottomrule", r"\end{tabular}", ""]
