@@ -208,6 +208,7 @@ def _heatmap(table: dict, png: Path | None) -> str:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.colors import LogNorm
 
     from ..storage import partial_path
 
@@ -222,7 +223,10 @@ def _heatmap(table: dict, png: Path | None) -> str:
     for axis, section in zip(axes.flat, sections):
         values = [[(section["cells"][f"{r}|{c}"] or {}).get("mean", math.nan) for c in section["col_labels"]]
                   for r in section["row_labels"]]  # fmt: skip
-        image = axis.imshow(values, cmap="viridis_r" if table["lower_is_better"] else "viridis", aspect="auto")
+        known = [v for row in values for v in row if not math.isnan(v)]
+        # perplexities span orders of magnitude: a log scale keeps the good cells apart
+        norm = LogNorm() if table["metric"] == "ppl" and known and min(known) > 0 else None
+        image = axis.imshow(values, cmap="viridis_r" if table["lower_is_better"] else "viridis", aspect="auto", norm=norm)
         axis.set_xticks(range(len(section["col_labels"])), section["col_labels"])
         axis.set_yticks(range(len(section["row_labels"])), section["row_labels"])
         axis.set_xlabel(table["cols"])
@@ -231,7 +235,9 @@ def _heatmap(table: dict, png: Path | None) -> str:
         for i, row in enumerate(values):
             for j, value in enumerate(row):
                 if not math.isnan(value):
-                    axis.text(j, i, f"{value:.1f}", ha="center", va="center", fontsize=7, color="white")
+                    shade = image.cmap(image.norm(value))
+                    dark = 0.299 * shade[0] + 0.587 * shade[1] + 0.114 * shade[2] < 0.5
+                    axis.text(j, i, f"{value:.1f}", ha="center", va="center", fontsize=7, color="white" if dark else "black")
         figure.colorbar(image, ax=axis, label=table["metric"])
     partial = partial_path(Path(png))
     figure.savefig(partial, format="png", dpi=130)
