@@ -178,20 +178,15 @@ def _models(settings: AnalysisSettings):
 
 def _per_model(settings: AnalysisSettings, reporter: Reporter, what: str, collect) -> tuple[dict, list]:
     """Run ``collect(model, batches, tokenizer, progress)`` on every model in turn, on the same sentences."""
-    found, batches, shape = {}, None, None
+    found, batches = {}, None
     for label, model, tokenizer in _models(settings):
         if batches is None:
             batches = sentence_batches(tokenizer, list(settings.langs), settings.corpus, settings.limit, settings.seqlen,
                                        settings.batch_size)  # fmt: skip
             calibration.check_seqlen(min(settings.seqlen, max(int(b.input_ids.shape[1]) for b in batches)), model)
         reporter.note(f"{what}: {label}")
+        # every run prunes --model (checked in validate), so all models share one architecture
         found[label] = collect(model, batches, tokenizer, lambda d, t: reporter.evaluating(d, t, f"{what} {label}"))
-        value = found[label]
-        current = tuple(getattr(value, "active", value).shape)
-        if shape is not None and current != shape:
-            raise UserError(f"{label} has a different architecture from {settings.model} ({current} vs {shape}): "
-                            "compare runs of the same model")  # fmt: skip
-        shape = current
         del model  # the next model loads only once this one is gone
         gc.collect()
     return found, batches

@@ -20,8 +20,6 @@ from dataclasses import dataclass, field
 from itertools import combinations
 from pathlib import Path
 
-import torch
-
 from ..errors import UserError
 from ..runs import SavedMasks, load_report
 
@@ -65,10 +63,6 @@ def group_runs(runs: list[Path]) -> tuple[list[RunGroup], str]:
     return list(groups.values()), models.pop()
 
 
-def _count(mask: torch.Tensor) -> int:
-    return int(mask.sum())
-
-
 def ratio(numerator: int, denominator: int) -> float | None:
     return numerator / denominator if denominator else None
 
@@ -87,28 +81,14 @@ def analyze_masks(runs: list[Path], progress=None) -> dict:
     stable = {g.label: {m: list(v) for m, v in empty.items()} for g in groups}
     pairs = [f"{a.label}|{b.label}" for a, b in combinations(groups, 2)]
     iou = {pair: {m: list(v) for m, v in empty.items()} for pair in pairs}
-    for step, name in enumerate(first.names):
-        block, module = split_name(name)
-        intersections = {}
-        for group in groups:
-            pruned = [~readers[run][name] for run in group.runs]
-            shapes = {tuple(p.shape) for p in pruned}
-            if len(shapes) != 1:
-                raise UserError(f"layer {name} has different shapes across runs {[str(r) for r in group.runs]}: "
-                                "compare runs of the same model")  # fmt: skip
-            inter, union = pruned[0].clone(), pruned[0].clone()
-            for other in pruned[1:]:
-                inter &= other
-                union |= other
-            intersections[group.label] = inter
-            stable[group.label][module][block] = ratio(_count(inter), _count(union))
-        for a, b in combinations(groups, 2):
-            x, y = intersections[a.label], intersections[b.label]
-            if x.shape != y.shape:
-                raise UserError(f"layer {name} has different shapes in {a.label} and {b.label} runs: compare runs of one model")
-            iou[f"{a.label}|{b.label}"][module][block] = ratio(_count(x & y), _count(x | y))
-        if progress is not None:
-            progress(step + 1, len(first.names))
+    done = 0
+    for names in first.by_shard():  # one block's masks of every run at a time, each shard opened once
+        kept = {run: reader.read(names) for run, reader in readers.items()}
+        for name in names:
+            _compare_layer(name, groups, kept, stable, iou)
+            done += 1
+            if progress is not None:
+                progress(done, len(first.names))
     return {
         "model": model,
         "groups": [{"label": g.label, "runs": [str(r) for r in g.runs], "seeds": g.seeds} for g in groups],
@@ -119,6 +99,28 @@ def analyze_masks(runs: list[Path], progress=None) -> dict:
         "stable_mean": {label: {m: _mean(v) for m, v in per.items()} for label, per in stable.items()},
         "iou_mean": {pair: {m: _mean(v) for m, v in per.items()} for pair, per in iou.items()},
     }
+
+
+def _compare_layer(name: str, groups: list[RunGroup], kept: dict, stable: dict, iou: dict) -> None:
+    """Fill in one layer's stable share per group and IoU per pair of groups."""
+    block, module = split_name(name)
+    intersections = {}
+    for group in groups:
+        pruned = [~kept[run][name] for run in group.runs]
+        if len({tuple(p.shape) for p in pruned}) != 1:
+            raise UserError(f"layer {name} has different shapes across runs {[str(r) for r in group.runs]}: "
+                            "compare runs of the same model")  # fmt: skip
+        inter, union = pruned[0].clone(), pruned[0].clone()
+        for other in pruned[1:]:
+            inter &= other
+            union |= other
+        intersections[group.label] = inter
+        stable[group.label][module][block] = ratio(int(inter.sum()), int(union.sum()))
+    for a, b in combinations(groups, 2):
+        x, y = intersections[a.label], intersections[b.label]
+        if x.shape != y.shape:
+            raise UserError(f"layer {name} has different shapes in {a.label} and {b.label} runs: compare runs of one model")
+        iou[f"{a.label}|{b.label}"][module][block] = ratio(int((x & y).sum()), int((x | y).sum()))
 
 
 def _mean(values: list[float | None]) -> float | None:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 import statistics
 from dataclasses import dataclass, field
@@ -80,17 +79,18 @@ def collect(grid: Grid, metric: str, rows: str, cols: str) -> dict:
         raise UserError("rows and columns must be different axes")
     task, name, _ = metric_spec(metric)
     split = [a for a in ("model", "method", "sparsity") if a not in rows.split("+") + [cols]]
-    found, pruned, dense = False, [], []
+    found, finished, pruned, dense = False, False, [], []
     for cell in grid.cells:
         if cell_state(grid, cell) != "done":
             continue
+        finished = True
         results = load_eval(grid.folder(cell)).get("tasks", {})
         found = found or task in results
         for key, result in results.get(task, {}).items():
             if result.get(name) is not None:
                 items = result.get("windows") or [i.get("correct") for i in result.get("items", [])] or None
                 (dense if cell.dense else pruned).append(({**cell.axes, "eval": key}, float(result[name]), items))
-    if not found and any(cell_state(grid, c) == "done" for c in grid.cells):
+    if finished and not found:
         raise UserError(f"no finished cell has task {task!r}: the grid evaluates {', '.join(grid.cells[0].evaluation['tasks'])}")
     sections: dict = {}
 
@@ -274,7 +274,3 @@ def verdict(grid: Grid) -> str | None:
                          f"in {len(best)} of {len(section['col_labels'])} columns")  # fmt: skip
         return "\n".join(lines)
     raise UserError(f"{grid.path}: unknown verdict kind {spec.get('kind')!r}: own-language-best or best-row")
-
-
-def write_json(table: dict) -> str:
-    return json.dumps(table, indent=1)

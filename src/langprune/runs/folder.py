@@ -224,7 +224,7 @@ def save_run(out: Path, model, tokenizer, changes: dict[str, LayerChange], repor
 
 
 class SavedMasks:
-    """A run's keep masks, read one layer at a time (a 70B model's masks never need to be in memory together)."""
+    """A run's keep masks, read one shard (one block) at a time: a 70B model's masks never sit in memory together."""
 
     def __init__(self, run: Path):
         self.run, self.folder = Path(run), Path(run) / MASKS_DIR
@@ -237,22 +237,33 @@ class SavedMasks:
     def names(self) -> list[str]:
         return list(self.shards)
 
-    def __getitem__(self, name: str) -> torch.Tensor:
-        """The boolean keep mask of one layer, in the layout of its weight."""
-        shard = self.folder / self.shards[name]
-        try:
-            with safe_open(str(shard), framework="pt") as handle:
-                shapes = json.loads((handle.metadata() or {}).get(PACKED, "null"))
-                stored = handle.get_tensor(name)
-                return unpack_bits(stored, shapes[name]) if shapes is not None else stored  # old runs: one byte each
-        except (SafetensorError, OSError, json.JSONDecodeError, KeyError, TypeError) as exc:
-            raise UserError(f"mask shard {shard} is missing or damaged ({exc}): prune the run again") from None
+    def by_shard(self) -> list[list[str]]:
+        """Layer names grouped by the shard that holds them, in index order."""
+        groups: dict[str, list[str]] = {}
+        for name, shard in self.shards.items():
+            groups.setdefault(shard, []).append(name)
+        return list(groups.values())
+
+    def read(self, names: list[str]) -> dict[str, torch.Tensor]:
+        """Boolean keep masks of ``names`` in the layout of their weights, opening each shard once."""
+        masks = {}
+        for shard_name in dict.fromkeys(self.shards[name] for name in names):
+            shard = self.folder / shard_name
+            try:
+                with safe_open(str(shard), framework="pt") as handle:
+                    shapes = json.loads((handle.metadata() or {}).get(PACKED, "null"))
+                    for name in (n for n in names if self.shards[n] == shard_name):
+                        stored = handle.get_tensor(name)
+                        masks[name] = unpack_bits(stored, shapes[name]) if shapes is not None else stored  # old runs: bool
+            except (SafetensorError, OSError, json.JSONDecodeError, KeyError, TypeError) as exc:
+                raise UserError(f"mask shard {shard} is missing or damaged ({exc}): prune the run again") from None
+        return masks
 
 
 def load_masks(run: Path) -> dict[str, torch.Tensor]:
     """All keep masks of a run folder, by layer name, as boolean tensors in each weight's layout."""
     saved = SavedMasks(run)
-    return {name: saved[name] for name in saved.names}
+    return saved.read(saved.names)
 
 
 def load_report(run: Path) -> dict:
