@@ -118,9 +118,15 @@ def _reporting(quiet: bool = False):
 def prune_command(
     model: str = typer.Option("gemma-3-270m", help="Alias (gemma-3-270m, smollm2-135m), local folder or hub id."),
     calib: Optional[str] = typer.Option(None, help="Calibration recipe: mono:de, mix:en+de+zh, mt:fr-en, demo:fr, code, file:PATH; @CORPUS picks the corpus."),
-    method: str = typer.Option("wanda", help="magnitude, random, wanda, wanda-contrastive or sparsegpt."),
-    sparsity: str = typer.Option("0.5", help="Fraction to remove (0.5) or N:M (2:4)."),
+    method: str = typer.Option("wanda", help="none, magnitude, random, wanda, ria, wanda-contrastive or sparsegpt."),
+    sparsity: str = typer.Option("0.5", help="Fraction to remove (0.5) or N:M (2:4); ignored by --method none."),
     out: Path = typer.Option(..., help="Run folder to write (refused if it exists, unless --overwrite)."),
+    quantize: Optional[str] = typer.Option(None, help="GPTQ to w<bits>[g<group>][,asym][,actorder], e.g. w4g128 or w8; saved in the compressed-tensors format."),
+    profile: str = typer.Option("uniform", help="Sparsity per block: uniform, or owl (outlier-weighted, Yin et al. 2024)."),
+    owl_m: float = typer.Option(5.0, help="OWL: scores above M times the block mean are outliers."),
+    owl_lambda: float = typer.Option(0.08, help="OWL: block sparsities range over target ± up to 2λ."),
+    mask_selection: Optional[str] = typer.Option(None, help="sparsegpt: 'row' (default, exact share per row) or 'block' (the reference's threshold per 128 columns)."),
+    ria_alpha: Optional[float] = typer.Option(None, help="ria: exponent a of the activation norm (default 0.5)."),
     nsamples: Optional[int] = typer.Option(None, help="Calibration sequences (default: 128, or 100 demonstrations)."),
     shots: int = typer.Option(4, help="Shots per demonstration for mt: and demo: recipes."),
     contrast: Optional[str] = typer.Option(None, help="Contrast recipe Z for wanda's Eq. 4 score, e.g. code: features strong on Z are pruned."),
@@ -145,7 +151,8 @@ def prune_command(
         out=out, model=model, calib=calib, method=method, sparsity=sparsity, nsamples=nsamples, shots=shots,
         contrast=contrast, tokens=tokens, seqlen=seqlen, seed=seed, batch_size=batch_size, propagate=propagate,
         include=tuple(include), exclude=tuple(exclude), eval_langs=tuple(_list(eval_langs)), eval_corpus=eval_corpus,
-        overwrite=overwrite, device=device, dtype=dtype, offload=offload,
+        overwrite=overwrite, device=device, dtype=dtype, offload=offload, quantize=quantize, profile=profile,
+        owl_m=owl_m, owl_lambda=owl_lambda, mask_selection=mask_selection, ria_alpha=ria_alpha,
     )  # fmt: skip
     with _reporting() as reporter:
         report = run_prune(settings, reporter)
@@ -153,6 +160,13 @@ def prune_command(
         f"pruned {len(report['layers'])} layers: {report['sparsity_pruned_layers']:.2%} of pruned layers, "
         f"{report['sparsity_all_parameters']:.2%} of all parameters, in {report['seconds']:.1f} s"
     )
+    if report.get("quantization"):
+        errors = [info["quantization"]["output_error"] for info in report["layers"].values() if "quantization" in info]
+        console.print(f"quantized {len(errors)} layers to {report['quantization']['spec']} (GPTQ); relative output "
+                      f"error on the calibration inputs: mean {sum(errors) / len(errors):.4f}, max {max(errors):.4f}")  # fmt: skip
+    if report.get("profile", {}).get("name") == "owl":
+        targets = report["profile"]["block_sparsity"]
+        console.print(f"owl: block sparsities {min(targets):.3f} to {max(targets):.3f} (mean {sum(targets) / len(targets):.3f})")
     if "perplexity" in report:
         ppl = report["perplexity"]
         table = Table("language", "tokens", "ppl dense", "ppl pruned", "bpb dense", "bpb pruned", title=f"held-out {ppl['corpus']}")

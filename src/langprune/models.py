@@ -14,6 +14,7 @@ import os
 import pickle
 import re
 import shutil
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -213,13 +214,23 @@ def load_model(name: str, dtype: str = "auto", device: str | torch.device = "aut
     compute = compute_dtype(dtype, source_dtype, execution)
     size = checkpoint.floating_numel() * compute.itemsize if checkpoint else 0
     mode = choose_offload(offload, size, execution)
+    quantized = _is_compressed_tensors(config)
+    if quantized and mode == "disk":
+        if offload == "disk":
+            raise UserError(f"{name!r} is quantized (compressed-tensors), and --offload disk reads plain weights: "
+                            "use --offload cpu or none")  # fmt: skip
+        mode = "cpu"
     if mode == "disk":
         if not checkpoint:
             raise UserError(f"--offload disk reads weights from safetensors files, and {name!r} has none here: "
                             "download it to a folder (safetensors) and pass that folder")  # fmt: skip
         model = load_skeleton(config, checkpoint, execution, compute)
     else:
-        model = _loading(name, lambda: AutoModelForCausalLM.from_pretrained(source, config=config, dtype=compute))
+        extra = _dequantizing() if quantized else {}
+        with warnings.catch_warnings():  # transformers warns that the config's own quantization settings win: intended
+            warnings.filterwarnings("ignore", message="You passed `quantization_config`")
+            model = _loading(name, lambda: AutoModelForCausalLM.from_pretrained(source, config=config, dtype=compute,
+                                                                                **extra))  # fmt: skip
         model.eval()
         if mode == "none":
             model.to(execution)
@@ -228,6 +239,29 @@ def load_model(name: str, dtype: str = "auto", device: str | torch.device = "aut
     Placement(model, execution, compute, mode, checkpoint, save_dtype=source_dtype or compute)
     tokenizer = load_tokenizer(name)
     return model, tokenizer
+
+
+def _is_compressed_tensors(config) -> bool:
+    quant = getattr(config, "quantization_config", None)
+    method = quant.get("quant_method") if isinstance(quant, dict) else getattr(quant, "quant_method", None)
+    return str(getattr(method, "value", method)) == "compressed-tensors"
+
+
+def _dequantizing() -> dict:
+    """Load a compressed-tensors checkpoint with its weights dequantized into plain Linear layers.
+
+    The engine then sees ordinary weights (evaluation, fidelity and analyses
+    work unchanged), equal to what the packed codes and scales describe;
+    dequantizing at load is also the one path transformers 5.23 gets right
+    for asymmetric grids with compressed-tensors 0.20.
+    """
+    try:
+        from transformers import CompressedTensorsConfig
+
+        import compressed_tensors  # noqa: F401
+    except ImportError:
+        raise UserError("this model is quantized in the compressed-tensors format: pip install compressed-tensors") from None
+    return {"quantization_config": CompressedTensorsConfig(dequantize=True)}
 
 
 def safetensors_folder(name: str) -> Path | None:

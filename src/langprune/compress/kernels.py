@@ -10,10 +10,13 @@ masks even on the heavily tied de-quantised weights of GGUF models.
 
 from __future__ import annotations
 
+import math
 import warnings
+from dataclasses import dataclass
 
 import torch
 
+from .quantization import QuantSpec, fake_quantize, grid_params, group_grid
 from .sparsity import Sparsity
 
 
@@ -106,67 +109,147 @@ def _inverse_cholesky_upper(hessian: torch.Tensor, percdamp: float, name: str) -
     return torch.diag(1.0 / torch.sqrt(torch.where(diag > 0, diag, torch.ones_like(diag))))
 
 
-def sparsegpt_prune(
+
+def ria_scores(weight: torch.Tensor, input_sq_norms: torch.Tensor, alpha: float = 0.5) -> torch.Tensor:
+    """RIA (Zhang et al., ICLR 2024): (|W_ij| / Σ_row |W| + |W_ij| / Σ_col |W|) · ||X_j||^alpha.
+
+    A weight counts relative to the other weights of its output row and of
+    its input column; rows and columns with no weight at all contribute 0.
+    """
+    magnitude = weight.detach().abs().float()
+    row_sums = magnitude.sum(1, keepdim=True)
+    col_sums = magnitude.sum(0, keepdim=True)
+    relative = magnitude / torch.where(row_sums > 0, row_sums, 1.0) + magnitude / torch.where(col_sums > 0, col_sums, 1.0)
+    return relative * input_sq_norms.to(torch.float32).sqrt().pow(alpha).unsqueeze(0)
+
+
+MASK_SELECTIONS = ("row", "block")
+
+
+@dataclass
+class ObsResult:
+    """What an OBS sweep leaves: the float32 weight (pruned and/or on the grid), its keep mask, the grid per group."""
+
+    weight: torch.Tensor
+    keep: torch.Tensor
+    scale: torch.Tensor | None = None  # (rows, groups), in the weight's own column order
+    zero_point: torch.Tensor | None = None
+
+
+def _chunk_sizes(blocksize: int, inner: int, sparsity: Sparsity | None, quant: QuantSpec | None) -> tuple[int, int]:
+    """Block and inner sizes that keep every N:M span inside an inner chunk and every quantization group inside a block.
+
+    A span or group is decided from weights that must already hold every
+    update from the columns before it, which is true at chunk starts only.
+    """
+    step = sparsity.m if sparsity is not None and sparsity.structured else 1
+    group = quant.group_size if quant is not None and quant.group_size and not quant.act_order else None
+    unit = math.lcm(step, group or 1)
+    blocksize = max(unit, blocksize // unit * unit)
+    inner = next(c for c in range(max(inner, step), 0, -1) if c % step == 0 and (group is None or group % c == 0))
+    return blocksize, inner
+
+
+def obs_sweep(
     weight: torch.Tensor,
     hessian: torch.Tensor,
-    sparsity: Sparsity,
+    *,
+    sparsity: Sparsity | None = None,
+    keep: torch.Tensor | None = None,
+    quant: QuantSpec | None = None,
+    selection: str = "row",
+    scale_dtype: torch.dtype = torch.float32,
     blocksize: int = 128,
     percdamp: float = 0.01,
     name: str = "layer",
     inner: int = 16,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """SparseGPT (Frantar & Alistarh, 2023): prune columns left to right, updating the rest.
+) -> ObsResult:
+    """The optimal-brain-surgeon column sweep shared by SparseGPT and GPTQ (and both at once).
 
-    ``hessian`` is H = 2XXᵀ over calibration tokens. Inputs that never fire
-    (zero diagonal) get their weights zeroed and a unit diagonal. Within each
-    block of columns, weights are chosen per output row by the OBS saliency
-    w² / [H⁻¹]_jj²; the number pruned per row and block follows the cumulative
-    target, so each row ends with exactly ``int(in_features * ratio)`` zeros,
-    like the per-row comparison group of Wanda. Because rows are independent
-    given H, layers that share an input can be stacked into one call.
+    Columns are fixed left to right; each fixed column's error, divided by
+    its inverse-Hessian diagonal, is fed back into the columns not yet fixed
+    (rows are independent given H = 2XXᵀ/T, so layers sharing an input can be
+    stacked). What a column is fixed *to* is the only difference:
 
-    The sequential OBS updates are computed exactly as in the paper, but
-    organised for speed on CPUs: each block is held transposed (columns
-    contiguous), the rank-1 updates only touch the next ``inner`` columns, and
-    the rest of the block and of the matrix receive the accumulated errors as
-    matrix products. Each column then costs two tensor operations.
+    - ``sparsity`` (SparseGPT): pruned weights become 0. The mask is chosen
+      per block of columns by the saliency w² / [H⁻¹]_jj²: with
+      ``selection="row"`` (langprune's default) each row ends with exactly
+      ``int(in_features * ratio)`` zeros, like Wanda's comparison group; with
+      ``"block"`` one threshold over all rows of the block, as the reference
+      implementation does (rows then end up unequally sparse; it prunes every
+      saliency at or below the ``int(numel * ratio)``-th smallest). N:M picks
+      the spans as it reaches them.
+    - ``keep`` (a fixed mask, e.g. Wanda's): pruned weights stay 0, so a
+      quantizer that follows pruning keeps the zeros zero.
+    - ``quant`` (GPTQ): kept weights are rounded to the grid. Scales come
+      from the current (already updated) weights of a group when the sweep
+      reaches it, or, with ``act_order`` or per-row scales, from the weights
+      before the sweep (static groups). Zero is on the grid, so pruning and
+      quantization together still leave exact zeros.
 
-    Returns the updated float32 weight and its keep mask.
+    Inputs that never fire (zero diagonal) get their weights zeroed and a unit
+    diagonal; a Hessian that does not factorise is dampened further, with a
+    warning. The column updates are organised for CPUs: each block is held
+    transposed, rank-1 updates touch only the next ``inner`` columns, the
+    rest receive the accumulated errors as matrix products.
     """
+    if selection not in MASK_SELECTIONS:
+        raise ValueError(f"mask selection must be one of {MASK_SELECTIONS}, not {selection!r}")
     w = weight.detach().to(torch.float32).clone()
     h = hessian.to(torch.float32).clone()
     rows, cols = w.shape
     dead = torch.diag(h) == 0
     h[dead, dead] = 1.0
     w[:, dead] = 0.0
+    fixed = keep is not None
+    keep = keep.clone() if fixed else torch.ones_like(w, dtype=torch.bool)
+    structured = sparsity is not None and sparsity.structured
+    static = quant is not None and (quant.act_order or not quant.group_size)
+    scale = zero_point = None
+    if static:  # groups in the weight's own column order, from the weights before the sweep
+        scale, zero_point = group_grid(w * keep, quant, scale_dtype)
+    perm = None
+    if quant is not None and quant.act_order:
+        perm = torch.argsort(torch.diag(h), descending=True, stable=True)
+        w, h, keep = w[:, perm], h[perm][:, perm], keep[:, perm]
+    group_of = _group_index(cols, quant, perm)
     hinv = _inverse_cholesky_upper(h, percdamp, name)
     del h
-    if sparsity.structured:
-        m = sparsity.m
-        blocksize = max(m, blocksize // m * m)
-        inner = max(m, inner // m * m)
-    keep = torch.ones_like(w, dtype=torch.bool)
+    blocksize, inner = _chunk_sizes(blocksize, inner, sparsity, quant)
+    if quant is not None and not static:
+        scale = torch.empty(rows, cols // quant.group_size, dtype=torch.float32, device=w.device)
+        zero_point = torch.empty_like(scale)
     for start in range(0, cols, blocksize):
         end = min(start + blocksize, cols)
         block_t = w[:, start:end].T.contiguous()  # (columns, rows): one column per contiguous row
         hinv_block = hinv[start:end, start:end]
         diag = torch.diag(hinv_block).unsqueeze(1)
-        keep_t = torch.ones_like(block_t, dtype=torch.bool)
-        if not sparsity.structured:
-            n_prune = int(end * sparsity.ratio) - int(start * sparsity.ratio)
-            keep_t = prune_lowest((block_t**2 / diag**2).T, n_prune).T
-        # err_j = (w_j - q_j) / [H⁻¹]_jj, nonzero only where column j is pruned.
+        keep_t = keep[:, start:end].T.contiguous()
+        if sparsity is not None and not structured and not fixed:
+            keep_t = _select_block(block_t**2 / diag**2, sparsity, start, end, selection)
+        # err_j = (w_j - fixed value_j) / [H⁻¹]_jj; pruning alone: nonzero only where column j is pruned.
         err_scale = (~keep_t).float() / diag
+        inverse_diag = 1.0 / diag
         err_t = torch.empty_like(block_t)
         for sub in range(0, end - start, inner):
             sub_end = min(sub + inner, end - start)
             for i in range(sub, sub_end):
-                if sparsity.structured and i % sparsity.m == 0:
+                if structured and not fixed and i % sparsity.m == 0:
                     span = slice(i, i + sparsity.m)
                     saliency = (block_t[span] ** 2 / diag[span] ** 2).T
                     keep_t[span] = mask_from_scores(saliency, sparsity).T
                     err_scale[span] = (~keep_t[span]).float() / diag[span]
-                torch.mul(block_t[i], err_scale[i], out=err_t[i])
+                if quant is None:
+                    torch.mul(block_t[i], err_scale[i], out=err_t[i])
+                else:
+                    column = start + i
+                    if not static and column % quant.group_size == 0:
+                        group, g = slice(i, i + quant.group_size), column // quant.group_size
+                        scale[:, g], zero_point[:, g] = grid_params(block_t[group] * keep_t[group], quant, scale_dtype)
+                    g = group_of[column]
+                    target = fake_quantize(block_t[i], scale[:, g], zero_point[:, g], quant.maxq) * keep_t[i]
+                    torch.sub(block_t[i], target, out=err_t[i]).mul_(inverse_diag[i])
+                    block_t[i] = target
                 block_t[i + 1 : sub_end].addr_(hinv_block[i, i + 1 : sub_end], err_t[i], alpha=-1.0)
             if sub_end < end - start:
                 block_t[sub_end:].addmm_(hinv_block[sub:sub_end, sub_end:].T, err_t[sub:sub_end], alpha=-1.0)
@@ -175,4 +258,53 @@ def sparsegpt_prune(
         if end < cols:
             w[:, end:].addmm_(err_t.T, hinv[start:end, end:], alpha=-1.0)
     w[~keep] = 0.0
-    return w, keep
+    if perm is not None:
+        inverse = torch.argsort(perm)
+        w, keep = w[:, inverse], keep[:, inverse]
+    return ObsResult(w, keep, scale, zero_point)
+
+
+def _select_block(saliency_t: torch.Tensor, sparsity: Sparsity, start: int, end: int, selection: str) -> torch.Tensor:
+    """Transposed keep mask of one block of columns (unstructured sparsity)."""
+    if selection == "row":
+        n_prune = int(end * sparsity.ratio) - int(start * sparsity.ratio)
+        return prune_lowest(saliency_t.T, n_prune).T
+    flat = saliency_t.reshape(-1)
+    k = int(flat.numel() * sparsity.ratio)
+    if k >= flat.numel():
+        return torch.zeros_like(saliency_t, dtype=torch.bool)
+    threshold = torch.kthvalue(flat, k + 1).values
+    return saliency_t > threshold
+
+
+def _group_index(cols: int, quant: QuantSpec | None, perm: torch.Tensor | None) -> list[int]:
+    """The group of the column visited at each position of the sweep."""
+    if quant is None:
+        return []
+    size = quant.group_size or cols
+    order = perm.tolist() if perm is not None else range(cols)
+    return [column // size for column in order]
+
+
+def sparsegpt_prune(weight, hessian, sparsity: Sparsity, blocksize: int = 128, percdamp: float = 0.01,
+                    name: str = "layer", inner: int = 16, selection: str = "row") -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """SparseGPT (Frantar & Alistarh, 2023): ``obs_sweep`` pruning only; returns the float32 weight and keep mask."""
+    result = obs_sweep(weight, hessian, sparsity=sparsity, selection=selection, blocksize=blocksize,
+                       percdamp=percdamp, name=name, inner=inner)  # fmt: skip
+    return result.weight, result.keep
+
+
+def relative_output_error(before: torch.Tensor, after: torch.Tensor, hessian: torch.Tensor, chunk: int = 4096) -> float:
+    """||(W_before - W_after) X||² / ||W_before X||² on the calibration inputs, from H = 2XXᵀ/T alone.
+
+    tr(D H Dᵀ) for D = W_before - W_after, in row chunks (float64 sums), so
+    no activations are needed and memory stays at a chunk of rows.
+    """
+    h = hessian.to(torch.float32)
+    error = reference = 0.0
+    for rows in range(0, before.shape[0], chunk):
+        b = before[rows : rows + chunk].float()
+        d = b - after[rows : rows + chunk].float()
+        error += float(((d @ h) * d).sum(dtype=torch.float64))
+        reference += float(((b @ h) * b).sum(dtype=torch.float64))
+    return error / reference if reference > 0 else 0.0

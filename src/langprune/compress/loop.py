@@ -23,9 +23,12 @@ from ..calibration import CalibrationSet
 from ..engine import BlockEngine, LayerFilter, find_blocks, prunable_layers, weight_matrix
 from ..engine.placement import outside_blocks, placement_of
 from ..engine.memory import return_freed_memory
-from ..engine.statistics import CONTRAST, ContrastedNorms
+from ..engine.architecture import is_conv1d
+from ..engine.statistics import CONTRAST, ContrastedNorms, Hessian
 from ..errors import UserError, check_at_least
-from .methods import ContrastiveWanda, Method, get_method
+from .methods import GPTQ, ContrastiveWanda, Method, get_method
+from .profiles import Profile, owl_ratios, owl_sparsities
+from .quantization import QuantSpec
 from .result import LayerChange, SparsityTally, zeros
 from .sparsity import Sparsity
 
@@ -45,8 +48,9 @@ class PruneResult:
         return {name: change.keep for name, change in self.changes.items()}
 
 
-def check_shapes(blocks_name: str, blocks, sparsity: Sparsity, layer_filter: LayerFilter) -> None:
-    """Refuse, before any work and from shapes alone, a selection with no layer or an N:M pattern that does not fit."""
+def check_shapes(blocks_name: str, blocks, sparsity: Sparsity, layer_filter: LayerFilter,
+                 quant: QuantSpec | None = None) -> None:  # fmt: skip
+    """Refuse, before any work and from shapes alone, a selection with no layer or a pattern or group that does not fit."""
     count = 0
     for index, block in enumerate(blocks):
         for name, layer in prunable_layers(block, f"{blocks_name}.{index}", layer_filter).items():
@@ -54,6 +58,14 @@ def check_shapes(blocks_name: str, blocks, sparsity: Sparsity, layer_filter: Lay
             if sparsity.structured and width % sparsity.m:
                 raise UserError(f"{sparsity} sparsity needs input widths divisible by {sparsity.m}, and {name} has "
                                 f"{width} inputs: choose an M that divides it (e.g. 2:4) or --exclude it")  # fmt: skip
+            if quant is not None:
+                if is_conv1d(layer):
+                    raise UserError(f"{name} is a GPT-2 style Conv1D layer, which the compressed-tensors format does "
+                                    "not quantize: prune without --quantize, or use a model with Linear layers")  # fmt: skip
+                quant.check_width(name, width)
+                if sparsity.structured and quant.group_size and quant.group_size % sparsity.m:
+                    raise UserError(f"quantization group size {quant.group_size} is not a multiple of M={sparsity.m} "
+                                    f"of {sparsity} sparsity: choose a group such as g128")  # fmt: skip
             count += 1
     if not count:
         raise UserError("no layer was selected for pruning: check --include/--exclude patterns")
@@ -81,6 +93,8 @@ def prune_model(
     progress: Callable[[int, int], None] | None = None,
     contrast: CalibrationSet | torch.Tensor | None = None,
     on_block: Callable[[int, dict[str, LayerChange]], None] | None = None,
+    quantize: str | QuantSpec | None = None,
+    profile: str | Profile = "uniform",
 ) -> PruneResult:
     """Prune ``model`` in place; returns each layer's change and a summary with measured sparsity.
 
@@ -96,6 +110,12 @@ def prune_model(
     ``contrast``, told apart by the tags their batches carry; both pass
     through the same engine, block by block, in one run.
 
+    ``quantize`` (a ``QuantSpec`` or text such as ``w4g128``) adds GPTQ on
+    the same Hessian statistic: SparseGPT prunes and quantizes in one sweep;
+    any other method is followed, in the same block pass, by GPTQ with its
+    mask fixed, so pruned weights stay zero. ``profile`` spreads the target
+    over the blocks (``"owl"``: outlier-weighted, from a dense pass first).
+
     Shapes are checked before any work (a selection without layers, an N:M
     that does not divide a layer). NaN or infinite weights are refused per
     block, just before that block is pruned, so no extra pass reads every
@@ -105,28 +125,45 @@ def prune_model(
     if isinstance(contrast, torch.Tensor):
         contrast = CalibrationSet.from_tokens(contrast)
     method = method_for_contrast(get_method(method), contrast is not None)
-    sparsity = Sparsity.parse(sparsity)
+    sparsity = Sparsity.parse(sparsity) if method.name != "none" else Sparsity(0.0)  # none ignores the target
+    quant = QuantSpec.parse(quantize)
+    profile = profile if isinstance(profile, Profile) else Profile(profile)
     if propagate not in PROPAGATE:
         raise UserError(f"propagate must be one of {', '.join(PROPAGATE)}, not {propagate!r}")
     check_at_least("batch size", batch_size, 1)
     if isinstance(calibration, torch.Tensor):
         calibration = CalibrationSet.from_tokens(calibration)
+    check_method(method, quant, sparsity)
+    profile.check(sparsity, calibration is not None)
     layer_filter = LayerFilter(tuple(include), tuple(exclude))
     blocks_name, blocks = find_blocks(model)
-    check_shapes(blocks_name, blocks, sparsity, layer_filter)
+    check_shapes(blocks_name, blocks, sparsity, layer_filter, quant)
     started = time.perf_counter()
     kept: dict[str, LayerChange] = {}
     records: dict[str, dict] = {}
     engine = None
-    if method.statistic is not None:
+    needs_calibration = method.statistic is not None or quant is not None or profile.name != "uniform"
+    if needs_calibration:
         if calibration is None:
-            raise UserError(f"{method.name} needs calibration text: pass --calib")
+            why = method.name if method.statistic is not None else "--quantize (GPTQ)" if quant else "--profile owl"
+            raise UserError(f"{why} needs calibration text: pass --calib")
         batches = calibration.batches(batch_size)
         if contrast is not None:
             batches += contrast.batches(batch_size, role=CONTRAST)
         engine = BlockEngine(model, batches, layer_filter)
+    per_block, profile_summary = [sparsity] * len(blocks), profile.record()
+    if profile.name == "owl":
         engine.capture()
-    placement, tally = placement_of(model), SparsityTally()
+        ratios = owl_ratios(engine, profile.m)
+        engine.release()
+        targets = owl_sparsities(ratios, sparsity.ratio, profile.lam)
+        per_block = [Sparsity(ratio=value) for value in targets]
+        profile_summary.update(outlier_ratios=ratios, block_sparsity=targets)
+    placement = placement_of(model)
+    compressor = Compressor.for_run(method, quant, placement.save_dtype)
+    if engine is not None:
+        engine.capture()
+    tally = SparsityTally()
     with torch.no_grad():
         for index in range(len(blocks)):
             with placement.hold(index):
@@ -135,11 +172,13 @@ def prune_model(
                 if engine is None:
                     changes = {}
                     for name, layer in layers.items():
-                        changes.update(method.prune_group({name: weight_matrix(layer)}, None, sparsity, seed))
+                        changes.update(method.prune_group({name: weight_matrix(layer)}, None, per_block[index], seed))
                 else:
-                    changes = _prune_block(engine, index, layers, method, sparsity, seed, propagate)
+                    changes = _prune_block(engine, index, layers, compressor, per_block[index], seed, propagate)
                 for name in changes:
                     tally.layer(name, weight_matrix(layers[name]))
+                    if profile.name != "uniform":
+                        changes[name].target_sparsity = per_block[index].ratio
                 tally.tensors(blocks[index].parameters())
                 records.update({name: change.record() for name, change in changes.items()})
                 if on_block is not None:
@@ -159,6 +198,8 @@ def prune_model(
     summary = {
         "method": method.name,
         "sparsity": str(sparsity),
+        "profile": profile_summary,
+        "quantization": quant.record() if quant else None,
         "propagate": propagate,
         "seed": seed,
         "include": list(include),
@@ -183,16 +224,59 @@ def method_for_contrast(method: Method, has_contrast: bool) -> Method:
     return method
 
 
-def _prune_block(engine, index, layers, method, sparsity, seed, propagate) -> dict[str, LayerChange]:
+def check_method(method: Method, quant: QuantSpec | None, sparsity: Sparsity) -> None:
+    """Refuse pairings of method, sparsity and quantization that cannot work, before anything loads."""
+    if method.name == "none" and quant is None:
+        raise UserError("--method none prunes nothing: add --quantize (e.g. w4g128), or choose a pruning method")
+    joint = quant is not None and method.jointly_quantizing(quant, torch.float32) is not None
+    if joint and quant.act_order and (sparsity.structured or getattr(method, "selection", "row") == "block"):
+        raise UserError(f"actorder visits columns out of order, which {sparsity} sparsity with "
+                        f"{'N:M groups' if sparsity.structured else 'block mask selection'} in the same sweep does "
+                        "not allow: drop actorder")  # fmt: skip
+
+
+@dataclass
+class Compressor:
+    """What compresses one group of layers in a run: the pruning method, then GPTQ unless the method quantized jointly."""
+
+    method: Method
+    gptq: GPTQ | None = None
+
+    @classmethod
+    def for_run(cls, method: Method, quant: QuantSpec | None, scale_dtype: torch.dtype) -> "Compressor":
+        if quant is None:
+            return cls(method)
+        joint = method.jointly_quantizing(quant, scale_dtype)
+        return cls(joint) if joint is not None else cls(method, GPTQ(quant, scale_dtype))
+
+    @property
+    def statistics(self) -> list[type]:
+        """The statistics to gather per layer input: the method's, plus the Hessian GPTQ needs (shared when equal)."""
+        kinds = [self.method.statistic] if self.method.statistic is not None else []
+        if self.gptq is not None and Hessian not in kinds:
+            kinds.append(Hessian)
+        return kinds
+
+    def compress(self, group: dict[str, torch.Tensor], statistics: dict[type, object], sparsity, seed):
+        changes = self.method.prune_group(group, statistics.get(self.method.statistic), sparsity, seed)
+        if self.gptq is not None:
+            changes = self.gptq.quantize_group(group, statistics[Hessian], changes)
+        return changes
+
+
+def _prune_block(engine, index, layers, compressor: Compressor, sparsity, seed, propagate) -> dict[str, LayerChange]:
     if not layers:
         engine.run_block(index)
         return {}
-    statistics: dict[str, object] = {}
+    statistics: dict[str, dict[type, object]] = {}
 
     def on_input(leader: str, x: torch.Tensor, batch) -> None:
         if leader not in statistics:
-            statistics[leader] = method.statistic(x.shape[1], leader, x.device)
-        statistics[leader].add_batch(x, batch.tag)
+            statistics[leader] = {kind: kind(x.shape[1], leader, x.device) for kind in compressor.statistics}
+        contrast = batch.tag is not None and batch.tag.role == CONTRAST
+        for kind, statistic in statistics[leader].items():
+            if kind is compressor.method.statistic or not contrast:  # GPTQ's Hessian sees the calibration set X only
+                statistic.add_batch(x, batch.tag)
 
     dense = propagate == "dense"
     if dense:
@@ -203,10 +287,11 @@ def _prune_block(engine, index, layers, method, sparsity, seed, propagate) -> di
         engine.run_block(index, on_input, write_outputs=False, stop_after=groups.order[-1],
                          batches=range(1, len(engine.batches)))  # fmt: skip
     changes = {}
-    for leader, statistic in statistics.items():
+    for leader, gathered in statistics.items():
         group = {name: weight_matrix(layers[name]) for name in groups.members(leader)}
-        changes.update(method.prune_group(group, statistic, sparsity, seed))
-        statistic.free()
+        changes.update(compressor.compress(group, gathered, sparsity, seed))
+        for statistic in gathered.values():
+            statistic.free()
     return_freed_memory()
     if not dense:
         engine.run_block(index)

@@ -10,7 +10,7 @@ surviving weights moved).
 from __future__ import annotations
 
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import ClassVar
 
 import torch
@@ -18,6 +18,7 @@ import torch
 from ..engine.statistics import ContrastedNorms, Hessian, InputStatistic, SquaredNorms
 from ..errors import UserError
 from . import kernels
+from .quantization import QuantSpec
 from .result import LayerChange
 from .sparsity import Sparsity
 
@@ -28,6 +29,11 @@ class Method:
 
     name: ClassVar[str] = ""
     statistic: ClassVar[type[InputStatistic] | None] = None
+    options: ClassVar[tuple[str, ...]] = ()  # the fields a user may set (``--mask-selection``, ``--ria-alpha``)
+
+    def jointly_quantizing(self, spec: QuantSpec, scale_dtype: torch.dtype) -> "Method | None":
+        """A copy that prunes and quantizes in one sweep, or None when quantization must follow pruning."""
+        return None
 
     def scores(self, layer_name: str, weight: torch.Tensor, statistic, seed: int) -> torch.Tensor:
         raise NotImplementedError
@@ -41,6 +47,15 @@ class Method:
             weight[~keep] = 0
             changes[name] = LayerChange(keep)
         return changes
+
+
+class NoPruning(Method):
+    """Prune nothing: for quantization alone (``--method none --quantize w4g128``)."""
+
+    name = "none"
+
+    def prune_group(self, weights, statistic, sparsity, seed):
+        return {name: LayerChange(None) for name in weights}
 
 
 class Magnitude(Method):
@@ -69,6 +84,23 @@ class Wanda(Method):
 
 
 @dataclass
+class RIA(Method):
+    """Relative importance and activations (Zhang et al., ICLR 2024), compared within each output row as Wanda."""
+
+    name = "ria"
+    statistic = SquaredNorms
+    options = ("alpha",)
+    alpha: float = 0.5
+
+    def __post_init__(self):
+        if not 0 <= self.alpha <= 4:
+            raise UserError(f"--ria-alpha {self.alpha:g} is outside [0, 4]: the published default is 0.5")
+
+    def scores(self, layer_name, weight, statistic, seed):
+        return kernels.ria_scores(weight, statistic.value, self.alpha)
+
+
+@dataclass
 class ContrastiveWanda(Method):
     """Translation-feature paper, Eq. 4: Wanda with each input's norm on X divided by its norm on Z.
 
@@ -86,32 +118,111 @@ class ContrastiveWanda(Method):
 
 @dataclass
 class SparseGPT(Method):
+    """SparseGPT's OBS sweep; with ``quant`` set it prunes and quantizes in the same sweep (the paper's joint mode).
+
+    ``selection="row"`` (default) keeps exactly the target share per row and
+    stacks the layers that share an input into one solve; ``"block"`` is the
+    reference implementation's threshold per block of columns across all
+    rows of one layer, to reproduce published numbers.
+    """
+
     name = "sparsegpt"
     statistic = Hessian
+    options = ("selection",)
+    blocksize: int = 128
+    percdamp: float = 0.01
+    selection: str = "row"
+    quant: QuantSpec | None = None
+    scale_dtype: torch.dtype = torch.float32
+
+    def __post_init__(self):
+        if self.selection not in kernels.MASK_SELECTIONS:
+            raise UserError(f"--mask-selection must be one of {', '.join(kernels.MASK_SELECTIONS)}, not {self.selection!r}")
+
+    def jointly_quantizing(self, spec, scale_dtype):
+        return replace(self, quant=spec, scale_dtype=scale_dtype)
+
+    def prune_group(self, weights, statistic, sparsity, seed):
+        hessian = statistic.value
+        if self.selection == "block":  # the reference's threshold spans one layer's rows: one solve per layer
+            return {name: self._compress({name: weight}, hessian, sparsity, statistic.name)[name]
+                    for name, weight in weights.items()}  # fmt: skip
+        return self._compress(weights, hessian, sparsity, statistic.name)
+
+    def _compress(self, weights, hessian, sparsity, label):
+        names = list(weights)
+        stacked = torch.cat([weights[n] for n in names], dim=0)
+        result = kernels.obs_sweep(stacked, hessian, sparsity=sparsity, quant=self.quant, selection=self.selection,
+                                   scale_dtype=self.scale_dtype, blocksize=self.blocksize, percdamp=self.percdamp,
+                                   name=label)  # fmt: skip
+        return _write_back(weights, stacked, result, hessian, self.quant, "dense")
+
+
+def _write_back(weights, before, result, hessian, quant, against: str) -> dict[str, LayerChange]:
+    """Copy a stacked sweep's rows back into each layer; for quantized layers, record the grid and the output error."""
+    changes, row = {}, 0
+    for name, weight in weights.items():
+        rows = slice(row, row + weight.shape[0])
+        record = {}
+        if quant is not None:
+            error = kernels.relative_output_error(before[rows], result.weight[rows], hessian)
+            record = {**quant.record(), "output_error": error, "error_against": against}
+        weight.copy_(result.weight[rows])
+        changes[name] = LayerChange(
+            result.keep[rows].clone(), weights_updated=True, quantization=record,
+            scale=None if quant is None else result.scale[rows].clone(),
+            zero_point=None if quant is None else result.zero_point[rows].clone(),
+        )  # fmt: skip
+        row += weight.shape[0]
+    return changes
+
+
+@dataclass
+class GPTQ:
+    """GPTQ (Frantar et al., 2023) after any pruning: the OBS sweep with a fixed mask, so pruned zeros stay zero."""
+
+    spec: QuantSpec
+    scale_dtype: torch.dtype = torch.float32
     blocksize: int = 128
     percdamp: float = 0.01
 
-    def prune_group(self, weights, statistic, sparsity, seed):
+    def quantize_group(self, weights: dict[str, torch.Tensor], hessian: Hessian,
+                       pruned: dict[str, LayerChange]) -> dict[str, LayerChange]:  # fmt: skip
         names = list(weights)
         stacked = torch.cat([weights[n] for n in names], dim=0)
-        updated, keep = kernels.sparsegpt_prune(
-            stacked, statistic.value, sparsity, self.blocksize, self.percdamp, name=statistic.name
-        )
-        changes, row = {}, 0
+        masks = [pruned[n].keep if pruned[n].keep is not None else torch.ones_like(weights[n], dtype=torch.bool)
+                 for n in names]  # fmt: skip
+        result = kernels.obs_sweep(stacked, hessian.value, keep=torch.cat(masks, dim=0), quant=self.spec,
+                                   scale_dtype=self.scale_dtype, blocksize=self.blocksize, percdamp=self.percdamp,
+                                   name=hessian.name)  # fmt: skip
+        changes = _write_back(weights, stacked, result, hessian.value, self.spec, "pruned")
         for name in names:
-            rows = weights[name].shape[0]
-            weights[name].copy_(updated[row : row + rows])
-            changes[name] = LayerChange(keep[row : row + rows].clone(), weights_updated=True)
-            row += rows
+            if pruned[name].keep is None:
+                changes[name].keep = None
         return changes
 
 
-METHODS: dict[str, type[Method]] = {cls.name: cls for cls in (Magnitude, Random, Wanda, ContrastiveWanda, SparseGPT)}
+METHODS: dict[str, type[Method]] = {
+    cls.name: cls for cls in (NoPruning, Magnitude, Random, Wanda, RIA, ContrastiveWanda, SparseGPT)
+}
 
 
-def get_method(method: str | Method) -> Method:
+def get_method(method: str | Method, **options) -> Method:
+    """A method by name, with the options the user set (None: left at its default); refuses options it does not take."""
     if isinstance(method, Method):
         return method
     if method not in METHODS:
         raise UserError(f"unknown method {method!r}: choose one of {', '.join(METHODS)}")
-    return METHODS[method]()
+    cls = METHODS[method]
+    given = {key: value for key, value in options.items() if value is not None}
+    for key in given:
+        if key not in cls.options:
+            raise UserError(f"--{OPTION_FLAGS.get(key, key)} applies to {_taker(key)}, not {method}")
+    return cls(**given)
+
+
+OPTION_FLAGS = {"selection": "mask-selection", "alpha": "ria-alpha"}
+
+
+def _taker(option: str) -> str:
+    return " or ".join(name for name, cls in METHODS.items() if option in cls.options)

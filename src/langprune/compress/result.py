@@ -21,11 +21,19 @@ class LayerChange:
 
     keep: torch.Tensor | None
     weights_updated: bool = False  # surviving weights were changed, not only zeroed
-    quantization: dict = field(default_factory=dict)  # bits, group size, ... (empty: not quantized)
+    quantization: dict = field(default_factory=dict)  # bits, group size, output error ... (empty: not quantized)
+    scale: torch.Tensor | None = None  # (out, groups) grid of a quantized layer: weight = scale * (code - zero_point)
+    zero_point: torch.Tensor | None = None  # (out, groups), codes in [0, 2^bits - 1]
+    target_sparsity: float | None = None  # set when a profile (OWL) gave this layer's block its own target
 
     def record(self) -> dict:
         """The JSON-ready part of the change, for the report."""
-        return {"weights_updated": self.weights_updated, **({"quantization": self.quantization} if self.quantization else {})}
+        record = {"weights_updated": self.weights_updated}
+        if self.quantization:
+            record["quantization"] = self.quantization
+        if self.target_sparsity is not None:
+            record["target_sparsity"] = self.target_sparsity
+        return record
 
 
 def zeros(tensor: torch.Tensor) -> int:

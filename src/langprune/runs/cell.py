@@ -17,7 +17,9 @@ from pathlib import Path
 
 from .. import calibration as calibration_module
 from ..compress import get_method, prune_model
-from ..compress.loop import PROPAGATE, method_for_contrast
+from ..compress.loop import PROPAGATE, check_method, method_for_contrast
+from ..compress.profiles import OWL_LAMBDA, OWL_M, Profile
+from ..compress.quantization import QuantSpec
 from ..compress.sparsity import Sparsity
 from ..data import get_corpus
 from ..errors import UserError, check_at_least
@@ -28,6 +30,7 @@ from ..languages import check_language
 from ..engine.placement import check_dtype, check_offload, resolve_device
 from ..models import load_model, safetensors_folder
 from .folder import EVAL_FILE, RunWriter, check_out, load_eval, load_report
+from .quantized import saved_spec
 from .provenance import provenance
 from ..storage import write_json_atomic
 
@@ -76,12 +79,29 @@ class PruneSettings:
     device: str = "auto"
     dtype: str = "auto"
     offload: str = "auto"
+    quantize: str | None = None
+    profile: str = "uniform"
+    owl_m: float = OWL_M
+    owl_lambda: float = OWL_LAMBDA
+    mask_selection: str | None = None
+    ria_alpha: float | None = None
+
+    def chosen_method(self):
+        """The method with the options this run sets."""
+        return get_method(self.method, selection=self.mask_selection, alpha=self.ria_alpha)
+
+    def chosen_profile(self) -> Profile:
+        return Profile(self.profile, self.owl_m, self.owl_lambda)
 
     def validate(self) -> None:
         """Every check that needs no model: one clear error for the first mistake found."""
-        Sparsity.parse(self.sparsity)
+        target = Sparsity.parse(self.sparsity)
         check_placement(self.device, self.dtype, self.offload)
-        chosen = get_method(self.method)
+        chosen = self.chosen_method()
+        quant = QuantSpec.parse(self.quantize)
+        check_method(chosen, quant, target)
+        self.chosen_profile().check(target, bool(self.calib or self.tokens))
+        check_not_quantized(self.model)
         check_at_least("--seqlen", self.seqlen, 2)
         check_at_least("--batch-size", self.batch_size, 1)
         check_at_least("--shots", self.shots, 1)
@@ -93,8 +113,9 @@ class PruneSettings:
         if self.calib and self.tokens:
             raise UserError("give either --calib or --tokens, not both")
         method_for_contrast(chosen, bool(self.contrast))  # refuse a bad pairing before loading anything
-        if chosen.statistic is not None and not (self.calib or self.tokens):
-            raise UserError(f"{self.method} needs calibration text: pass --calib, e.g. --calib mix:en+de")
+        if (chosen.statistic is not None or quant is not None) and not (self.calib or self.tokens):
+            why = self.method if chosen.statistic is not None else "--quantize (GPTQ)"
+            raise UserError(f"{why} needs calibration text: pass --calib, e.g. --calib mix:en+de")
         for recipe in (self.calib, self.contrast):
             if recipe:
                 calibration_module.check_recipe(recipe)
@@ -103,6 +124,14 @@ class PruneSettings:
         if self.eval_langs:
             get_corpus(self.eval_corpus)
         check_out(Path(self.out), self.overwrite)
+
+
+def check_not_quantized(model: str) -> None:
+    """Refuse to prune a checkpoint that is already quantized: its weights are codes, not what the methods assume."""
+    folder = Path(model).expanduser()
+    if (folder / "config.json").is_file() and saved_spec(folder) is not None:
+        raise UserError(f"{model} is already quantized (compressed-tensors): prune and quantize the dense model "
+                        "in one run instead, e.g. --method sparsegpt --quantize w4g128")  # fmt: skip
 
 
 def check_placement(device: str, dtype: str, offload: str) -> None:
@@ -135,9 +164,11 @@ def run_prune(settings: PruneSettings, reporter: Reporter | None = None) -> dict
                               f"({chosen.tokens} real tokens)")  # fmt: skip
         before = perplexity(lm, tokenizer, languages, corpus=settings.eval_corpus) if languages else {}
         result = prune_model(
-            lm, calibration, settings.method, target, propagate=settings.propagate, include=tuple(settings.include),
-            exclude=tuple(settings.exclude), seed=settings.seed, batch_size=settings.batch_size, contrast=contrast,
-            progress=reporter.blocks, on_block=lambda index, changes: run.add_block(lm, index, changes),
+            lm, calibration, settings.chosen_method(), target, propagate=settings.propagate,
+            include=tuple(settings.include), exclude=tuple(settings.exclude), seed=settings.seed,
+            batch_size=settings.batch_size, contrast=contrast, progress=reporter.blocks,
+            on_block=lambda index, changes: run.add_block(lm, index, changes), quantize=settings.quantize,
+            profile=settings.chosen_profile(),
         )  # fmt: skip
         after = perplexity(lm, tokenizer, languages, corpus=settings.eval_corpus) if languages else {}
         report = {"model": settings.model, **result.summary, "settings": jsonable(asdict(settings)),

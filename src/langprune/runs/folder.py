@@ -22,11 +22,13 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from ..compress.quantization import QuantSpec
 from ..compress.result import LayerChange, SparsityTally
 from ..engine.architecture import is_conv1d
 from ..engine.placement import placement_of
 from ..errors import UserError
 from ..storage import disk_error, partial_path, read_json_object, replace_folder, write_json_atomic
+from . import quantized
 
 MASKS_DIR = "masks"
 MASKS_INDEX = "index.json"
@@ -81,6 +83,8 @@ class RunWriter:
         self.index: dict[str, str] = {}
         self.weight_map: dict[str, str] = {}
         self.total_size = 0
+        self.quantized: set[str] = set()  # layers stored in the compressed-tensors format
+        self.quant_spec: QuantSpec | None = None
 
     def __enter__(self) -> "RunWriter":
         return self
@@ -107,7 +111,14 @@ class RunWriter:
         for name, tensor in block.state_dict().items():
             full = f"{prefix}.{name}"
             layer = full.removesuffix(".weight")
-            tensors[full] = _saved_tensor(placement, full, tensor, changes.get(layer), layouts.get(layer))
+            change = changes.get(layer) if full.endswith(".weight") else None
+            if change is not None and change.scale is not None:
+                spec = QuantSpec.parse(change.quantization["spec"])
+                tensors.update(quantized.compressed_tensors(layer, tensor, change, spec, _source_dtype(placement, full)))
+                self.quantized.add(layer)
+                self.quant_spec = spec
+                continue
+            tensors[full] = _saved_tensor(placement, full, tensor, change, layouts.get(layer))
         path = self.partial / f"model-block-{index:05d}.safetensors"
         self._save_weights(tensors, path)
         placement.saved(path)
@@ -145,6 +156,8 @@ class RunWriter:
             config = copy.deepcopy(model.config)
             config.dtype = placement.save_dtype
             config.architectures = [type(model).__name__]
+            if self.quantized:
+                config.quantization_config = quantized.quantization_config(self.quant_spec, model, self.quantized)
             config.save_pretrained(self.partial)
             if getattr(model, "generation_config", None) is not None:
                 model.generation_config.save_pretrained(self.partial)
@@ -167,14 +180,20 @@ def _saved_tensor(placement, name: str, tensor: torch.Tensor, change: LayerChang
                   keep: torch.Tensor | None) -> torch.Tensor:  # fmt: skip
     """What a block tensor is saved as: in the source's dtype, masked source weights when only a mask was applied."""
     key = placement.key(name)
-    entry = placement.checkpoint.entries[key] if key is not None else None
-    target = entry.torch_dtype if entry is not None and entry.torch_dtype is not None else placement.save_dtype
+    target = _source_dtype(placement, name)
     if tensor.dtype == target or key is None or (change is not None and change.weights_updated):
         return _cast(tensor, target).cpu().contiguous()
     source = placement.checkpoint.read(key)
     if keep is not None:
         source[~keep.cpu()] = 0
     return source.contiguous()
+
+
+def _source_dtype(placement, name: str) -> torch.dtype:
+    """The dtype a tensor has in the source checkpoint (the run's save dtype when it is not there)."""
+    key = placement.key(name)
+    entry = placement.checkpoint.entries[key] if key is not None else None
+    return entry.torch_dtype if entry is not None and entry.torch_dtype is not None else placement.save_dtype
 
 
 def pack_bits(keep: torch.Tensor) -> torch.Tensor:
@@ -277,19 +296,22 @@ def remeasure(run: Path) -> dict:
     """Re-measure sparsity from the saved weights, one tensor at a time, and check them against the saved masks."""
     run = Path(run)
     masks = load_masks(run)
+    quant = quantized.saved_spec(run)
     tally, found = SparsityTally(), set()
     for shard in sorted(run.glob("model*.safetensors")):
         try:
             with safe_open(str(shard), framework="pt") as handle:
-                for key in handle.keys():
-                    tensor = handle.get_tensor(key)
-                    layer = key.removesuffix(".weight")
-                    if key.endswith(".weight") and layer in masks:
-                        tally.layer(layer, tensor, masks[layer])
-                        found.add(layer)
-                    tally.tensors([tensor])
+                tensors = {key: handle.get_tensor(key) for key in handle.keys()}
         except (SafetensorError, OSError) as exc:
             raise UserError(f"checkpoint file {shard} is damaged ({exc}): prune the run again") from None
+        if quant is not None:  # quantized layers are measured on their dequantized weights
+            tensors = quantized.with_dequantized_weights(tensors, quant)
+        for key, tensor in tensors.items():
+            layer = key.removesuffix(".weight")
+            if key.endswith(".weight") and layer in masks:
+                tally.layer(layer, tensor, masks[layer])
+                found.add(layer)
+            tally.tensors([tensor])
     missing = sorted(set(masks) - found)
     if missing:
         raise UserError(f"{run}: mask {missing[0]} has no matching weight in the checkpoint")

@@ -1,0 +1,98 @@
+"""Quantized layers in the compressed-tensors format (``pack-quantized``), which transformers and vLLM read.
+
+Each quantized Linear is stored as ``weight_packed`` (int32 words holding
+32/bits codes each), ``weight_scale`` (in the checkpoint's dtype),
+``weight_zero_point`` (asymmetric grids only) and ``weight_shape``; the
+config carries a ``quantization_config`` naming the scheme and every
+Linear left out (the head, excluded layers). The packing itself is the
+compressed-tensors library's, so the files are what its readers expect.
+langprune's grid (codes in [0, 2^bits - 1], zero point z) maps onto the
+library's signed codes by subtracting 2^(bits-1) from both.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..compress.quantization import QuantSpec, snap_to_grid
+from ..compress.result import LayerChange
+from ..errors import UserError
+from ..storage import read_json_object
+
+FORMAT = "pack-quantized"
+
+
+def _library():
+    try:
+        from compressed_tensors.compressors import BaseCompressor
+        from compressed_tensors.quantization import QuantizationArgs, QuantizationScheme
+    except ImportError:
+        raise UserError("quantized checkpoints need the compressed-tensors library: pip install compressed-tensors") from None
+    return BaseCompressor, QuantizationArgs, QuantizationScheme
+
+
+def scheme(spec: QuantSpec):
+    """The compressed-tensors scheme of a spec, targeting Linear layers."""
+    _, QuantizationArgs, QuantizationScheme = _library()
+    args = QuantizationArgs(num_bits=spec.bits, type="int", symmetric=spec.symmetric,
+                            strategy="group" if spec.group_size else "channel", group_size=spec.group_size,
+                            actorder="static" if spec.act_order else None)  # fmt: skip
+    return QuantizationScheme(targets=["Linear"], weights=args)
+
+
+def spec_of(config: dict) -> QuantSpec:
+    """The spec back from a saved ``quantization_config`` (one group, as langprune writes it)."""
+    weights = next(iter(config["config_groups"].values()))["weights"]
+    return QuantSpec(weights["num_bits"], weights.get("group_size"), weights.get("symmetric", True),
+                     weights.get("actorder") == "static")  # fmt: skip
+
+
+def compressed_tensors(name: str, weight: torch.Tensor, change: LayerChange, spec: QuantSpec,
+                       scale_dtype: torch.dtype) -> dict[str, torch.Tensor]:  # fmt: skip
+    """The checkpoint entries of one quantized layer (``name`` without ``.weight``), from its in-memory weight.
+
+    The codes are recovered from the weight (any dtype from bfloat16 up holds
+    scale·code to well within half a step), so nothing but the small grid
+    has to be kept from the sweep.
+    """
+    BaseCompressor, _, _ = _library()
+    scale = change.scale.to(scale_dtype)
+    zero = change.zero_point.to(torch.float32)
+    on_grid = snap_to_grid(weight.detach().float().cpu(), scale.float().cpu(), zero.cpu(), spec.maxq)
+    signed_zero = (zero - 2 ** (spec.bits - 1)).to(torch.int8).cpu()
+    state = {"weight": on_grid, "weight_scale": scale.cpu(), "weight_zero_point": signed_zero}
+    packed = BaseCompressor.get_value_from_registry(FORMAT).compress(state, scheme(spec))
+    return {f"{name}.{key}": value.contiguous() for key, value in packed.items()}
+
+
+def quantization_config(spec: QuantSpec, model: nn.Module, quantized: set[str]) -> dict:
+    """The ``quantization_config`` for config.json: the scheme on Linear layers, every other Linear ignored."""
+    from compressed_tensors.quantization import QuantizationConfig, QuantizationStatus
+
+    ignore = sorted(name for name, module in model.named_modules() if isinstance(module, nn.Linear) and name not in quantized)
+    config = QuantizationConfig(config_groups={"group_0": scheme(spec)}, format=FORMAT, ignore=ignore,
+                                quantization_status=QuantizationStatus.COMPRESSED)  # fmt: skip
+    return config.model_dump(exclude_none=True)
+
+
+def saved_spec(folder: Path) -> QuantSpec | None:
+    """The spec of a checkpoint folder written in this format, or None for a plain checkpoint."""
+    config = read_json_object(Path(folder) / "config.json", "model config")
+    quant = config.get("quantization_config")
+    if not isinstance(quant, dict) or quant.get("quant_method") != "compressed-tensors":
+        return None
+    return spec_of(quant)
+
+
+def with_dequantized_weights(tensors: dict[str, torch.Tensor], spec: QuantSpec) -> dict[str, torch.Tensor]:
+    """A shard's tensors with each quantized layer's entries replaced by its float32 ``weight``, read by the library."""
+    BaseCompressor, _, _ = _library()
+    layers = [key.removesuffix(".weight_packed") for key in tensors if key.endswith(".weight_packed")]
+    out = dict(tensors)
+    for layer in layers:
+        state = {key.removeprefix(layer + "."): out.pop(key) for key in list(out) if key.startswith(layer + ".weight_")}
+        out[f"{layer}.weight"] = BaseCompressor.get_value_from_registry(FORMAT).decompress(state, scheme(spec))["weight"].float()
+    return out
