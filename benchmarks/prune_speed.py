@@ -1,7 +1,13 @@
-"""Wall time and peak RSS of wanda and sparsegpt against the floor of two dense passes.
+"""Wall time and peak RSS of wanda, sparsegpt and gptq against the floor of two dense passes.
 
     python benchmarks/prune_speed.py [--model gemma-3-270m] [--nsamples 32] [--seqlen 512] [--repeat 3]
     python benchmarks/prune_speed.py --dtype bfloat16     # adds bfloat16 cases and checks their quality
+    python benchmarks/prune_speed.py --cases floor,gptq --quantize w4g128 --save-tokens calib.pt
+
+The ``gptq`` case is ``--method none --quantize`` (w4g128 by default);
+``--save-tokens`` writes the exact calibration ids, which
+``benchmarks/llmcompressor_gptq.py`` feeds to llm-compressor's GPTQModifier
+for a side-by-side on the same tokens.
 
 The floor is the work no implementation of these methods avoids: the
 calibration set passed densely through every decoder block twice (collect,
@@ -96,11 +102,14 @@ def run_case(case: str, args) -> dict:
             def on_block(index, changes):
                 run.add_block(model, index, changes)
                 if args.quality:
-                    kept.update({name: (pack_bits(c.keep).cpu(), list(c.keep.shape)) for name, c in changes.items()})
+                    kept.update({name: (pack_bits(c.keep).cpu(), list(c.keep.shape))
+                                 for name, c in changes.items() if c.keep is not None})  # fmt: skip
 
+            pruning, quantize = ("none", args.quantize) if method == "gptq" else (method, None)
             with tempfile.TemporaryDirectory() as scratch, RunWriter(Path(scratch) / "run") as run:
                 # As the CLI does: each block's masks and weights go to disk at once instead of piling up in memory.
-                prune_model(model, calib, method, args.sparsity, batch_size=args.batch_size, on_block=on_block)
+                prune_model(model, calib, pruning, args.sparsity, batch_size=args.batch_size, on_block=on_block,
+                            quantize=quantize)  # fmt: skip
         seconds = time.perf_counter() - start
     found = {"case": case, "seconds": seconds, "rss_loaded_mb": loaded / 2**20, "rss_peak_mb": rss.peak / 2**20,
              "sequences": int(calib.input_ids.shape[0]), "seqlen": int(calib.input_ids.shape[1])}  # fmt: skip
@@ -120,7 +129,9 @@ def main():
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--sparsity", default="0.5")
     parser.add_argument("--tokens", help="a torch-saved (n x seqlen) tensor of input ids to use instead of UDHR")
-    parser.add_argument("--cases", default="floor,wanda,sparsegpt")
+    parser.add_argument("--cases", default="floor,wanda,sparsegpt,gptq")
+    parser.add_argument("--quantize", default="w4g128", help="the gptq case's spec")
+    parser.add_argument("--save-tokens", help="write the calibration ids here (for benchmarks/llmcompressor_gptq.py)")
     parser.add_argument("--repeat", type=int, default=1, help="run every case this many times; report medians")
     parser.add_argument("--dtype", choices=["bfloat16", "float16"], help="also run every case in this dtype")
     parser.add_argument("--one", help=argparse.SUPPRESS)
@@ -129,6 +140,11 @@ def main():
     if args.one:
         print(json.dumps(run_case(args.one, args)))
         return
+    if args.save_tokens:
+        from langprune.models import load_tokenizer
+
+        saved = calibration_set(load_tokenizer(args.model), args)
+        torch.save({"input_ids": saved.input_ids, "attention_mask": saved.attention_mask}, args.save_tokens)
     cases = args.cases.split(",")
     if args.dtype:
         cases += [f"{case}@{args.dtype}" for case in cases]
@@ -138,7 +154,8 @@ def main():
         # Cases interleave, so slow drifts of the machine hit every case alike.
         for case in runs:
             cmd = [sys.executable, __file__, "--one", case, "--model", args.model, "--nsamples", str(args.nsamples),
-                   "--seqlen", str(args.seqlen), "--batch-size", str(args.batch_size), "--sparsity", args.sparsity]
+                   "--seqlen", str(args.seqlen), "--batch-size", str(args.batch_size), "--sparsity", args.sparsity,
+                   "--quantize", args.quantize]
             cmd += ["--tokens", args.tokens] if args.tokens else []
             cmd += ["--quality", quality] if quality else []
             done = subprocess.run(cmd, capture_output=True, text=True, check=True)
@@ -161,7 +178,7 @@ def report_quality(runs: dict[str, list[dict]], folder: str, dtype: str) -> None
     """Mask agreement and held-out perplexity of each reduced-precision case against its float32 twin."""
     from langprune.runs.folder import unpack_bits
 
-    for case in [c for c in runs if "@" in c and not c.startswith("floor")]:
+    for case in [c for c in runs if "@" in c and not c.startswith(("floor", "gptq"))]:
         base = case.partition("@")[0]
         a, b = torch.load(Path(folder) / f"{base}.pt"), torch.load(Path(folder) / f"{case}.pt")
         same = total = 0

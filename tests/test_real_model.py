@@ -116,3 +116,32 @@ def test_every_analysis_on_gemma_with_real_text(tmp_path):
             assert len(values) == 18 * 5 and all(math.isfinite(v) and v > 0 for v in values)
     for name in ("features", "masks", "lape", "lsar"):
         assert list((tmp_path / name).glob("figure*.png"))
+
+
+def test_gptq_on_gemma_beats_round_to_nearest_and_its_checkpoint_loads(tmp_path):
+    """Joint sparsegpt + GPTQ w4g128 through the run cell; the compressed-tensors folder loads in transformers and langprune."""
+    from transformers import AutoModelForCausalLM
+
+    from langprune import PruneSettings, load_model, run_prune
+    from langprune.compress.quantization import QuantSpec, round_to_nearest
+    from langprune.engine import LayerFilter, find_blocks, prunable_layers, weight_matrix
+    from langprune.evaluation import perplexity
+
+    report = run_prune(PruneSettings(out=tmp_path / "gptq", calib="mix:en+de", method="none", quantize="w4g128",
+                                     nsamples=6, seqlen=256, batch_size=3))  # fmt: skip
+    assert report["quantization"]["spec"] == "w4g128" and len(report["layers"]) == 126
+    quantized, tokenizer = load_model(str(tmp_path / "gptq"))
+    rtn, _ = load_model("gemma-3-270m")
+    blocks_name, blocks = find_blocks(rtn)
+    with torch.no_grad():
+        for index, block in enumerate(blocks):
+            for layer in prunable_layers(block, f"{blocks_name}.{index}", LayerFilter((), ())).values():
+                weight_matrix(layer).copy_(round_to_nearest(weight_matrix(layer), QuantSpec.parse("w4g128"))[0])
+    ppl_gptq = perplexity(quantized, tokenizer, ["en", "de"], seqlen=256)
+    ppl_rtn = perplexity(rtn, tokenizer, ["en", "de"], seqlen=256)
+    for lang in ("en", "de"):
+        assert math.isfinite(ppl_gptq[lang]["ppl"]) and ppl_gptq[lang]["ppl"] < ppl_rtn[lang]["ppl"]
+    ids = tokenizer(["Alle Menschen sind frei und gleich an Würde und Rechten geboren."], return_tensors="pt").input_ids
+    with torch.no_grad():
+        plain = AutoModelForCausalLM.from_pretrained(tmp_path / "gptq")(ids).logits
+        assert torch.allclose(plain, quantized(ids).logits, atol=1e-4)

@@ -157,7 +157,8 @@ def prune_command(
     with _reporting() as reporter:
         report = run_prune(settings, reporter)
     console.print(
-        f"pruned {len(report['layers'])} layers: {report['sparsity_pruned_layers']:.2%} of pruned layers, "
+        f"{'quantized' if report['method'] == 'none' else 'pruned'} {len(report['layers'])} layers: "
+        f"{report['sparsity_pruned_layers']:.2%} zeros in those layers, "
         f"{report['sparsity_all_parameters']:.2%} of all parameters, in {report['seconds']:.1f} s"
     )
     if report.get("quantization"):
