@@ -2,6 +2,7 @@
 
     python benchmarks/quality.py [--model gemma-3-270m] [--nsamples 32] [--out docs/quality.json]
     python benchmarks/quality.py --only-eval FOLDER      # one checkpoint (e.g. llm-compressor's), same evaluator
+    python benchmarks/quality.py --mask-selection        # sparsegpt 50%: per-row masks against the reference's
 
 Rows: dense; wanda, sparsegpt, ria, wanda+owl and sparsegpt+owl at 50% and
 70%; gptq w4g128 and w8g128 (no pruning). Each row loads the model afresh,
@@ -36,6 +37,30 @@ def evaluate_folder(folder: str) -> dict:
     return {lang: r["ppl"] for lang, r in perplexity(model, tokenizer, LANGUAGES).items()}
 
 
+def compare_mask_selection(args) -> None:
+    """SparseGPT at 50% with langprune's per-row selection and the reference's per-block threshold, same tokens."""
+    import langprune
+    from langprune.compress.methods import SparseGPT
+    from langprune.evaluation import perplexity
+    from langprune.models import load_model
+
+    recipe = "mix:" + "+".join(LANGUAGES)
+    masks, found = {}, {}
+    for selection in ("row", "block"):
+        model, tokenizer = load_model(args.model)
+        _, result = langprune.prune(model, tokenizer, recipe, SparseGPT(selection=selection), "0.5",
+                                    nsamples=args.nsamples, seqlen=args.seqlen, seed=0)  # fmt: skip
+        masks[selection] = result.masks
+        rows = [(~keep).float().mean(1) for keep in result.masks.values()]
+        found[selection] = {"ppl": {lang: r["ppl"] for lang, r in perplexity(model, tokenizer, LANGUAGES).items()},
+                            "row_sparsity_min": min(float(r.min()) for r in rows),
+                            "row_sparsity_max": max(float(r.max()) for r in rows)}  # fmt: skip
+        print(selection, json.dumps(found[selection]), flush=True)
+    same = sum(int((masks["row"][n] == masks["block"][n]).sum()) for n in masks["row"])
+    total = sum(m.numel() for m in masks["row"].values())
+    print(f"masks agree on {same / total:.2%} of weights")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="gemma-3-270m")
@@ -44,9 +69,13 @@ def main():
     parser.add_argument("--rows", help="comma-separated row names to run (default: all)")
     parser.add_argument("--out", default="docs/quality.json")
     parser.add_argument("--only-eval", help="measure one checkpoint folder and stop")
+    parser.add_argument("--mask-selection", action="store_true", help="compare sparsegpt's row and block selection")
     args = parser.parse_args()
     if args.only_eval:
         print(json.dumps({"model": args.only_eval, "ppl": evaluate_folder(args.only_eval)}))
+        return
+    if args.mask_selection:
+        compare_mask_selection(args)
         return
 
     import torch

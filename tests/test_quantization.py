@@ -274,9 +274,10 @@ def test_quantized_run_through_the_cli_then_eval_and_inspect(llama_folder, tmp_p
     assert done.returncode == 0, done.stderr
     assert "quantized 21 layers to w4g16" in done.stdout
     assert cli("inspect", out).returncode == 0
-    evaluated = cli("eval", out, "--tasks", "ppl", "--langs", "en")
+    evaluated = cli("eval", out, "--tasks", "ppl,fidelity", "--langs", "en")
     assert evaluated.returncode == 0, evaluated.stderr
-    assert json.loads((out / "eval.json").read_text())["tasks"]["ppl"]["en"]["ppl"] > 1
+    tasks = json.loads((out / "eval.json").read_text())["tasks"]
+    assert tasks["ppl"]["en"]["ppl"] > 1 and sorted(tasks) == ["fidelity", "ppl"], tasks.keys()
     again = cli("prune", "--model", out, "--calib", f"file:{llama_folder}/calib.txt", "--out", tmp_path / "again")
     assert again.returncode == 2 and "already quantized" in again.stderr
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .quantization import QuantSpec, fake_quantize, grid_params, group_grid
+from .quantization import QuantSpec, grid_params, group_grid
 from .sparsity import Sparsity
 
 
@@ -219,6 +219,8 @@ def obs_sweep(
     if quant is not None and not static:
         scale = torch.empty(rows, cols // quant.group_size, dtype=torch.float32, device=w.device)
         zero_point = torch.empty_like(scale)
+    masked = fixed or sparsity is not None
+    target, current, grid = torch.empty(rows, dtype=torch.float32, device=w.device), None, None
     for start in range(0, cols, blocksize):
         end = min(start + blocksize, cols)
         block_t = w[:, start:end].T.contiguous()  # (columns, rows): one column per contiguous row
@@ -247,7 +249,11 @@ def obs_sweep(
                         group, g = slice(i, i + quant.group_size), column // quant.group_size
                         scale[:, g], zero_point[:, g] = grid_params(block_t[group] * keep_t[group], quant, scale_dtype)
                     g = group_of[column]
-                    target = fake_quantize(block_t[i], scale[:, g], zero_point[:, g], quant.maxq) * keep_t[i]
+                    if g != current:
+                        current, grid = g, (scale[:, g], zero_point[:, g], 1.0 / scale[:, g])
+                    _snap_column_(block_t[i], target, *grid, quant)
+                    if masked:
+                        target.mul_(keep_t[i])
                     torch.sub(block_t[i], target, out=err_t[i]).mul_(inverse_diag[i])
                     block_t[i] = target
                 block_t[i + 1 : sub_end].addr_(hinv_block[i, i + 1 : sub_end], err_t[i], alpha=-1.0)
@@ -262,6 +268,20 @@ def obs_sweep(
         inverse = torch.argsort(perm)
         w, keep = w[:, inverse], keep[:, inverse]
     return ObsResult(w, keep, scale, zero_point)
+
+
+def _snap_column_(column: torch.Tensor, out: torch.Tensor, scale, zero_point, inverse_scale, quant: QuantSpec) -> None:
+    """``fake_quantize`` of one column into ``out``, in place: the sweep's inner step, without temporaries.
+
+    Symmetric grids have the constant zero point 2^(bits-1), so the clamp
+    runs on the signed code directly (the same values, two operations fewer).
+    """
+    torch.mul(column, inverse_scale, out=out).round_()
+    if quant.symmetric:
+        half = (quant.maxq + 1) // 2
+        out.clamp_(-half, quant.maxq - half).mul_(scale)
+    else:
+        out.add_(zero_point).clamp_(0, quant.maxq).sub_(zero_point).mul_(scale)
 
 
 def _select_block(saliency_t: torch.Tensor, sparsity: Sparsity, start: int, end: int, selection: str) -> torch.Tensor:

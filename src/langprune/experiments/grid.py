@@ -38,7 +38,8 @@ from ..runs.cell import PruneSettings, check_placement
 
 AXES = {"models": "model", "methods": "method", "sparsities": "sparsity", "calibration": "calib", "seeds": "seed"}
 TOP_KEYS = set(AXES) | {"name", "description", "evaluation", "settings", "exclude", "include", "profiles", "verdict", "out"}
-SETTING_KEYS = {"nsamples", "seqlen", "batch_size", "shots", "device", "dtype", "offload", "propagate", "contrast"}
+SETTING_KEYS = {"nsamples", "seqlen", "batch_size", "shots", "device", "dtype", "offload", "propagate", "contrast",
+                "quantize", "profile", "owl_m", "owl_lambda", "mask_selection", "ria_alpha"}
 EVAL_KEYS = {"tasks", "langs", "limit", "seqlen", "batch_size", "corpus", "translation_corpus", "seed", "skip_missing"}
 DENSE = "dense"
 KEY_VERSION = 1  # bump when a cell's meaning changes, so old folders are not mistaken for new cells
