@@ -8,7 +8,7 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
-PACKAGES = ("langprune", "torch", "transformers", "safetensors", "accelerate", "gguf", "numpy")
+PACKAGES = ("langprune", "torch", "transformers", "safetensors", "accelerate", "compressed-tensors", "gguf", "numpy")
 
 
 def provenance() -> dict:
