@@ -13,6 +13,8 @@ before pruning, whatever method prunes afterwards.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
+from typing import Callable
 
 import torch
 
@@ -55,12 +57,19 @@ class Profile:
         return {"name": self.name} if self.name == "uniform" else {"name": self.name, "m": self.m, "lambda": self.lam}
 
 
-def outlier_ratio(layer_scores: list[torch.Tensor], m: float) -> float:
-    """Share of all scores of a block above ``m`` times their mean (the block's outlier ratio D_l)."""
-    total = sum(float(s.sum(dtype=torch.float64)) for s in layer_scores)
-    count = sum(s.numel() for s in layer_scores)
+def outlier_ratio(layer_scores: list[Callable[[], torch.Tensor]], m: float) -> float:
+    """Share of all scores of a block above ``m`` times their mean (the block's outlier ratio D_l).
+
+    Each layer's scores come from a function and are made twice (once for
+    the mean, once for the count) instead of being held together: a 70B
+    block's scores would take gigabytes.
+    """
+    total = count = 0
+    for scores in layer_scores:
+        values = scores()
+        total, count = total + float(values.sum(dtype=torch.float64)), count + values.numel()
     threshold = m * total / count
-    return sum(int((s > threshold).sum()) for s in layer_scores) / count
+    return sum(int((scores() > threshold).sum()) for scores in layer_scores) / count
 
 
 def owl_sparsities(ratios: list[float], target: float, lam: float) -> list[float]:
@@ -88,10 +97,9 @@ def owl_ratios(engine: BlockEngine, m: float, progress=None) -> list[float]:
 
             groups = engine.run_block(index, on_input, write_outputs=True)
             layers = engine.layers(index)
-            scores = [wanda_scores(weight_matrix(layers[name]), norms[leader].value)
+            scores = [partial(wanda_scores, weight_matrix(layers[name]), norms[leader].value)
                       for leader in norms for name in groups.members(leader)]  # fmt: skip
             ratios.append(outlier_ratio(scores, m) if scores else 0.0)
-            del scores
         if progress:
             progress(index + 1, len(engine.blocks))
     return ratios
