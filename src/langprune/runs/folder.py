@@ -114,7 +114,8 @@ class RunWriter:
             change = changes.get(layer) if full.endswith(".weight") else None
             if change is not None and change.scale is not None:
                 spec = QuantSpec.parse(change.quantization["spec"])
-                tensors.update(quantized.compressed_tensors(layer, tensor, change, spec, _source_dtype(placement, full)))
+                # Scales in the dtype the sweep rounded them to, so the saved grid is the in-memory one exactly.
+                tensors.update(quantized.compressed_tensors(layer, tensor, change, spec, placement.save_dtype))
                 self.quantized.add(layer)
                 self.quant_spec = spec
                 continue
@@ -180,20 +181,14 @@ def _saved_tensor(placement, name: str, tensor: torch.Tensor, change: LayerChang
                   keep: torch.Tensor | None) -> torch.Tensor:  # fmt: skip
     """What a block tensor is saved as: in the source's dtype, masked source weights when only a mask was applied."""
     key = placement.key(name)
-    target = _source_dtype(placement, name)
+    entry = placement.checkpoint.entries[key] if key is not None else None
+    target = entry.torch_dtype if entry is not None and entry.torch_dtype is not None else placement.save_dtype
     if tensor.dtype == target or key is None or (change is not None and change.weights_updated):
         return _cast(tensor, target).cpu().contiguous()
     source = placement.checkpoint.read(key)
     if keep is not None:
         source[~keep.cpu()] = 0
     return source.contiguous()
-
-
-def _source_dtype(placement, name: str) -> torch.dtype:
-    """The dtype a tensor has in the source checkpoint (the run's save dtype when it is not there)."""
-    key = placement.key(name)
-    entry = placement.checkpoint.entries[key] if key is not None else None
-    return entry.torch_dtype if entry is not None and entry.torch_dtype is not None else placement.save_dtype
 
 
 def pack_bits(keep: torch.Tensor) -> torch.Tensor:
@@ -301,17 +296,15 @@ def remeasure(run: Path) -> dict:
     for shard in sorted(run.glob("model*.safetensors")):
         try:
             with safe_open(str(shard), framework="pt") as handle:
-                tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+                # Quantized layers are measured on their dequantized weights.
+                for key, tensor in quantized.shard_tensors(handle, quant):
+                    layer = key.removesuffix(".weight")
+                    if key.endswith(".weight") and layer in masks:
+                        tally.layer(layer, tensor, masks[layer])
+                        found.add(layer)
+                    tally.tensors([tensor])
         except (SafetensorError, OSError) as exc:
             raise UserError(f"checkpoint file {shard} is damaged ({exc}): prune the run again") from None
-        if quant is not None:  # quantized layers are measured on their dequantized weights
-            tensors = quantized.with_dequantized_weights(tensors, quant)
-        for key, tensor in tensors.items():
-            layer = key.removesuffix(".weight")
-            if key.endswith(".weight") and layer in masks:
-                tally.layer(layer, tensor, masks[layer])
-                found.add(layer)
-            tally.tensors([tensor])
     missing = sorted(set(masks) - found)
     if missing:
         raise UserError(f"{run}: mask {missing[0]} has no matching weight in the checkpoint")

@@ -87,12 +87,18 @@ def saved_spec(folder: Path) -> QuantSpec | None:
     return spec_of(quant)
 
 
-def with_dequantized_weights(tensors: dict[str, torch.Tensor], spec: QuantSpec) -> dict[str, torch.Tensor]:
-    """A shard's tensors with each quantized layer's entries replaced by its float32 ``weight``, read by the library."""
-    BaseCompressor, _, _ = _library()
-    layers = [key.removesuffix(".weight_packed") for key in tensors if key.endswith(".weight_packed")]
-    out = dict(tensors)
-    for layer in layers:
-        state = {key.removeprefix(layer + "."): out.pop(key) for key in list(out) if key.startswith(layer + ".weight_")}
-        out[f"{layer}.weight"] = BaseCompressor.get_value_from_registry(FORMAT).decompress(state, scheme(spec))["weight"].float()
-    return out
+def shard_tensors(handle, spec: QuantSpec | None):
+    """(key, tensor) pairs of an open safetensors shard, one tensor at a time; each quantized layer's entries
+    come as one float32 ``weight``, decompressed by the library when its ``weight_packed`` is reached."""
+    keys = list(handle.keys())
+    packed = {key.removesuffix(".weight_packed") for key in keys if key.endswith(".weight_packed")} if spec else set()
+    for key in keys:
+        layer, _, part = key.rpartition(".weight_")
+        if layer not in packed:
+            yield key, handle.get_tensor(key)
+        elif part == "packed":
+            BaseCompressor, _, _ = _library()
+            state = {name.removeprefix(layer + "."): handle.get_tensor(name) for name in keys
+                     if name.startswith(layer + ".weight_")}  # fmt: skip
+            weight = BaseCompressor.get_value_from_registry(FORMAT).decompress(state, scheme(spec))["weight"]
+            yield f"{layer}.weight", weight.float()
