@@ -89,6 +89,54 @@ def test_a_failing_cell_is_recorded_and_the_others_go_on(checkpoint, tiny_corpor
     assert "failed: " in status.stdout and "seqlen" in status.stdout
 
 
+def hold_lock(folder: Path) -> subprocess.Popen:
+    """Another process that takes the cell's lock, says so, then sleeps."""
+    lock = folder.with_name(folder.name + ".lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    code = (f"import fcntl, sys, time; f = open({str(lock)!r}, 'a'); fcntl.flock(f, fcntl.LOCK_EX); "
+            "print('held', flush=True); time.sleep(600)")  # fmt: skip
+    holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    return holder
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="advisory file locks are POSIX only")
+def test_a_cell_another_process_runs_is_skipped_and_a_killed_holder_frees_it(checkpoint, tiny_corpora, tmp_path, cli):
+    path = write_grid(tmp_path, checkpoint, calibration=["mono:en"], seeds=[0], include=[])
+    grid = load_grid(path)
+    pruned = next(c for c in grid.cells if not c.dense)
+    holder = hold_lock(grid.folder(pruned))
+    try:
+        run = cli("grid", "run", path)
+        assert run.returncode == 0, run.stdout
+        assert "running in another process, skipped" in run.stdout
+        assert "1 done, 0 failed, 0 pending, 1 running in another process" in run.stdout
+        assert "calibrating on" not in run.stdout  # no verdict on an unfinished grid
+        assert not (grid.folder(pruned) / CELL_FILE).exists() and not grid.folder(pruned).exists()
+        states = {c["key"]: c["state"] for c in json.loads(cli("grid", "status", path, "--json").stdout)}
+        assert states[pruned.key] == "running"
+    finally:
+        holder.kill()  # SIGKILL: the holder cannot clean up, the operating system drops its lock
+        holder.wait()
+    states = {c["key"]: c["state"] for c in json.loads(cli("grid", "status", path, "--json").stdout)}
+    assert states[pruned.key] == "pending"
+    run = cli("grid", "run", path)
+    assert run.returncode == 0 and "2 done, 0 failed, 0 pending" in run.stdout
+
+
+def test_a_cell_finished_elsewhere_after_listing_is_not_run_again(checkpoint, tiny_corpora, tmp_path):
+    from langprune.experiments import run_cell
+    from langprune.experiments.execute import _failure
+
+    grid = load_grid(write_grid(tmp_path, checkpoint, calibration=["mono:en"], seeds=[0], include=[]))
+    run_grid(grid)
+    pruned = next(c for c in grid.cells if not c.dense)
+    before = grid_files(grid)
+    record = run_cell(pruned, grid.folder(pruned), _failure(grid, pruned))  # as a second runner that listed it earlier
+    assert record["state"] == "done" and record["elsewhere"] and record["key"] == pruned.key
+    assert grid_files(grid) == before
+
+
 @pytest.mark.slow
 def test_the_ray_executor_gives_the_same_cells_as_the_local_one(checkpoint, tiny_corpora, tmp_path):
     pytest.importorskip("ray")

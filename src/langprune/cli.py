@@ -539,13 +539,14 @@ def grid_run_command(
 
     def on_cell(cell, record):
         done["count"] += 1
-        state = record["state"] if record["state"] == "done" else f"FAILED: {record['error']}"
+        state = {"done": "done by another process" if record.get("elsewhere") else "done",
+                 "running": "running in another process, skipped"}.get(record["state"], f"FAILED: {record.get('error')}")  # fmt: skip
         console.print(f"[{done['count']}] {cell.label()} -> {grid.folder(cell)}: {state}", highlight=False, markup=False)
 
     with _reporting(quiet=True) as reporter:
         counts = run_grid(grid, executor, reporter, on_cell)
-    console.print(f"{grid.name}: {counts['done']} done, {counts['failed']} failed, {counts['pending']} pending ({grid.out})")
-    if counts["failed"] == 0 and counts["pending"] == 0:
+    console.print(f"{grid.name}: {_counts_line(counts)} ({grid.out})")
+    if counts["failed"] == counts["pending"] == counts["running"] == 0:
         found = verdict(grid)
         if found:
             console.print(found, highlight=False)
@@ -556,8 +557,9 @@ def grid_run_command(
 @grid_app.command("status")
 def grid_status_command(grid_file: Path = _GRID_FILE, profile: Optional[str] = _PROFILE, quick: bool = _QUICK,
                         out: Optional[Path] = _GRID_OUT, as_json: bool = typer.Option(False, "--json", help=JSON_HELP)):  # fmt: skip
-    """Each cell's state: done, failed (with its error) or pending."""
+    """Each cell's state: done, running (in another process), failed (with its error) or pending."""
     from .experiments import cell_state, load_grid
+    from .experiments.execute import STATES
 
     grid = load_grid(grid_file, _profile(profile, quick), out)
     states = [(cell, cell_state(grid, cell)) for cell in grid.cells]
@@ -571,8 +573,13 @@ def grid_status_command(grid_file: Path = _GRID_FILE, profile: Optional[str] = _
             state = f"failed: {error}"
         table.add_row(cell.label(), cell.key, state)
     console.print(table)
-    counts = {k: sum(1 for _, s in states if s == k) for k in ("done", "failed", "pending")}
-    console.print(f"{counts['done']} done, {counts['failed']} failed, {counts['pending']} pending")
+    console.print(_counts_line({k: sum(1 for _, s in states if s == k) for k in STATES}))
+
+
+def _counts_line(counts: dict[str, int]) -> str:
+    """'3 done, 0 failed, 1 pending', plus the cells other processes are running, if any."""
+    line = f"{counts['done']} done, {counts['failed']} failed, {counts['pending']} pending"
+    return line + (f", {counts['running']} running in another process" if counts["running"] else "")
 
 
 @grid_app.command("table")

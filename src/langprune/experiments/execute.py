@@ -9,14 +9,23 @@ task it had finished. A failing cell writes ``failed/<key>.json`` with its
 error and the others go on; the next run retries it. Cells take paths and
 plain settings, never weights, so a Ray worker on another machine runs the
 very same function.
+
+Two ``grid run``s of one grid (two terminals, or a second Ray driver) share
+the work instead of doing it twice: a cell runs only under an exclusive
+advisory lock on ``cells/<key>.lock``, and a cell another process holds is
+skipped as running. The operating system drops the lock when its holder
+dies, kill -9 included, so a crash never leaves a cell claimed.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import time
 import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -28,15 +37,51 @@ from ..runs.folder import REPORT_FILE
 from ..storage import write_json_atomic
 from .grid import Cell, Grid
 
+try:
+    import fcntl
+except ImportError:  # Windows has no advisory locks: there, run one `grid run` of a grid at a time
+    fcntl = None
+
 CELL_FILE = "cell.json"
 EXECUTORS = ("local", "ray")
+STATES = ("done", "failed", "running", "pending")
 
 
 def cell_state(grid: Grid, cell: Cell) -> str:
-    """done, failed or pending."""
-    if (grid.folder(cell) / CELL_FILE).is_file():
+    """done, running (in another process), failed or pending."""
+    folder = grid.folder(cell)
+    if (folder / CELL_FILE).is_file():
         return "done"
+    if _held_elsewhere(folder):
+        return "running"
     return "failed" if _failure(grid, cell).is_file() else "pending"
+
+
+def _lock_path(folder: Path) -> Path:
+    return folder.with_name(folder.name + ".lock")
+
+
+@contextmanager
+def _claim(folder: Path) -> Iterator[bool]:
+    """Hold the cell's lock for the duration of the block; yields False, holding nothing, when another process has it."""
+    if fcntl is None:
+        yield True
+        return
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with open(_lock_path(folder), "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        yield True  # released when the file is closed, or when this process dies
+
+
+def _held_elsewhere(folder: Path) -> bool:
+    if not _lock_path(folder).is_file():
+        return False
+    with _claim(folder) as free:
+        return not free
 
 
 def _failure(grid: Grid, cell: Cell) -> Path:
@@ -44,8 +89,17 @@ def _failure(grid: Grid, cell: Cell) -> Path:
 
 
 def run_cell(cell: Cell, folder: Path, failure: Path, reporter: Reporter | None = None) -> dict:
+    """Run the cell unless another process is running it or has finished it; its record, state included."""
+    with _claim(folder) as mine:
+        if not mine:
+            return {"key": cell.key, "state": "running"}
+        if (folder / CELL_FILE).is_file():  # finished by another process since this one listed its work
+            return {**json.loads((folder / CELL_FILE).read_text()), "elsewhere": True}
+        return _run_claimed_cell(cell, folder, failure, reporter or Reporter())
+
+
+def _run_claimed_cell(cell: Cell, folder: Path, failure: Path, reporter: Reporter) -> dict:
     """Prune (unless dense or already pruned), evaluate, mark done; a failure is recorded, not raised."""
-    reporter = reporter or Reporter()
     start = time.perf_counter()
     try:
         evaluation = cell.evaluation
@@ -93,7 +147,7 @@ def run_grid(grid: Grid, executor: str = "local", reporter: Reporter | None = No
 
 
 def status_counts(grid: Grid) -> dict[str, int]:
-    counts = {"done": 0, "failed": 0, "pending": 0}
+    counts = dict.fromkeys(STATES, 0)
     for cell in grid.cells:
         counts[cell_state(grid, cell)] += 1
     return counts
