@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import VOCAB, tiny_model, token_ids
+from conftest import VOCAB, install_corpus, tiny_model, token_ids, word_text
 from langprune.analysis.features import overlap_matrix, quadrant_means, unique_top_share
 from langprune.analysis.lape import count_neurons, find_activation, language_specific, lape
+from langprune.analysis.inputs import SentenceBatch
 from langprune.analysis.lsar import lsar_subspace, sentence_embeddings, split
 from langprune.engine import Tag, TokenBatch
 
@@ -231,19 +232,45 @@ def test_full_rank_lsar_puts_every_language_difference_in_the_specific_part():
 def test_sentence_embeddings_average_real_non_special_tokens():
     model = tiny_model("llama")
     batches = padded_batches([Tag("analysis", "en"), Tag("analysis", "de")])
+    rows = sum(b.input_ids.shape[0] for b in batches)
+    places = iter(torch.randperm(rows, generator=torch.Generator().manual_seed(0)).tolist())  # any order comes back
+    batches = [SentenceBatch(b.input_ids, b.attention_mask, b.tag, tuple(next(places) for _ in b.input_ids)) for b in batches]
     for batch in batches:
         batch.input_ids[:, 0] = 1  # BOS, a special token
     embeddings = sentence_embeddings(model, batches, special_ids={0, 1})
-    row = 0
     for batch in batches:
         with torch.no_grad():
             hidden = model(batch.input_ids, attention_mask=batch.attention_mask, output_hidden_states=True).hidden_states
-        for i in range(batch.input_ids.shape[0]):
+        for i, row in enumerate(batch.positions):
             keep = batch.attention_mask[i].bool() & (batch.input_ids[i] != 1)
             for layer in range(len(hidden) - 2):  # the last hidden state is after the final norm
                 expected = hidden[layer + 1][i][keep].double().mean(0).float()
                 assert torch.allclose(embeddings[layer, row], expected, atol=1e-5)
-            row += 1
+
+
+def test_sentence_batches_group_rows_by_length_and_keep_each_sentence_position(tiny_corpora, checkpoint):
+    from langprune.analysis.inputs import sentence_batches
+    from langprune.calibration import evaluation_texts
+    from langprune.models import load_tokenizer
+    from langprune.text import bos_ids, encode
+
+    install_corpus("udhr", {lang: [[f"u{i}", word_text(100 * k + i, 3 + i % 7)] for i in range(80)]
+                            for k, lang in enumerate(("en", "fr"))})  # lengths 3 to 9 words, mixed  # fmt: skip
+    tokenizer = load_tokenizer(str(checkpoint))
+    batches = sentence_batches(tokenizer, ["en", "fr"], "udhr", None, 40, 4)
+    expected = [(bos_ids(tokenizer) + encode(tokenizer, text))[:40] for lang in ("en", "fr")
+                for text in evaluation_texts(lang, "udhr")]  # fmt: skip
+    language_of = [lang for lang in ("en", "fr") for _ in evaluation_texts(lang, "udhr")]
+    assert sorted(p for b in batches for p in b.positions) == list(range(len(expected)))
+    for language in ("en", "fr"):
+        mine = [b for b in batches if b.tag.language == language]
+        assert all(language_of[p] == language for b in mine for p in b.positions)
+        lengths = [n for b in mine for n in b.attention_mask.sum(1).tolist()]
+        assert lengths == sorted(lengths, reverse=True) and lengths[0] > lengths[-1]  # longest first, lengths differ
+    for batch in batches:
+        for row, position in enumerate(batch.positions):
+            length = int(batch.attention_mask[row].sum())
+            assert batch.input_ids[row, :length].tolist() == expected[position]
 
 
 # ---------------------------------------------------------------- masks

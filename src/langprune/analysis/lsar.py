@@ -23,7 +23,7 @@ import torch
 
 from ..engine import find_blocks, sweep
 from ..errors import UserError
-from .inputs import block_index
+from .inputs import SentenceBatch, block_index
 
 
 def lsar_subspace(means: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -46,14 +46,11 @@ def split(embeddings: torch.Tensor, basis: torch.Tensor) -> tuple[torch.Tensor, 
     return embeddings.double() - specific, specific
 
 
-def sentence_embeddings(model, batches, special_ids: set[int], progress=None) -> torch.Tensor:
-    """(blocks x sentences x d) float32: each block output averaged over each row's real, non-special tokens."""
+def sentence_embeddings(model, batches: list[SentenceBatch], special_ids: set[int], progress=None) -> torch.Tensor:
+    """(blocks x sentences x d) float32, sentences at their ``positions``: each block output averaged over each
+    row's real, non-special tokens."""
     blocks_name, blocks = find_blocks(model)
-    rows = sum(int(b.input_ids.shape[0]) for b in batches)
-    starts, start = {}, 0
-    for batch in batches:
-        starts[id(batch)] = start
-        start += int(batch.input_ids.shape[0])
+    rows = sum(len(b.positions) for b in batches)
     out: torch.Tensor | None = None
     special = torch.tensor(sorted(special_ids), dtype=torch.long)
 
@@ -67,8 +64,7 @@ def sentence_embeddings(model, batches, special_ids: set[int], progress=None) ->
         sums = torch.zeros(mask.shape[0], states.shape[-1], dtype=torch.float64)
         sums.index_add_(0, row_of[content], states.double().cpu()[content])
         counts = torch.bincount(row_of[content], minlength=mask.shape[0]).clamp(min=1)
-        first = starts[id(batch)]
-        out[block_index(name, blocks_name), first : first + mask.shape[0]] = (sums / counts[:, None]).float()
+        out[block_index(name, blocks_name), list(batch.positions)] = (sums / counts[:, None]).float()
 
     sweep(model, batches, on_output=visit, progress=progress)
     if not torch.isfinite(out).all():
