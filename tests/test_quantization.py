@@ -273,7 +273,9 @@ def test_quantized_run_through_the_cli_then_eval_and_inspect(llama_folder, tmp_p
                "--nsamples", "8", "--method", "sparsegpt", "--quantize", "w4g16", "--out", out)  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert "quantized 21 layers to w4g16" in done.stdout
-    assert cli("inspect", out).returncode == 0
+    inspected = cli("inspect", out)
+    assert inspected.returncode == 0 and "pruned with sparsegpt at 0.5, quantized to w4g16 (GPTQ)" in inspected.stdout
+    assert "output error" in inspected.stdout
     evaluated = cli("eval", out, "--tasks", "ppl,fidelity", "--langs", "en")
     assert evaluated.returncode == 0, evaluated.stderr
     tasks = json.loads((out / "eval.json").read_text())["tasks"]

@@ -193,15 +193,21 @@ def inspect_command(
         _print_json({"report": report, "measured": measured})
         return
     cal = report.get("calibration") or {}
-    console.print(f"[bold]{run}[/bold]: {report.get('model')} pruned with {report.get('method')} at "
-                  f"{report.get('sparsity')} (propagate {report.get('propagate')}, seed {report.get('seed')})")  # fmt: skip
+    profile = (report.get("profile") or {}).get("name", "uniform")
+    quantized = (report.get("quantization") or {}).get("spec")
+    pruning = (f"pruned with {report.get('method')} at {report.get('sparsity')}" if report.get("method") != "none"
+               else "not pruned") + (f" ({profile} profile)" if profile != "uniform" else "")  # fmt: skip
+    console.print(f"[bold]{run}[/bold]: {report.get('model')} {pruning}" + (f", quantized to {quantized} (GPTQ)" if quantized else "")
+                  + f" (propagate {report.get('propagate')}, seed {report.get('seed')})")  # fmt: skip
     if cal:
         console.print(f"calibration {cal['recipe']}: {cal['sequences']} x {cal['seqlen']} tokens, languages {', '.join(cal['languages']) or '-'}")
-    table = Table("layer", "shape", "reported", "measured", "weights updated")
+    table = Table("layer", "shape", "reported", "measured", "weights updated", *(["output error"] if quantized else []))
     for name, info in report.get("layers", {}).items():
+        error = (info.get("quantization") or {}).get("output_error")
         table.add_row(name, "x".join(map(str, info["shape"])), f"{info['sparsity']:.4f}",
                       f"{measured['layers'][name]['sparsity']:.4f}" if name in measured["layers"] else "-",
-                      "yes" if info.get("weights_updated") else "no")  # fmt: skip
+                      "yes" if info.get("weights_updated") else "no",
+                      *([f"{error:.4f}" if error is not None else "-"] if quantized else []))  # fmt: skip
     console.print(table)
     console.print(
         f"overall: {measured['sparsity_pruned_layers']:.4f} of pruned layers (reported {report.get('sparsity_pruned_layers', float('nan')):.4f}), "
