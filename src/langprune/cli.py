@@ -68,8 +68,9 @@ def _print_json(value) -> None:
 class _CliReporter:
     """Shows a cell's progress: a spinner while loading, notes as lines, bars for blocks and evaluations."""
 
-    def __init__(self, quiet: bool = False):
+    def __init__(self, quiet: bool = False, transient: bool = False):
         self.quiet = quiet
+        self.transient = transient  # bars vanish when closed: a grid leaves one line per cell
         self.bar: Progress | None = None
         self.task = None
 
@@ -82,30 +83,30 @@ class _CliReporter:
         if not self.quiet:
             console.print(text, highlight=False)
 
-    def _bar(self, description: str, unit: str):
+    def _bar(self):
         if self.bar is None:
-            self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn(unit),
-                                TimeElapsedColumn(), console=err_console)  # fmt: skip
+            self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                TextColumn("{task.fields[unit]}"), TimeElapsedColumn(), console=err_console)  # fmt: skip
             self.bar.start()
-            self.task = self.bar.add_task(description, total=None)
+            self.task = self.bar.add_task("", total=None, unit="")
         return self.bar
 
     def blocks(self, done: int, total: int) -> None:
-        self._bar("pruning", "blocks").update(self.task, completed=done, total=total)
+        self._bar().update(self.task, completed=done, total=total, description="pruning", unit="blocks")
 
     def evaluating(self, done: int, total: int | None, what: str) -> None:
-        self._bar("evaluating", "").update(self.task, completed=done, total=total, description=what)
+        self._bar().update(self.task, completed=done, total=total, description=what, unit="")
 
     def close(self, failed: bool = False) -> None:
         if self.bar is not None:
-            self.bar.live.transient = failed  # a failed run leaves only its error line
+            self.bar.live.transient = failed or self.transient  # a failed run leaves only its error line
             self.bar.stop()
             self.bar = None
 
 
 @contextmanager
-def _reporting(quiet: bool = False):
-    reporter = _CliReporter(quiet)
+def _reporting(quiet: bool = False, transient: bool = False):
+    reporter = _CliReporter(quiet, transient)
     try:
         yield reporter
     except BaseException:
@@ -544,12 +545,13 @@ def grid_run_command(
     done = {"count": 0}
 
     def on_cell(cell, record):
+        reporter.close()  # the finished cell's bar goes before its line is printed
         done["count"] += 1
         state = {"done": "done by another process" if record.get("elsewhere") else "done",
                  "running": "running in another process, skipped"}.get(record["state"], f"FAILED: {record.get('error')}")  # fmt: skip
         console.print(f"[{done['count']}] {cell.label()} -> {grid.folder(cell)}: {state}", highlight=False, markup=False)
 
-    with _reporting(quiet=True) as reporter:
+    with _reporting(quiet=True, transient=True) as reporter:
         counts = run_grid(grid, executor, reporter, on_cell)
     console.print(f"{grid.name}: {_counts_line(counts)} ({grid.out})")
     if counts["failed"] == counts["pending"] == counts["running"] == 0:
