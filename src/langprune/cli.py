@@ -225,7 +225,7 @@ def eval_command(
     model: Optional[str] = typer.Option(None, help="Evaluate this dense model instead (alias, folder or hub id)."),
     tasks: str = typer.Option("ppl,fidelity,cloze,mcq", help="Tasks or groups: ppl, fidelity, cloze, mcq, translation, rankc, or task names (xnli, multiemo, mmlu...)."),
     langs: str = typer.Option("en,de,fr", help="Comma-separated evaluation languages."),
-    limit: Optional[int] = typer.Option(None, help="At most this many examples (or sentences) per task and language (1 or more)."),
+    limit: Optional[int] = typer.Option(None, help="At most this many examples (or sentences) per task and language (1 or more); ppl and fidelity always read the whole held-out part."),
     corpus: Optional[str] = typer.Option(None, help="Corpus for ppl and fidelity (default: udhr)."),
     mt_corpus: Optional[str] = typer.Option(None, help="Parallel corpus for translation (default: flores if fetched, else libreoffice-help)."),
     seqlen: int = typer.Option(512, help="Tokens per perplexity/fidelity window."),
