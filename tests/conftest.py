@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 import transformers as tf
@@ -109,14 +111,18 @@ def tiny_corpora(tmp_path, monkeypatch):
 CALIBRATION_TEXT = "the cat is on the mat and it was not a dog .\n\n" * 60
 
 
-@pytest.fixture(scope="session")
-def checkpoint(tmp_path_factory):
-    """A tiny GPT-2 checkpoint folder with its tokenizer and a calibration text file (calib.txt)."""
-    folder = tmp_path_factory.mktemp("tiny-gpt2")
-    tiny_model("gpt2").save_pretrained(folder)
+def save_checkpoint(model, folder: Path) -> Path:
+    """Write ``model`` to ``folder`` as a loadable checkpoint: weights, the tiny tokenizer, and calib.txt."""
+    model.save_pretrained(folder)
     tiny_tokenizer(folder)
     (folder / "calib.txt").write_text(CALIBRATION_TEXT)
     return folder
+
+
+@pytest.fixture(scope="session")
+def checkpoint(tmp_path_factory):
+    """A tiny GPT-2 checkpoint folder with its tokenizer and a calibration text file (calib.txt)."""
+    return save_checkpoint(tiny_model("gpt2"), tmp_path_factory.mktemp("tiny-gpt2"))
 
 
 @pytest.fixture

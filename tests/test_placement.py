@@ -7,7 +7,7 @@ import glob
 import numpy as np
 import pytest
 import torch
-from conftest import CALIBRATION_TEXT, tiny_model, tiny_tokenizer, token_ids
+from conftest import save_checkpoint, tiny_model, token_ids
 from safetensors import safe_open
 
 from langprune import PruneSettings, run_prune
@@ -32,10 +32,7 @@ def checkpoints(tmp_path_factory):
     folders = {}
     for arch, dtype in (("gpt2", torch.float32), ("llama", torch.float32), ("llama", torch.bfloat16)):
         folder = tmp_path_factory.mktemp(f"{arch}-{str(dtype)[6:]}")
-        tiny_model(arch).to(dtype).save_pretrained(folder)
-        tiny_tokenizer(folder)
-        (folder / "calib.txt").write_text(CALIBRATION_TEXT)
-        folders[(arch, str(dtype)[6:])] = folder
+        folders[(arch, str(dtype)[6:])] = save_checkpoint(tiny_model(arch).to(dtype), folder)
     return folders
 
 
@@ -208,9 +205,7 @@ def test_float16_overflow_is_refused_and_nothing_is_written(cli, tmp_path):
     model = tiny_model("llama")
     with torch.no_grad():
         model.model.embed_tokens.weight.mul_(1e7)  # fine in float32, beyond float16 (65504): inf on the way in
-    model.save_pretrained(folder)
-    tiny_tokenizer(folder)
-    (folder / "calib.txt").write_text(CALIBRATION_TEXT)
+    save_checkpoint(model, folder)
     result = cli("prune", "--model", folder, "--calib", f"file:{folder}/calib.txt", "--dtype", "float16",
                  "--seqlen", "16", "--nsamples", "4", "--out", tmp_path / "run")  # fmt: skip
     assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 import transformers as tf
-from conftest import CALIBRATION_TEXT, tiny_model, tiny_tokenizer, token_ids
+from conftest import save_checkpoint, tiny_model, token_ids
 
 from langprune.compress import kernels, prune_model
 from langprune.compress.profiles import outlier_ratio, owl_sparsities
@@ -228,11 +228,7 @@ def test_block_mask_selection_equals_the_reference_rule():
 
 @pytest.fixture(scope="module")
 def llama_folder(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("llama-q")
-    tiny_model("llama").save_pretrained(folder)
-    tiny_tokenizer(folder)
-    (folder / "calib.txt").write_text(CALIBRATION_TEXT)
-    return folder
+    return save_checkpoint(tiny_model("llama"), tmp_path_factory.mktemp("llama-q"))
 
 
 @pytest.mark.parametrize("method,sparsity,spec", [("sparsegpt", "0.5", "w4g16"), ("wanda", "2:4", "w4g16,asym"),
