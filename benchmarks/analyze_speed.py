@@ -39,14 +39,24 @@ def synthetic_runs(model, folder: Path, count: int = 8) -> list[Path]:
         index = {}
         for b, block in enumerate(blocks):
             layers = prunable_layers(block, f"{blocks_name}.{b}", LayerFilter())
-            keep = {name: torch.rand(weight_matrix(layer).shape, generator=generator) >= 0.5 for name, layer in layers.items()}
+            keep = {
+                name: torch.rand(weight_matrix(layer).shape, generator=generator) >= 0.5
+                for name, layer in layers.items()
+            }
             shard = f"block-{b:05d}.safetensors"
-            save_file({n: pack_bits(v) for n, v in keep.items()}, str(run / MASKS_DIR / shard),
-                      metadata={PACKED: json.dumps({n: list(v.shape) for n, v in keep.items()})})  # fmt: skip
+            save_file(
+                {n: pack_bits(v) for n, v in keep.items()},
+                str(run / MASKS_DIR / shard),
+                metadata={PACKED: json.dumps({n: list(v.shape) for n, v in keep.items()})},
+            )
             index.update({name: shard for name in keep})
         (run / MASKS_DIR / MASKS_INDEX).write_text(json.dumps(index))
-        report = {"model": "bench", "method": "wanda", "seed": k % 2,
-                  "calibration": {"recipe": "mono", "languages": [["en", "de", "fr", "zh"][k // 2 % 4]]}}  # fmt: skip
+        report = {
+            "model": "bench",
+            "method": "wanda",
+            "seed": k % 2,
+            "calibration": {"recipe": "mono", "languages": [["en", "de", "fr", "zh"][k // 2 % 4]]},
+        }
         (run / "report.json").write_text(json.dumps(report))
         runs.append(run)
     return runs

@@ -45,13 +45,16 @@ def tiny_cases() -> dict:
     for arch in sorted(ARCHITECTURES):
         for method in METHODS:
             for sparsity in ("0.5", "2:4"):
-                out[f"{arch}/{method}/{sparsity}"] = case(tiny_model(arch), None, token_ids(), method, sparsity,
-                                                          batch_size=4)  # fmt: skip
+                out[f"{arch}/{method}/{sparsity}"] = case(
+                    tiny_model(arch), None, token_ids(), method, sparsity, batch_size=4
+                )
         contrast = token_ids(seed=7)
-        out[f"{arch}/wanda-contrastive/0.5"] = case(tiny_model(arch), None, token_ids(), "wanda", "0.5",
-                                                    contrast=contrast, batch_size=4)  # fmt: skip
-        out[f"{arch}/wanda/0.5/dense"] = case(tiny_model(arch), None, token_ids(), "wanda", "0.5",
-                                              propagate="dense", batch_size=4)  # fmt: skip
+        out[f"{arch}/wanda-contrastive/0.5"] = case(
+            tiny_model(arch), None, token_ids(), "wanda", "0.5", contrast=contrast, batch_size=4
+        )
+        out[f"{arch}/wanda/0.5/dense"] = case(
+            tiny_model(arch), None, token_ids(), "wanda", "0.5", propagate="dense", batch_size=4
+        )
     return out
 
 

@@ -50,9 +50,17 @@ def main():
     pad = tokenizer.pad_token_id or 0
     langs = args.langs.split(",")
     task = catalog()["multiemo"]
-    ppl_rows = [w for lang in langs for w in text_windows(tokenizer, evaluation_texts(lang, "udhr"), args.seqlen, complete=False)]
-    cloze_rows = [list(r.context) + list(r.continuation) for lang in langs
-                  for p in prompts(task, "multiemo", lang, args.limit) for r in requests_for(tokenizer, p)]  # fmt: skip
+    ppl_rows = [
+        w
+        for lang in langs
+        for w in text_windows(tokenizer, evaluation_texts(lang, "udhr"), args.seqlen, complete=False)
+    ]
+    cloze_rows = [
+        list(r.context) + list(r.continuation)
+        for lang in langs
+        for p in prompts(task, "multiemo", lang, args.limit)
+        for r in requests_for(tokenizer, p)
+    ]
 
     def run_ppl():
         for lang in langs:
@@ -72,8 +80,11 @@ def main():
             task_s.append(time.perf_counter() - start)
             bare_s.append(bare_forward(model, rows, pad, args.batch_size))
         t, b = statistics.median(task_s), statistics.median(bare_s)
-        print(f"{name:10s} {len(rows):5d} rows {tokens:7d} tokens   task {tokens / t:8.0f} tok/s ({t:6.2f} s)   "
-              f"bare forward {tokens / b:8.0f} tok/s ({b:6.2f} s)   ratio {b / t:.3f}", flush=True)  # fmt: skip
+        print(
+            f"{name:10s} {len(rows):5d} rows {tokens:7d} tokens   task {tokens / t:8.0f} tok/s ({t:6.2f} s)   "
+            f"bare forward {tokens / b:8.0f} tok/s ({b:6.2f} s)   ratio {b / t:.3f}",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

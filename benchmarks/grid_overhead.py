@@ -35,13 +35,21 @@ def main():
         scratch = Path(scratch)
         os.environ["LANGPRUNE_CACHE"] = str(scratch / "cache")
         languages = ("en", "fr", "de", "es")
-        install_corpus("udhr", {lang: [[f"u{i}", word_text(100 * k + i)] for i in range(80)] for k, lang in enumerate(languages)})
+        install_corpus(
+            "udhr", {lang: [[f"u{i}", word_text(100 * k + i)] for i in range(80)] for k, lang in enumerate(languages)}
+        )
         model = scratch / "tiny"
         tiny_model("gpt2").save_pretrained(model)
         tiny_tokenizer(model)
-        spec = {"name": "bench", "models": [str(model)], "methods": ["wanda"], "calibration": [f"mono:{l}" for l in languages],
-                "seeds": [0, 1], "settings": {"nsamples": 4, "seqlen": 16},
-                "evaluation": {"tasks": ["ppl"], "langs": ["en", "fr"], "seqlen": 16}}  # fmt: skip
+        spec = {
+            "name": "bench",
+            "models": [str(model)],
+            "methods": ["wanda"],
+            "calibration": [f"mono:{lang}" for lang in languages],
+            "seeds": [0, 1],
+            "settings": {"nsamples": 4, "seqlen": 16},
+            "evaluation": {"tasks": ["ppl"], "langs": ["en", "fr"], "seqlen": 16},
+        }
         grid_file = scratch / "bench.yaml"
         grid_file.write_text(yaml.safe_dump(spec))
         cli = [sys.executable, "-m", "langprune"]
@@ -50,10 +58,31 @@ def main():
         for language in languages:
             for seed in (0, 1):
                 out = scratch / "separate" / f"{language}-{seed}"
-                subprocess.run(cli + ["prune", "--model", str(model), "--calib", f"mono:{language}", "--nsamples", "4",
-                                      "--seqlen", "16", "--seed", str(seed), "--out", str(out)], check=True, capture_output=True)  # fmt: skip
-                subprocess.run(cli + ["eval", str(out), "--tasks", "ppl", "--langs", "en,fr", "--seqlen", "16"],
-                               check=True, capture_output=True)  # fmt: skip
+                subprocess.run(
+                    cli
+                    + [
+                        "prune",
+                        "--model",
+                        str(model),
+                        "--calib",
+                        f"mono:{language}",
+                        "--nsamples",
+                        "4",
+                        "--seqlen",
+                        "16",
+                        "--seed",
+                        str(seed),
+                        "--out",
+                        str(out),
+                    ],
+                    check=True,
+                    capture_output=True,
+                )
+                subprocess.run(
+                    cli + ["eval", str(out), "--tasks", "ppl", "--langs", "en,fr", "--seqlen", "16"],
+                    check=True,
+                    capture_output=True,
+                )
         separate = time.perf_counter() - start
         print(f"16 separate commands      {separate:7.1f} s")
 
@@ -61,11 +90,16 @@ def main():
         for executor in executors:
             shutil.rmtree(scratch / "grid", ignore_errors=True)
             start = time.perf_counter()
-            subprocess.run(cli + ["grid", "run", str(grid_file), "--executor", executor, "--out", str(scratch / "grid")],
-                           check=True, capture_output=True)  # fmt: skip
+            subprocess.run(
+                cli + ["grid", "run", str(grid_file), "--executor", executor, "--out", str(scratch / "grid")],
+                check=True,
+                capture_output=True,
+            )
             seconds = time.perf_counter() - start
-            print(f"grid run --executor {executor:5s} {seconds:7.1f} s   {seconds / separate:.2f}x of the separate commands "
-                  "(8 cells + the dense cell)")  # fmt: skip
+            print(
+                f"grid run --executor {executor:5s} {seconds:7.1f} s   {seconds / separate:.2f}x of the separate commands "
+                "(8 cells + the dense cell)"
+            )
 
 
 if __name__ == "__main__":

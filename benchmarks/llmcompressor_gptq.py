@@ -27,7 +27,9 @@ import torch
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", required=True, help="a local Hugging Face folder (e.g. the cached gemma-3-270m alias)")
+    parser.add_argument(
+        "--model", required=True, help="a local Hugging Face folder (e.g. the cached gemma-3-270m alias)"
+    )
     parser.add_argument("--tokens", required=True, help="the dict of input_ids/attention_mask prune_speed.py saved")
     parser.add_argument("--out", required=True)
     parser.add_argument("--actorder", action="store_true", help="static activation order (llm-compressor's default)")
@@ -45,16 +47,37 @@ def main():
     dataset = Dataset.from_dict({"input_ids": ids.tolist(), "attention_mask": mask.tolist()})
     model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(args.model)
-    recipe = GPTQModifier(targets="Linear", scheme="W4A16", ignore=["lm_head"], block_size=128, dampening_frac=0.01,
-                          actorder="static" if args.actorder else None)  # fmt: skip
+    recipe = GPTQModifier(
+        targets="Linear",
+        scheme="W4A16",
+        ignore=["lm_head"],
+        block_size=128,
+        dampening_frac=0.01,
+        actorder="static" if args.actorder else None,
+    )
     start = time.perf_counter()
-    oneshot(model=model, dataset=dataset, recipe=recipe, num_calibration_samples=len(ids),
-            max_seq_length=ids.shape[1], shuffle_calibration_samples=False)  # fmt: skip
+    oneshot(
+        model=model,
+        dataset=dataset,
+        recipe=recipe,
+        num_calibration_samples=len(ids),
+        max_seq_length=ids.shape[1],
+        shuffle_calibration_samples=False,
+    )
     seconds = time.perf_counter() - start
     model.save_pretrained(args.out, save_compressed=True)
     tokenizer.save_pretrained(args.out)
-    print(json.dumps({"tool": "llm-compressor GPTQModifier W4A16", "seconds": round(seconds, 1),
-                      "sequences": int(ids.shape[0]), "seqlen": int(ids.shape[1]), "out": args.out}))  # fmt: skip
+    print(
+        json.dumps(
+            {
+                "tool": "llm-compressor GPTQModifier W4A16",
+                "seconds": round(seconds, 1),
+                "sequences": int(ids.shape[0]),
+                "seqlen": int(ids.shape[1]),
+                "out": args.out,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -48,8 +48,15 @@ def model_folder(gigabytes: float) -> Path:
         return folder
     outside = 2 * 4 * VOCAB * HIDDEN
     layers = max(1, round((gigabytes * 2**30 - outside) / block_bytes()))
-    config = LlamaConfig(vocab_size=VOCAB, hidden_size=HIDDEN, intermediate_size=FFN, num_hidden_layers=layers,
-                         num_attention_heads=HEADS, num_key_value_heads=KV_HEADS, tie_word_embeddings=False)  # fmt: skip
+    config = LlamaConfig(
+        vocab_size=VOCAB,
+        hidden_size=HIDDEN,
+        intermediate_size=FFN,
+        num_hidden_layers=layers,
+        num_attention_heads=HEADS,
+        num_key_value_heads=KV_HEADS,
+        tie_word_embeddings=False,
+    )
     torch.manual_seed(0)
     model = LlamaForCausalLM(config).eval()
     partial = folder.with_name(folder.name + ".partial")
@@ -67,14 +74,25 @@ def run_one(folder: str, offload: str, args) -> dict:
     tokens = torch.randint(3, VOCAB, (args.nsamples, args.seqlen), generator=torch.Generator().manual_seed(0))
     with tempfile.TemporaryDirectory() as scratch:
         torch.save(tokens, Path(scratch) / "tokens.pt")
-        settings = PruneSettings(out=Path(scratch) / "run", model=folder, tokens=Path(scratch) / "tokens.pt",
-                                 method=args.method, seqlen=args.seqlen, batch_size=args.nsamples, offload=offload)  # fmt: skip
+        settings = PruneSettings(
+            out=Path(scratch) / "run",
+            model=folder,
+            tokens=Path(scratch) / "tokens.pt",
+            method=args.method,
+            seqlen=args.seqlen,
+            batch_size=args.nsamples,
+            offload=offload,
+        )
         with PeakRSS() as rss:
             start = time.perf_counter()
             report = run_prune(settings)
             seconds = time.perf_counter() - start
-    return {"seconds": seconds, "rss_peak_mb": rss.peak / 2**20, "prune_seconds": report["seconds"],
-            "placement": report["placement"]}  # fmt: skip
+    return {
+        "seconds": seconds,
+        "rss_peak_mb": rss.peak / 2**20,
+        "prune_seconds": report["seconds"],
+        "placement": report["placement"],
+    }
 
 
 def main():
@@ -93,14 +111,28 @@ def main():
         on_disk = sum(p.stat().st_size for p in folder.glob("*.safetensors")) / 2**20
         times = {}
         for offload in ("disk", "none"):
-            cmd = [sys.executable, __file__, "--one", str(folder), offload, "--method", args.method,
-                   "--nsamples", str(args.nsamples), "--seqlen", str(args.seqlen)]  # fmt: skip
+            cmd = [
+                sys.executable,
+                __file__,
+                "--one",
+                str(folder),
+                offload,
+                "--method",
+                args.method,
+                "--nsamples",
+                str(args.nsamples),
+                "--seqlen",
+                str(args.seqlen),
+            ]
             done = subprocess.run(cmd, capture_output=True, text=True, check=True)
             r = json.loads(done.stdout.strip().splitlines()[-1])
             times[offload] = r["seconds"]
-            print(f"{size:g} GB model ({on_disk:.0f} MB on disk, one block {block_bytes() / 2**20:.0f} MB), "
-                  f"offload {offload:4s}: {r['seconds']:6.1f} s (pruning {r['prune_seconds']:.1f} s), "
-                  f"peak RSS {r['rss_peak_mb']:6.0f} MB", flush=True)  # fmt: skip
+            print(
+                f"{size:g} GB model ({on_disk:.0f} MB on disk, one block {block_bytes() / 2**20:.0f} MB), "
+                f"offload {offload:4s}: {r['seconds']:6.1f} s (pruning {r['prune_seconds']:.1f} s), "
+                f"peak RSS {r['rss_peak_mb']:6.0f} MB",
+                flush=True,
+            )
         print(f"{size:g} GB model: offload disk takes {times['disk'] / times['none']:.2f}x the in-memory run's time")
 
 

@@ -102,17 +102,35 @@ def run_case(case: str, args) -> dict:
             def on_block(index, changes):
                 run.add_block(model, index, changes)
                 if args.quality:
-                    kept.update({name: (pack_bits(c.keep).cpu(), list(c.keep.shape))
-                                 for name, c in changes.items() if c.keep is not None})  # fmt: skip
+                    kept.update(
+                        {
+                            name: (pack_bits(c.keep).cpu(), list(c.keep.shape))
+                            for name, c in changes.items()
+                            if c.keep is not None
+                        }
+                    )
 
             pruning, quantize = ("none", args.quantize) if method == "gptq" else (method, None)
             with tempfile.TemporaryDirectory() as scratch, RunWriter(Path(scratch) / "run") as run:
                 # As the CLI does: each block's masks and weights go to disk at once instead of piling up in memory.
-                prune_model(model, calib, pruning, args.sparsity, batch_size=args.batch_size, on_block=on_block,
-                            quantize=quantize)  # fmt: skip
+                prune_model(
+                    model,
+                    calib,
+                    pruning,
+                    args.sparsity,
+                    batch_size=args.batch_size,
+                    on_block=on_block,
+                    quantize=quantize,
+                )
         seconds = time.perf_counter() - start
-    found = {"case": case, "seconds": seconds, "rss_loaded_mb": loaded / 2**20, "rss_peak_mb": rss.peak / 2**20,
-             "sequences": int(calib.input_ids.shape[0]), "seqlen": int(calib.input_ids.shape[1])}  # fmt: skip
+    found = {
+        "case": case,
+        "seconds": seconds,
+        "rss_loaded_mb": loaded / 2**20,
+        "rss_peak_mb": rss.peak / 2**20,
+        "sequences": int(calib.input_ids.shape[0]),
+        "seqlen": int(calib.input_ids.shape[1]),
+    }
     if args.quality and method != "floor":
         from langprune.evaluation import perplexity
 
@@ -153,17 +171,35 @@ def main():
     for repeat in range(args.repeat):
         # Cases interleave, so slow drifts of the machine hit every case alike.
         for case in runs:
-            cmd = [sys.executable, __file__, "--one", case, "--model", args.model, "--nsamples", str(args.nsamples),
-                   "--seqlen", str(args.seqlen), "--batch-size", str(args.batch_size), "--sparsity", args.sparsity,
-                   "--quantize", args.quantize]
+            cmd = [
+                sys.executable,
+                __file__,
+                "--one",
+                case,
+                "--model",
+                args.model,
+                "--nsamples",
+                str(args.nsamples),
+                "--seqlen",
+                str(args.seqlen),
+                "--batch-size",
+                str(args.batch_size),
+                "--sparsity",
+                args.sparsity,
+                "--quantize",
+                args.quantize,
+            ]
             cmd += ["--tokens", args.tokens] if args.tokens else []
             cmd += ["--quality", quality] if quality else []
             done = subprocess.run(cmd, capture_output=True, text=True, check=True)
             r = json.loads(done.stdout.strip().splitlines()[-1])
             runs[case].append(r)
-            print(f"[{repeat + 1}/{args.repeat}] {case:10s} {r['seconds']:8.1f} s   peak RSS {r['rss_peak_mb']:7.0f} MB "
-                  f"({r['rss_peak_mb'] / r['rss_loaded_mb']:.3f}x of {r['rss_loaded_mb']:.0f} MB after loading)"
-                  f"   {r['sequences']} x {r['seqlen']} tokens", flush=True)  # fmt: skip
+            print(
+                f"[{repeat + 1}/{args.repeat}] {case:10s} {r['seconds']:8.1f} s   peak RSS {r['rss_peak_mb']:7.0f} MB "
+                f"({r['rss_peak_mb'] / r['rss_loaded_mb']:.3f}x of {r['rss_loaded_mb']:.0f} MB after loading)"
+                f"   {r['sequences']} x {r['seqlen']} tokens",
+                flush=True,
+            )
     print(f"median of {args.repeat} run(s):")
     median = {case: statistics.median(r["seconds"] for r in rs) for case, rs in runs.items()}
     for case, rs in runs.items():
@@ -188,9 +224,12 @@ def report_quality(runs: dict[str, list[dict]], folder: str, dtype: str) -> None
         ppl_a, ppl_b = runs[base][-1]["ppl"], runs[case][-1]["ppl"]
         changes = {lang: ppl_b[lang] / ppl_a[lang] - 1 for lang in ppl_a}
         worst = max(changes, key=lambda lang: abs(changes[lang]))
-        print(f"{case}: masks agree with float32 on {same / total:.4%} of weights; held-out perplexity change "
-              + ", ".join(f"{lang} {change:+.2%}" for lang, change in changes.items())
-              + f" (worst {worst} {changes[worst]:+.2%})")
+        print(
+            f"{case}: masks agree with float32 on {same / total:.4%} of weights; held-out perplexity change "
+            + ", ".join(f"{lang} {change:+.2%}" for lang, change in changes.items())
+            + f" (worst {worst} {changes[worst]:+.2%})"
+        )
+
 
 if __name__ == "__main__":
     main()

@@ -22,8 +22,13 @@ from pathlib import Path
 LANGUAGES = ["en", "de", "fr", "zh", "hi", "sw"]
 ROWS = [("dense", None, None, None, None)]
 for _sparsity in ("0.5", "0.7"):
-    for _method, _profile in (("wanda", "uniform"), ("sparsegpt", "uniform"), ("ria", "uniform"), ("wanda", "owl"),
-                              ("sparsegpt", "owl")):  # fmt: skip
+    for _method, _profile in (
+        ("wanda", "uniform"),
+        ("sparsegpt", "uniform"),
+        ("ria", "uniform"),
+        ("wanda", "owl"),
+        ("sparsegpt", "owl"),
+    ):
         _name = _method + ("+owl" if _profile == "owl" else "")
         ROWS.append((f"{_name} {float(_sparsity):.0%}", _method, _sparsity, _profile, None))
 ROWS += [(f"gptq {spec}", "none", "0", "uniform", spec) for spec in ("w4g128", "w8g128")]
@@ -48,13 +53,23 @@ def compare_mask_selection(args) -> None:
     masks, found = {}, {}
     for selection in ("row", "block"):
         model, tokenizer = load_model(args.model)
-        _, result = langprune.prune(model, tokenizer, recipe, SparseGPT(selection=selection), "0.5",
-                                    nsamples=args.nsamples, seqlen=args.seqlen, seed=0)  # fmt: skip
+        _, result = langprune.prune(
+            model,
+            tokenizer,
+            recipe,
+            SparseGPT(selection=selection),
+            "0.5",
+            nsamples=args.nsamples,
+            seqlen=args.seqlen,
+            seed=0,
+        )
         masks[selection] = result.masks
         rows = [(~keep).float().mean(1) for keep in result.masks.values()]
-        found[selection] = {"ppl": {lang: r["ppl"] for lang, r in perplexity(model, tokenizer, LANGUAGES).items()},
-                            "row_sparsity_min": min(float(r.min()) for r in rows),
-                            "row_sparsity_max": max(float(r.max()) for r in rows)}  # fmt: skip
+        found[selection] = {
+            "ppl": {lang: r["ppl"] for lang, r in perplexity(model, tokenizer, LANGUAGES).items()},
+            "row_sparsity_min": min(float(r.min()) for r in rows),
+            "row_sparsity_max": max(float(r.max()) for r in rows),
+        }
         print(selection, json.dumps(found[selection]), flush=True)
     same = sum(int((masks["row"][n] == masks["block"][n]).sum()) for n in masks["row"])
     total = sum(m.numel() for m in masks["row"].values())
@@ -93,21 +108,47 @@ def main():
         model, tokenizer = load_model(args.model)
         started = time.perf_counter()
         if method is not None:
-            langprune.prune(model, tokenizer, recipe, method, sparsity, nsamples=args.nsamples, seqlen=args.seqlen,
-                            seed=0, profile=profile, quantize=quantize)  # fmt: skip
+            langprune.prune(
+                model,
+                tokenizer,
+                recipe,
+                method,
+                sparsity,
+                nsamples=args.nsamples,
+                seqlen=args.seqlen,
+                seed=0,
+                profile=profile,
+                quantize=quantize,
+            )
         seconds = time.perf_counter() - started
         with torch.no_grad():
             ppl = {lang: r["ppl"] for lang, r in perplexity(model, tokenizer, LANGUAGES).items()}
-        results.append({"row": name, "method": method, "sparsity": sparsity, "profile": profile, "quantize": quantize,
-                        "seconds": round(seconds, 1), "ppl": ppl})  # fmt: skip
-        print(f"{name:18s} {seconds:6.1f} s  " + "  ".join(f"{lang} {value:8.2f}" for lang, value in ppl.items()), flush=True)
+        results.append(
+            {
+                "row": name,
+                "method": method,
+                "sparsity": sparsity,
+                "profile": profile,
+                "quantize": quantize,
+                "seconds": round(seconds, 1),
+                "ppl": ppl,
+            }
+        )
+        print(
+            f"{name:18s} {seconds:6.1f} s  " + "  ".join(f"{lang} {value:8.2f}" for lang, value in ppl.items()),
+            flush=True,
+        )
         del model
     table = ["| compression | " + " | ".join(LANGUAGES) + " |", "|---|" + "---:|" * len(LANGUAGES)]
     table += [f"| {r['row']} | " + " | ".join(f"{r['ppl'][lang]:.2f}" for lang in LANGUAGES) + " |" for r in results]
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    record = {"model": args.model, "calibration": f"{recipe}, {args.nsamples} x {args.seqlen}, seed 0",
-              "evaluation": "udhr evaluation part", "rows": results}  # fmt: skip
+    record = {
+        "model": args.model,
+        "calibration": f"{recipe}, {args.nsamples} x {args.seqlen}, seed 0",
+        "evaluation": "udhr evaluation part",
+        "rows": results,
+    }
     out.write_text(json.dumps(record, indent=1) + "\n")
     out.with_suffix(".md").write_text("\n".join(table) + "\n")
     print("\n".join(table))

@@ -12,15 +12,82 @@ VOCAB = 96
 H, FFN, LAYERS, HEADS = 32, 64, 3, 4
 
 ARCHITECTURES = {
-    "llama": lambda: tf.LlamaForCausalLM(tf.LlamaConfig(vocab_size=VOCAB, hidden_size=H, intermediate_size=FFN, num_hidden_layers=LAYERS, num_attention_heads=HEADS, num_key_value_heads=2)),
-    "gpt2": lambda: tf.GPT2LMHeadModel(tf.GPT2Config(vocab_size=VOCAB, n_embd=H, n_layer=LAYERS, n_head=HEADS, bos_token_id=1, eos_token_id=2)),
+    "llama": lambda: tf.LlamaForCausalLM(
+        tf.LlamaConfig(
+            vocab_size=VOCAB,
+            hidden_size=H,
+            intermediate_size=FFN,
+            num_hidden_layers=LAYERS,
+            num_attention_heads=HEADS,
+            num_key_value_heads=2,
+        )
+    ),
+    "gpt2": lambda: tf.GPT2LMHeadModel(
+        tf.GPT2Config(vocab_size=VOCAB, n_embd=H, n_layer=LAYERS, n_head=HEADS, bos_token_id=1, eos_token_id=2)
+    ),
     "bloom": lambda: tf.BloomForCausalLM(tf.BloomConfig(vocab_size=VOCAB, hidden_size=H, n_layer=LAYERS, n_head=HEADS)),
-    "opt": lambda: tf.OPTForCausalLM(tf.OPTConfig(vocab_size=VOCAB, hidden_size=H, ffn_dim=FFN, num_hidden_layers=LAYERS, num_attention_heads=HEADS, word_embed_proj_dim=H, bos_token_id=1, eos_token_id=2, pad_token_id=0)),
-    "xglm": lambda: tf.XGLMForCausalLM(tf.XGLMConfig(vocab_size=VOCAB, d_model=H, ffn_dim=FFN, num_layers=LAYERS, attention_heads=HEADS, bos_token_id=1, eos_token_id=2, pad_token_id=0)),
-    "qwen2": lambda: tf.Qwen2ForCausalLM(tf.Qwen2Config(vocab_size=VOCAB, hidden_size=H, intermediate_size=FFN, num_hidden_layers=LAYERS, num_attention_heads=HEADS, num_key_value_heads=2)),
-    "cohere": lambda: tf.CohereForCausalLM(tf.CohereConfig(vocab_size=VOCAB, hidden_size=H, intermediate_size=FFN, num_hidden_layers=LAYERS, num_attention_heads=HEADS, num_key_value_heads=2, bos_token_id=1, eos_token_id=2, pad_token_id=0)),
-    "gemma3": lambda: tf.Gemma3ForCausalLM(tf.Gemma3TextConfig(vocab_size=VOCAB, hidden_size=H, intermediate_size=FFN, num_hidden_layers=LAYERS, num_attention_heads=HEADS, num_key_value_heads=1, head_dim=8, sliding_window=4, layer_types=["sliding_attention", "full_attention", "sliding_attention"])),
-}  # fmt: skip
+    "opt": lambda: tf.OPTForCausalLM(
+        tf.OPTConfig(
+            vocab_size=VOCAB,
+            hidden_size=H,
+            ffn_dim=FFN,
+            num_hidden_layers=LAYERS,
+            num_attention_heads=HEADS,
+            word_embed_proj_dim=H,
+            bos_token_id=1,
+            eos_token_id=2,
+            pad_token_id=0,
+        )
+    ),
+    "xglm": lambda: tf.XGLMForCausalLM(
+        tf.XGLMConfig(
+            vocab_size=VOCAB,
+            d_model=H,
+            ffn_dim=FFN,
+            num_layers=LAYERS,
+            attention_heads=HEADS,
+            bos_token_id=1,
+            eos_token_id=2,
+            pad_token_id=0,
+        )
+    ),
+    "qwen2": lambda: tf.Qwen2ForCausalLM(
+        tf.Qwen2Config(
+            vocab_size=VOCAB,
+            hidden_size=H,
+            intermediate_size=FFN,
+            num_hidden_layers=LAYERS,
+            num_attention_heads=HEADS,
+            num_key_value_heads=2,
+        )
+    ),
+    "cohere": lambda: tf.CohereForCausalLM(
+        tf.CohereConfig(
+            vocab_size=VOCAB,
+            hidden_size=H,
+            intermediate_size=FFN,
+            num_hidden_layers=LAYERS,
+            num_attention_heads=HEADS,
+            num_key_value_heads=2,
+            bos_token_id=1,
+            eos_token_id=2,
+            pad_token_id=0,
+        )
+    ),
+    "gemma3": lambda: tf.Gemma3ForCausalLM(
+        tf.Gemma3TextConfig(
+            vocab_size=VOCAB,
+            hidden_size=H,
+            intermediate_size=FFN,
+            num_hidden_layers=LAYERS,
+            num_attention_heads=HEADS,
+            num_key_value_heads=1,
+            head_dim=8,
+            sliding_window=4,
+            layer_types=["sliding_attention", "full_attention", "sliding_attention"],
+        )
+    ),
+}
 
 
 def tiny_model(arch: str, seed: int = 0) -> torch.nn.Module:
@@ -49,7 +116,9 @@ def tiny_tokenizer(folder):
         vocab.setdefault(ch, len(vocab))
     tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    fast = tf.PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>")
+    fast = tf.PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>"
+    )
     fast.save_pretrained(folder)
     return fast
 
@@ -61,8 +130,9 @@ def byte_tokenizer(folder=None):
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<pad>", "<s>", "</s>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())  # fmt: skip
+    trainer = trainers.BpeTrainer(
+        vocab_size=300, special_tokens=["<pad>", "<s>", "</s>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
     tok.train_from_iterator(["French: English: German: the right of everyone"] * 10, trainer)
     fast = tf.PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
     if folder is not None:
@@ -98,13 +168,25 @@ def tiny_corpora(tmp_path, monkeypatch):
     """Parallel text (udhr) and labelled reviews (multiemo) in en, fr, de, written in the tiny tokenizer's words."""
     monkeypatch.setenv("LANGPRUNE_CACHE", str(tmp_path / "cache"))
     languages = ("en", "fr", "de")
-    install_corpus("udhr", {lang: [[f"u{i}", word_text(100 * k + i)] for i in range(80)] for k, lang in enumerate(languages)})
+    install_corpus(
+        "udhr", {lang: [[f"u{i}", word_text(100 * k + i)] for i in range(80)] for k, lang in enumerate(languages)}
+    )
     labels = ("positive", "negative", "neutral", "ambivalent")
-    install_corpus("multiemo", {
-        lang: [{"key": f"review-{i}", "fields": {"review": word_text(1000 * k + i, 8)}, "label": labels[i % 4],
-                "choices": list(labels)} for i in range(120)]
-        for k, lang in enumerate(languages)
-    })  # fmt: skip
+    install_corpus(
+        "multiemo",
+        {
+            lang: [
+                {
+                    "key": f"review-{i}",
+                    "fields": {"review": word_text(1000 * k + i, 8)},
+                    "label": labels[i % 4],
+                    "choices": list(labels),
+                }
+                for i in range(120)
+            ]
+            for k, lang in enumerate(languages)
+        },
+    )
     return tmp_path / "cache"
 
 

@@ -9,11 +9,11 @@ import random
 import numpy as np
 import pytest
 import torch
+from conftest import install_corpus, tiny_model, token_ids, word_text
 
-from conftest import VOCAB, install_corpus, tiny_model, token_ids, word_text
 from langprune.analysis.features import overlap_matrix, quadrant_means, unique_top_share
-from langprune.analysis.lape import count_neurons, find_activation, language_specific, lape
 from langprune.analysis.inputs import SentenceBatch
+from langprune.analysis.lape import count_neurons, find_activation, language_specific, lape
 from langprune.analysis.lsar import lsar_subspace, sentence_embeddings, split
 from langprune.engine import Tag, TokenBatch
 
@@ -91,7 +91,9 @@ def test_feature_norms_equal_hidden_states_of_a_plain_forward():
         squares = 0
         for batch in chosen:
             with torch.no_grad():
-                hidden = model(batch.input_ids, attention_mask=batch.attention_mask, output_hidden_states=True).hidden_states
+                hidden = model(
+                    batch.input_ids, attention_mask=batch.attention_mask, output_hidden_states=True
+                ).hidden_states
             real = batch.attention_mask.bool()
             squares = squares + torch.stack([h[real].double().square().sum(0) for h in hidden[:-1]])
         assert torch.allclose(norms[name], squares.sqrt(), rtol=1e-5, atol=1e-6)
@@ -106,7 +108,10 @@ def test_feature_norms_at_a_layer_equal_that_layers_inputs():
     squares = torch.zeros_like(norms)
     for batch in batches:
         seen = []
-        handles = [block.mlp.down_proj.register_forward_pre_hook(lambda m, args: seen.append(args[0])) for block in model.model.layers]
+        handles = [
+            block.mlp.down_proj.register_forward_pre_hook(lambda m, args: seen.append(args[0]))
+            for block in model.model.layers
+        ]
         with torch.no_grad():
             model(batch.input_ids, attention_mask=batch.attention_mask)
         for handle in handles:
@@ -122,7 +127,9 @@ def test_feature_norms_at_a_layer_equal_that_layers_inputs():
 
 
 def test_lape_is_the_entropy_of_normalised_probabilities():
-    probability = torch.tensor([[[0.5, 0.5, 0.0], [0.2, 0.2, 0.2], [0.0, 0.0, 0.0], [0.9, 0.0, 0.0]]], dtype=torch.float64)
+    probability = torch.tensor(
+        [[[0.5, 0.5, 0.0], [0.2, 0.2, 0.2], [0.0, 0.0, 0.0], [0.9, 0.0, 0.0]]], dtype=torch.float64
+    )
     values = lape(probability)[0]
     assert values[0] == pytest.approx(math.log(2))
     assert values[1] == pytest.approx(math.log(3))
@@ -177,7 +184,9 @@ def test_neuron_counts_match_hooks_on_a_plain_forward(arch):  # every supported 
     tokens = torch.zeros(2, dtype=torch.float64)
     for batch in batches:
         seen = []
-        handles = [dict(block.named_modules())[tap].register_forward_hook(lambda m, i, o: seen.append(o)) for block in blocks]
+        handles = [
+            dict(block.named_modules())[tap].register_forward_hook(lambda m, i, o: seen.append(o)) for block in blocks
+        ]
         with torch.no_grad():
             model(batch.input_ids, attention_mask=batch.attention_mask)
         for h in handles:
@@ -234,13 +243,17 @@ def test_sentence_embeddings_average_real_non_special_tokens():
     batches = padded_batches([Tag("analysis", "en"), Tag("analysis", "de")])
     rows = sum(b.input_ids.shape[0] for b in batches)
     places = iter(torch.randperm(rows, generator=torch.Generator().manual_seed(0)).tolist())  # any order comes back
-    batches = [SentenceBatch(b.input_ids, b.attention_mask, b.tag, tuple(next(places) for _ in b.input_ids)) for b in batches]
+    batches = [
+        SentenceBatch(b.input_ids, b.attention_mask, b.tag, tuple(next(places) for _ in b.input_ids)) for b in batches
+    ]
     for batch in batches:
         batch.input_ids[:, 0] = 1  # BOS, a special token
     embeddings = sentence_embeddings(model, batches, special_ids={0, 1})
     for batch in batches:
         with torch.no_grad():
-            hidden = model(batch.input_ids, attention_mask=batch.attention_mask, output_hidden_states=True).hidden_states
+            hidden = model(
+                batch.input_ids, attention_mask=batch.attention_mask, output_hidden_states=True
+            ).hidden_states
         for i, row in enumerate(batch.positions):
             keep = batch.attention_mask[i].bool() & (batch.input_ids[i] != 1)
             for layer in range(len(hidden) - 2):  # the last hidden state is after the final norm
@@ -254,12 +267,20 @@ def test_sentence_batches_group_rows_by_length_and_keep_each_sentence_position(t
     from langprune.models import load_tokenizer
     from langprune.text import bos_ids, encode
 
-    install_corpus("udhr", {lang: [[f"u{i}", word_text(100 * k + i, 3 + i % 7)] for i in range(80)]
-                            for k, lang in enumerate(("en", "fr"))})  # lengths 3 to 9 words, mixed  # fmt: skip
+    install_corpus(
+        "udhr",
+        {
+            lang: [[f"u{i}", word_text(100 * k + i, 3 + i % 7)] for i in range(80)]
+            for k, lang in enumerate(("en", "fr"))
+        },
+    )  # lengths 3 to 9 words, mixed
     tokenizer = load_tokenizer(str(checkpoint))
     batches = sentence_batches(tokenizer, ["en", "fr"], "udhr", None, 40, 4)
-    expected = [(bos_ids(tokenizer) + encode(tokenizer, text))[:40] for lang in ("en", "fr")
-                for text in evaluation_texts(lang, "udhr")]  # fmt: skip
+    expected = [
+        (bos_ids(tokenizer) + encode(tokenizer, text))[:40]
+        for lang in ("en", "fr")
+        for text in evaluation_texts(lang, "udhr")
+    ]
     language_of = [lang for lang in ("en", "fr") for _ in evaluation_texts(lang, "udhr")]
     assert sorted(p for b in batches for p in b.positions) == list(range(len(expected)))
     for language in ("en", "fr"):
@@ -283,16 +304,31 @@ def write_run(folder, keep: dict, language: str, seed: int, model="tiny"):
     from langprune.runs.folder import MASKS_DIR, MASKS_INDEX, PACKED, pack_bits
 
     (folder / MASKS_DIR).mkdir(parents=True)
-    save_file({n: pack_bits(k) for n, k in keep.items()}, str(folder / MASKS_DIR / "block.safetensors"),
-              metadata={PACKED: json.dumps({n: list(k.shape) for n, k in keep.items()})})  # fmt: skip
+    save_file(
+        {n: pack_bits(k) for n, k in keep.items()},
+        str(folder / MASKS_DIR / "block.safetensors"),
+        metadata={PACKED: json.dumps({n: list(k.shape) for n, k in keep.items()})},
+    )
     (folder / MASKS_DIR / MASKS_INDEX).write_text(json.dumps({n: "block.safetensors" for n in keep}))
-    (folder / "report.json").write_text(json.dumps({"model": model, "method": "wanda", "seed": seed,
-                                                    "calibration": {"recipe": f"mono:{language}", "languages": [language]}}))  # fmt: skip
+    (folder / "report.json").write_text(
+        json.dumps(
+            {
+                "model": model,
+                "method": "wanda",
+                "seed": seed,
+                "calibration": {"recipe": f"mono:{language}", "languages": [language]},
+            }
+        )
+    )
     return folder
 
 
-NAMES = ["model.layers.0.self_attn.q_proj", "model.layers.0.mlp.down_proj", "model.layers.1.self_attn.q_proj",
-         "model.layers.1.mlp.down_proj"]  # fmt: skip
+NAMES = [
+    "model.layers.0.self_attn.q_proj",
+    "model.layers.0.mlp.down_proj",
+    "model.layers.1.self_attn.q_proj",
+    "model.layers.1.mlp.down_proj",
+]
 
 
 def random_keep(seed, share=0.5):
@@ -308,7 +344,9 @@ def test_mask_iou_with_seed_intersection_matches_sets(tmp_path):
     result = analyze_masks(runs)
     for name in NAMES:
         block, module = int(name.split(".")[2]), ".".join(name.split(".")[3:])
-        pruned = {key: {i for i, kept in enumerate(keep[name].flatten().tolist()) if not kept} for key, keep in keeps.items()}
+        pruned = {
+            key: {i for i, kept in enumerate(keep[name].flatten().tolist()) if not kept} for key, keep in keeps.items()
+        }
         stable = {lang: pruned[(lang, 0)] & pruned[(lang, 1)] for lang in ("de", "en")}
         for lang in ("de", "en"):
             union = pruned[(lang, 0)] | pruned[(lang, 1)]
@@ -323,7 +361,9 @@ def test_a_run_against_itself_has_iou_one_and_random_masks_the_expected_iou(tmp_
     same = random_keep(7)
     result = analyze_masks([write_run(tmp_path / "a", same, "de", 0), write_run(tmp_path / "b", same, "en", 0)])
     assert all(v == 1 for per in result["iou"]["de|en"].values() for v in per)
-    result = analyze_masks([write_run(tmp_path / "c", random_keep(8), "de", 0), write_run(tmp_path / "d", random_keep(9), "en", 0)])
+    result = analyze_masks(
+        [write_run(tmp_path / "c", random_keep(8), "de", 0), write_run(tmp_path / "d", random_keep(9), "en", 0)]
+    )
     # two independent masks pruning half each: IoU = p^2 / (2p - p^2) = 1/3
     assert all(abs(v - 1 / 3) < 0.05 for per in result["iou"]["de|en"].values() for v in per)
 
@@ -338,8 +378,21 @@ def runs(checkpoint, tiny_corpora, cli, tmp_path):
     for language in ("en", "fr"):
         for seed in (0, 1):
             out = tmp_path / f"{language}-s{seed}"
-            done = cli("prune", "--model", checkpoint, "--calib", f"mono:{language}", "--nsamples", 4, "--seqlen", 16,
-                       "--seed", seed, "--out", out)  # fmt: skip
+            done = cli(
+                "prune",
+                "--model",
+                checkpoint,
+                "--calib",
+                f"mono:{language}",
+                "--nsamples",
+                4,
+                "--seqlen",
+                16,
+                "--seed",
+                seed,
+                "--out",
+                out,
+            )
             assert done.returncode == 0, done.stderr
             made.append(out)
     return made
@@ -350,10 +403,36 @@ def test_every_analysis_runs_from_the_cli_and_redraws_from_json(checkpoint, runs
     assert done.returncode == 0, done.stderr
     assert "IoU en vs fr" in done.stdout
     for kind, extra in (("lape", ["--pruned", runs[0], "--pruned", runs[2]]), ("lsar", ["--pruned", runs[0]])):
-        done = cli("analyze", kind, "--model", checkpoint, "--langs", "en,fr,de", "--seqlen", 24, *extra, "--out", tmp_path / kind)
+        done = cli(
+            "analyze",
+            kind,
+            "--model",
+            checkpoint,
+            "--langs",
+            "en,fr,de",
+            "--seqlen",
+            24,
+            *extra,
+            "--out",
+            tmp_path / kind,
+        )
         assert done.returncode == 0, done.stderr
-    done = cli("analyze", "features", "--model", checkpoint, "--sets", "mono:en,mono:fr,mono:de", "--nsamples", 3,
-               "--seqlen", 16, "--beta", 20, "--out", tmp_path / "features")  # fmt: skip
+    done = cli(
+        "analyze",
+        "features",
+        "--model",
+        checkpoint,
+        "--sets",
+        "mono:en,mono:fr,mono:de",
+        "--nsamples",
+        3,
+        "--seqlen",
+        16,
+        "--beta",
+        20,
+        "--out",
+        tmp_path / "features",
+    )
     assert done.returncode == 0, done.stderr
     for kind in ("iou", "lape", "lsar", "features"):
         folder = tmp_path / kind
@@ -401,7 +480,21 @@ def test_masks_refuses_one_run_and_runs_of_different_models(runs, cli, tmp_path)
 
 
 def test_a_layer_out_of_range_is_refused(checkpoint, tiny_corpora, cli, tmp_path):
-    done = cli("analyze", "features", "--model", checkpoint, "--sets", "mono:en,mono:fr", "--nsamples", 2, "--seqlen", 16,
-               "--layers", 7, "--out", tmp_path / "out")  # fmt: skip
+    done = cli(
+        "analyze",
+        "features",
+        "--model",
+        checkpoint,
+        "--sets",
+        "mono:en,mono:fr",
+        "--nsamples",
+        2,
+        "--seqlen",
+        16,
+        "--layers",
+        7,
+        "--out",
+        tmp_path / "out",
+    )
     assert done.returncode == 2 and "layer 7 is out of range" in done.stderr
     assert not (tmp_path / "out").exists()

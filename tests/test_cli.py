@@ -6,12 +6,9 @@ import sys
 
 import pytest
 import torch
-from conftest import tiny_model, tiny_tokenizer
 from transformers import AutoModelForCausalLM
 
 from langprune.runs import load_masks
-
-from conftest import CALIBRATION_TEXT as TEXT
 
 
 def langprune(*args, cwd=None):
@@ -20,8 +17,23 @@ def langprune(*args, cwd=None):
 
 def test_prune_writes_a_loadable_checkpoint_masks_and_report(checkpoint, tmp_path):
     out = tmp_path / "run"
-    done = langprune("prune", "--model", checkpoint, "--calib", f"file:{checkpoint / 'calib.txt'}", "--method",
-                     "sparsegpt", "--sparsity", "2:4", "--nsamples", "4", "--seqlen", "16", "--out", out)  # fmt: skip
+    done = langprune(
+        "prune",
+        "--model",
+        checkpoint,
+        "--calib",
+        f"file:{checkpoint / 'calib.txt'}",
+        "--method",
+        "sparsegpt",
+        "--sparsity",
+        "2:4",
+        "--nsamples",
+        "4",
+        "--seqlen",
+        "16",
+        "--out",
+        out,
+    )
     assert done.returncode == 0, done.stderr
     model = AutoModelForCausalLM.from_pretrained(out)
     masks = load_masks(out)
@@ -62,8 +74,16 @@ def test_prune_writes_a_loadable_checkpoint_masks_and_report(checkpoint, tmp_pat
 def test_bad_input_is_one_line_exit_2_and_nothing_written(checkpoint, tmp_path, cli, args, message):
     (tmp_path / "empty.txt").write_text("")
     (tmp_path / "noconfig").mkdir()
-    args = [str(a).replace("EMPTY", str(tmp_path / "empty.txt")).replace("NOCONFIG", str(tmp_path / "noconfig")) for a in args]
-    base = {"--model": str(checkpoint), "--calib": f"file:{checkpoint / 'calib.txt'}", "--nsamples": "2", "--seqlen": "8"}
+    args = [
+        str(a).replace("EMPTY", str(tmp_path / "empty.txt")).replace("NOCONFIG", str(tmp_path / "noconfig"))
+        for a in args
+    ]
+    base = {
+        "--model": str(checkpoint),
+        "--calib": f"file:{checkpoint / 'calib.txt'}",
+        "--nsamples": "2",
+        "--seqlen": "8",
+    }
     for i in range(0, len(args), 2):
         base[args[i]] = args[i + 1]
     out = tmp_path / "out"
@@ -92,9 +112,9 @@ def test_no_decoder_blocks_is_a_user_error():
 
 
 def test_hub_id_offline_fails_with_a_clear_message(monkeypatch):
-    from langprune import UserError, load_model
-
     import huggingface_hub.constants
+
+    from langprune import UserError, load_model
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     # The hub client reads the variable when first imported, which an earlier test may have done.
@@ -107,8 +127,21 @@ def test_pretokenized_calibration_and_contrast_from_the_cli(checkpoint, tmp_path
     ids = torch.randint(3, 30, (4, 12))
     torch.save({"input_ids": ids, "attention_mask": torch.ones_like(ids)}, tmp_path / "ids.pt")
     out = tmp_path / "run"
-    done = langprune("prune", "--model", checkpoint, "--tokens", tmp_path / "ids.pt", "--contrast",
-                     f"file:{checkpoint / 'calib.txt'}", "--nsamples", "2", "--seqlen", "8", "--out", out)  # fmt: skip
+    done = langprune(
+        "prune",
+        "--model",
+        checkpoint,
+        "--tokens",
+        tmp_path / "ids.pt",
+        "--contrast",
+        f"file:{checkpoint / 'calib.txt'}",
+        "--nsamples",
+        "2",
+        "--seqlen",
+        "8",
+        "--out",
+        out,
+    )
     assert done.returncode == 0, done.stderr
     report = json.loads((out / "report.json").read_text())
     assert report["method"] == "wanda-contrastive" and report["calibration"]["tokens"] == 48
@@ -119,8 +152,21 @@ def test_pretokenized_calibration_and_contrast_from_the_cli(checkpoint, tmp_path
 
 def test_eval_writes_eval_json_and_compare_prints_p_values(checkpoint, tiny_corpora, tmp_path):
     run = tmp_path / "run"
-    done = langprune("prune", "--model", checkpoint, "--calib", f"file:{checkpoint / 'calib.txt'}", "--sparsity", "0.5",
-                     "--nsamples", "4", "--seqlen", "16", "--out", run)  # fmt: skip
+    done = langprune(
+        "prune",
+        "--model",
+        checkpoint,
+        "--calib",
+        f"file:{checkpoint / 'calib.txt'}",
+        "--sparsity",
+        "0.5",
+        "--nsamples",
+        "4",
+        "--seqlen",
+        "16",
+        "--out",
+        run,
+    )
     assert done.returncode == 0, done.stderr
     common = ("--langs", "en,fr", "--limit", "10", "--seqlen", "16", "--batch-size", "4")
     done = langprune("eval", run, "--tasks", "ppl,fidelity,cloze,rankc", *common)

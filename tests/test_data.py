@@ -127,11 +127,17 @@ def test_long_demonstrations_are_cut_with_a_warning(udhr):
 @pytest.mark.parametrize(
     "recipe, message",
     [
-        ("mono", "malformed"), ("mono:xx", "unknown language code 'xx'"), ("mono:ko", "no language 'ko'"),
-        ("mono:en@nope", "unknown corpus 'nope'"), ("mix:en+en", "twice"), ("mt:fr-fr", "into itself"),
-        ("mono:en+de", "mono takes one language"), ("code:py", "malformed"), ("file:/no/such.txt", "does not exist"),
+        ("mono", "malformed"),
+        ("mono:xx", "unknown language code 'xx'"),
+        ("mono:ko", "no language 'ko'"),
+        ("mono:en@nope", "unknown corpus 'nope'"),
+        ("mix:en+en", "twice"),
+        ("mt:fr-fr", "into itself"),
+        ("mono:en+de", "mono takes one language"),
+        ("code:py", "malformed"),
+        ("file:/no/such.txt", "does not exist"),
     ],
-)  # fmt: skip
+)
 def test_bad_recipes_give_one_clear_error(udhr, recipe, message):
     with pytest.raises(UserError, match=message):
         calibration.build(recipe, byte_tokenizer(), nsamples=2, seqlen=8)
@@ -157,8 +163,9 @@ def test_local_files_txt_jsonl_tsv_with_language_tags(tmp_path):
     with pytest.raises(UserError, match="no text in language ru"):
         read_local(tmp_path / "b.jsonl", "ru")
     tok = tiny_tokenizer(tmp_path / "tok")
-    (tmp_path / "big.jsonl").write_text("".join(json.dumps({"text": "the cat is on the mat .", "language": "en"}) + "\n"
-                                                for _ in range(50)))  # fmt: skip
+    (tmp_path / "big.jsonl").write_text(
+        "".join(json.dumps({"text": "the cat is on the mat .", "language": "en"}) + "\n" for _ in range(50))
+    )
     calib = calibration.build(f"file:{tmp_path / 'big.jsonl'}@en", tok, nsamples=3, seqlen=8)
     assert calib.input_ids.shape == (3, 8) and calib.sources[0]["language"] == "en"
 
@@ -176,8 +183,16 @@ def test_libreoffice_help_from_debian_packages(cache, tmp_path):
         body = "".join(f'<p id="{i}" class="paragraph">{t}</p>' for i, t in texts.items())
         return f'<html><body><h1 id="hd_id1">{texts.get("title", "Title")}</h1>{body}</body></html>'.encode()
 
-    english = {"par_id10": "Click <b>OK</b> to close.", "par_id11": "Version 7 of the program.", "par_id12": "Same text"}
-    german = {"par_id10": "Klicken Sie auf OK zum Schließen.", "par_id11": "Version 8 des Programms.", "par_id12": "Same text"}
+    english = {
+        "par_id10": "Click <b>OK</b> to close.",
+        "par_id11": "Version 7 of the program.",
+        "par_id12": "Same text",
+    }
+    german = {
+        "par_id10": "Klicken Sie auf OK zum Schließen.",
+        "par_id11": "Version 8 des Programms.",
+        "par_id12": "Same text",
+    }
     debs = []
     for name, folder, texts in (("en-us", "en-US", english), ("de", "de", german)):
         root = tmp_path / f"pkg-{name}"
@@ -185,32 +200,53 @@ def test_libreoffice_help_from_debian_packages(cache, tmp_path):
         page_path.parent.mkdir(parents=True)
         page_path.write_bytes(page(texts))
         (root / "DEBIAN").mkdir()
-        (root / "DEBIAN/control").write_text(f"Package: libreoffice-help-{name}\nVersion: 1\nArchitecture: all\n"
-                                             "Maintainer: t <t@t>\nDescription: test\n")  # fmt: skip
+        (root / "DEBIAN/control").write_text(
+            f"Package: libreoffice-help-{name}\nVersion: 1\nArchitecture: all\nMaintainer: t <t@t>\nDescription: test\n"
+        )
         deb = tmp_path / f"libreoffice-help-{name}_1_all.deb"
-        subprocess.run(["dpkg-deb", "--build", "--root-owner-group", str(root), str(deb)], check=True, capture_output=True)
+        subprocess.run(
+            ["dpkg-deb", "--build", "--root-owner-group", str(root), str(deb)], check=True, capture_output=True
+        )
         debs.append(deb)
     corpus = get_corpus("libreoffice-help")
     corpus.install(debs)
-    assert {u.key for u in corpus.units("en")} == {"shared/page.html#hd_id1", *(f"shared/page.html#{k}" for k in english)}
+    assert {u.key for u in corpus.units("en")} == {
+        "shared/page.html#hd_id1",
+        *(f"shared/page.html#{k}" for k in english),
+    }
     assert "shared/page.html#par_id12" not in {u.key for u in corpus.units("de")}  # untranslated
     # The stale pair (7 vs 8) is dropped; "Title" is identical in both and dropped too.
     assert corpus.pairs("en", "de") == [("Click OK to close.", "Klicken Sie auf OK zum Schließen.")]
 
 
 def test_bigbench_corpora_from_one_sdist(cache, tmp_path):
-    wikilingua = {"examples": [{"input": "Un article {\"smallUrl\": \"x.jpg\"} utile.", "target": "s",
-                                "comment": "wiki_lingua_french_fr-test-0"},
-                               {"input": "An article.", "target": "s", "comment": "wiki_lingua_english_en-test-0"}]}  # fmt: skip
-    paragraphs = {"examples": [{"input": "Satz eins.\nSatz zwei.\nSatz drei.", "target": "0 1 1"}] * 1000
-                  + [{"input": "One.\nTwo.", "target": "1 1"}]}  # fmt: skip
-    emo = {"examples": [{"input": "Great!", "target_scores": "{'positive': 1, 'negative': 0}"},
-                        {"input": "Awful.", "target_scores": {"positive": 0, "negative": 1}}]}  # fmt: skip
+    wikilingua = {
+        "examples": [
+            {
+                "input": 'Un article {"smallUrl": "x.jpg"} utile.',
+                "target": "s",
+                "comment": "wiki_lingua_french_fr-test-0",
+            },
+            {"input": "An article.", "target": "s", "comment": "wiki_lingua_english_en-test-0"},
+        ]
+    }
+    paragraphs = {
+        "examples": [{"input": "Satz eins.\nSatz zwei.\nSatz drei.", "target": "0 1 1"}] * 1000
+        + [{"input": "One.\nTwo.", "target": "1 1"}]
+    }
+    emo = {
+        "examples": [
+            {"input": "Great!", "target_scores": "{'positive': 1, 'negative': 0}"},
+            {"input": "Awful.", "target_scores": {"positive": 0, "negative": 1}},
+        ]
+    }
     root = "bigbench-1.0.0/bigbench/benchmark_tasks/"
-    members = {root + "gem/wikilingua_multilingual/task.json": json.dumps(wikilingua).encode(),
-               root + "paragraph_segmentation/task.json": json.dumps(paragraphs).encode(),
-               root + "multiemo/all_text_en/task.json": json.dumps(emo).encode(),
-               root + "unused/task.json": b"{}"}  # fmt: skip
+    members = {
+        root + "gem/wikilingua_multilingual/task.json": json.dumps(wikilingua).encode(),
+        root + "paragraph_segmentation/task.json": json.dumps(paragraphs).encode(),
+        root + "multiemo/all_text_en/task.json": json.dumps(emo).encode(),
+        root + "unused/task.json": b"{}",
+    }
     sdist = _tar(tmp_path / "bigbench-1.0.0.tar.gz", members)
     get_corpus("wikilingua").install([sdist])
     assert [u.text for u in get_corpus("wikilingua").units("fr")] == ["Un article utile."]
@@ -270,10 +306,15 @@ def test_python_api_takes_texts_recipes_pretokenized_input_and_contrast(tmp_path
     ids = torch.randint(3, 90, (3, 10))
     mask = torch.ones_like(ids)
     mask[1, 6:] = 0
-    _, result = langprune.prune(tiny_model("qwen2"), tok, {"input_ids": ids, "attention_mask": mask}, "sparsegpt", "2:4")
+    _, result = langprune.prune(
+        tiny_model("qwen2"), tok, {"input_ids": ids, "attention_mask": mask}, "sparsegpt", "2:4"
+    )
     assert result.summary["calibration"]["tokens"] == 26
     _, result = langprune.prune(tiny_model("qwen2"), tok, ids, "wanda", 0.5, contrast=texts, nsamples=2, seqlen=8)
-    assert result.summary["method"] == "wanda-contrastive" and result.summary["roles"] == {"X": "calibration", "Z": "contrast"}
+    assert result.summary["method"] == "wanda-contrastive" and result.summary["roles"] == {
+        "X": "calibration",
+        "Z": "contrast",
+    }
     with pytest.raises(UserError, match="works with wanda only"):
         langprune.prune(tiny_model("qwen2"), tok, ids, "sparsegpt", 0.5, contrast=ids)
 
@@ -305,19 +346,32 @@ def test_hugging_face_loaders_read_local_files_in_hub_layout(cache, tmp_path):
     (xnli / "test.jsonl").write_text(json.dumps({"premise": "P", "hypothesis": "H", "label": 2}) + "\n")
     (xnli / "validation.tsv").write_text("premise\thypothesis\tlabel\nP2\tH2\t0\n")
     get_corpus("xnli").install([tmp_path / "xnli"])
-    assert [(e.fields["premise"], e.label) for e in get_corpus("xnli").examples("de", "evaluation")] == [("P", "contradiction")]
+    assert [(e.fields["premise"], e.label) for e in get_corpus("xnli").examples("de", "evaluation")] == [
+        ("P", "contradiction")
+    ]
     assert [e.label for e in get_corpus("xnli").examples("de", "calibration")] == ["entailment"]
 
     marc = tmp_path / "marc/en"
     marc.mkdir(parents=True)
-    (marc / "test.jsonl").write_text("".join(json.dumps({"id": f"r{s}", "text": f"{s} stars", "label": s}) + "\n" for s in range(5)))
+    (marc / "test.jsonl").write_text(
+        "".join(json.dumps({"id": f"r{s}", "text": f"{s} stars", "label": s}) + "\n" for s in range(5))
+    )
     get_corpus("marc").install([tmp_path / "marc"])
     assert [e.label for e in get_corpus("marc").examples("en")] == ["negative", "negative", "positive", "positive"]
 
     bele = tmp_path / "belebele/data"
     bele.mkdir(parents=True)
-    row = {"link": "l", "question_number": 1, "flores_passage": "Text.", "question": "Q?", "mc_answer1": "a",
-           "mc_answer2": "b", "mc_answer3": "c", "mc_answer4": "d", "correct_answer_num": "3"}  # fmt: skip
+    row = {
+        "link": "l",
+        "question_number": 1,
+        "flores_passage": "Text.",
+        "question": "Q?",
+        "mc_answer1": "a",
+        "mc_answer2": "b",
+        "mc_answer3": "c",
+        "mc_answer4": "d",
+        "correct_answer_num": "3",
+    }
     (bele / "swh_Latn.jsonl").write_text(json.dumps(row) + "\n")
     get_corpus("belebele").install([tmp_path / "belebele"])
     (example,) = get_corpus("belebele").examples("sw")

@@ -2,14 +2,14 @@
 
 import pytest
 import torch
+from conftest import tiny_model, token_ids
+from test_kernels import brute_force_mask
 
-from conftest import token_ids, tiny_model
 from langprune.calibration import CalibrationSet
 from langprune.compress import Sparsity
 from langprune.compress import prune_model as prune
 from langprune.engine import BlockEngine, LayerFilter, find_blocks, prunable_layers, weight_matrix
 from langprune.engine.statistics import SquaredNorms
-from test_kernels import brute_force_mask
 
 
 def dense_layer_inputs(model, ids, mask=None):
@@ -18,11 +18,13 @@ def dense_layer_inputs(model, ids, mask=None):
     sums, handles = {}, []
     for i, block in enumerate(blocks):
         for lname, layer in prunable_layers(block, f"{name}.{i}", LayerFilter()).items():
+
             def hook(module, args, lname=lname):
                 x = args[0].reshape(-1, args[0].shape[-1]).double()
                 if mask is not None:
                     x = x[mask.reshape(-1).bool()]
                 sums[lname] = sums.get(lname, 0) + (x * x).sum(0)
+
             handles.append(layer.register_forward_pre_hook(hook))
     with torch.no_grad():
         model(input_ids=ids, attention_mask=mask if mask is not None else torch.ones_like(ids), use_cache=False)
@@ -100,9 +102,17 @@ def test_layers_sharing_an_input_share_one_statistic():
     leaders = []
     groups = engine.run_block(0, lambda name, x, b: leaders.append(name))
     assert sorted(set(groups.leader.values())) == sorted(
-        ["model.layers.0.self_attn.q_proj", "model.layers.0.self_attn.o_proj", "model.layers.0.mlp.gate_proj", "model.layers.0.mlp.down_proj"]
+        [
+            "model.layers.0.self_attn.q_proj",
+            "model.layers.0.self_attn.o_proj",
+            "model.layers.0.mlp.gate_proj",
+            "model.layers.0.mlp.down_proj",
+        ]
     )
-    assert groups.members("model.layers.0.self_attn.q_proj")[1:] == ["model.layers.0.self_attn.k_proj", "model.layers.0.self_attn.v_proj"]
+    assert groups.members("model.layers.0.self_attn.q_proj")[1:] == [
+        "model.layers.0.self_attn.k_proj",
+        "model.layers.0.self_attn.v_proj",
+    ]
     assert len(leaders) == 4 * 2  # four distinct inputs, two batches
 
 

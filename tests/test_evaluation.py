@@ -58,7 +58,10 @@ def test_cloze_and_choice_prompts_follow_the_templates(tok):
     xnli = Example("validation/0", {"premise": "He is here", "hypothesis": "he is not"}, "neutral")
     p = cloze_prompt(tasks["xnli"], xnli)
     assert [p.context + c for c in p.continuations] == [
-        "He is here, right? Yes, he is not", "He is here, right? No, he is not", "He is here, right? Also, he is not"]
+        "He is here, right? Yes, he is not",
+        "He is here, right? No, he is not",
+        "He is here, right? Also, he is not",
+    ]
     assert p.options[p.gold] == "neutral"
     review = Example("review-1", {"review": "Great food."}, "positive")
     p = cloze_prompt(tasks["multiemo"], review)
@@ -133,7 +136,9 @@ def test_fidelity_follows_appendix_d1_and_handles_identical_states():
     assert result["layers"][0]["identical"] and result["layers"][0]["snr_db"] is None  # layer 0 was not changed
     assert result["snr_db"] == pytest.approx(snr, rel=1e-6)
     assert [layer["pruning_error"] for layer in result["layers"]] == pytest.approx(errors, rel=1e-6, abs=1e-12)
-    assert compare_hidden_states(dense, pruned, windows, batch_size=5)["snr_db"] == pytest.approx(result["snr_db"], rel=1e-9)
+    assert compare_hidden_states(dense, pruned, windows, batch_size=5)["snr_db"] == pytest.approx(
+        result["snr_db"], rel=1e-9
+    )
     same = compare_hidden_states(dense, dense, windows)
     assert same["snr_db"] is None and same["identical_layers"] == 3 and same["pruning_error"] == 0
 
@@ -149,20 +154,24 @@ def test_greedy_translation_does_not_depend_on_batching(tok):
 def test_evaluate_end_to_end_on_tiny_corpora(tiny_corpora, tok):
     model = tiny_model("llama")
     settings = Settings(seqlen=16, batch_size=3, limit=12, translation_corpus="udhr")
-    results = evaluate(model, tok, ["ppl", "fidelity", "cloze", "translation", "rankc"], ["fr", "de"], settings,
-                       dense=model)
+    results = evaluate(
+        model, tok, ["ppl", "fidelity", "cloze", "translation", "rankc"], ["fr", "de"], settings, dense=model
+    )
     tasks = results["tasks"]
     assert set(tasks["ppl"]) == {"fr", "de"} and tasks["ppl"]["fr"]["tokens"] > 0
     assert tasks["fidelity"]["de"]["snr_db"] is None and tasks["fidelity"]["de"]["identical_layers"] == 3
     assert set(tasks["multiemo"]) == {"fr", "de", "en"}  # English joins for RankC
-    assert tasks["multiemo"]["fr"]["n"] == 12 and all(i["options"] == ["negative", "positive"] for i in tasks["multiemo"]["fr"]["items"])
+    assert tasks["multiemo"]["fr"]["n"] == 12 and all(
+        i["options"] == ["negative", "positive"] for i in tasks["multiemo"]["fr"]["items"]
+    )
     assert set(tasks["translation"]) == {"fr-en", "en-fr", "de-en", "en-de"}
     assert tasks["translation"]["fr-en"]["n"] == 12
     assert 0 <= tasks["rankc"]["multiemo"]["fr"]["rankc"] <= 1 and tasks["rankc"]["multiemo"]["fr"]["n"] == 12
     again = evaluate(model, tok, ["ppl", "cloze"], ["fr"], Settings(seqlen=16, batch_size=1, limit=12))
     assert again["tasks"]["ppl"]["fr"]["nll"] == pytest.approx(tasks["ppl"]["fr"]["nll"], rel=1e-6)
     assert [i["predicted"] for i in again["tasks"]["multiemo"]["fr"]["items"]] == [
-        i["predicted"] for i in tasks["multiemo"]["fr"]["items"]]
+        i["predicted"] for i in tasks["multiemo"]["fr"]["items"]
+    ]
     rows = compare_results(results, again)
     assert {(r["task"], r["key"], r["metric"]) for r in rows} == {("ppl", "fr", "ppl"), ("multiemo", "fr", "accuracy")}
     assert all(r["p_value"] == 1.0 for r in rows), rows
@@ -208,8 +217,10 @@ def test_lrp2_shifts_block_a_towards_english_and_back_at_block_b(tiny_corpora, t
     rows = []
     for w in text_windows(tok, texts, 8, complete=False):
         seen = []
-        hooks = [block.register_forward_hook(lambda m, a, out: seen.append(out[0] if isinstance(out, tuple) else out))
-                 for block in model.model.layers]  # fmt: skip
+        hooks = [
+            block.register_forward_hook(lambda m, a, out: seen.append(out[0] if isinstance(out, tuple) else out))
+            for block in model.model.layers
+        ]
         with torch.no_grad():
             model.model(input_ids=torch.tensor([w]))
         for h in hooks:
@@ -221,12 +232,16 @@ def test_lrp2_shifts_block_a_towards_english_and_back_at_block_b(tiny_corpora, t
     assert not torch.allclose(means[2], normed[0].double().mean(0).float(), atol=1e-3)
     found = search_layers(model, tok, Projection("fr", french, english), catalog()["multiemo"], "multiemo", limit=6)
     assert len(found.search) == 3 and (found.a, found.b) in [(a, b) for a, b, _ in found.search]
-    assert max(acc for *_, acc in found.search) == next(acc for a, b, acc in found.search if (a, b) == (found.a, found.b))
+    assert max(acc for *_, acc in found.search) == next(
+        acc for a, b, acc in found.search if (a, b) == (found.a, found.b)
+    )
 
 
 def test_evaluate_with_lrp2_records_the_searched_blocks(tiny_corpora, tok):
     model = tiny_model("llama")
-    results = evaluate(model, tok, ["cloze"], ["fr"], Settings(seqlen=16, limit=6, lrp2=True, lrp2_stride=1, lrp2_dev=6))
+    results = evaluate(
+        model, tok, ["cloze"], ["fr"], Settings(seqlen=16, limit=6, lrp2=True, lrp2_stride=1, lrp2_dev=6)
+    )
     chosen = results["lrp2"]["fr"]
     assert chosen["a"] < chosen["b"] and chosen["dev_task"] == "multiemo" and len(chosen["search"]) == 3
     assert results["tasks"]["multiemo"]["fr"]["n"] == 6
@@ -266,8 +281,10 @@ def test_harness_bridge_runs_a_local_task_file_on_the_model_in_memory(tmp_path, 
     accuracy = out["results"]["tiny_choice"]["acc,none"]
     # Independent check: the harness scores " to in" etc. after the question (no BOS for this tokenizer).
     context = tuple(tok("the of and", add_special_tokens=False)["input_ids"])
-    scores = [score_requests(model, [Request(context, tuple(tok(" " + c, add_special_tokens=False)["input_ids"]))])[0]
-              for c in rows[0]["choices"]]
+    scores = [
+        score_requests(model, [Request(context, tuple(tok(" " + c, add_special_tokens=False)["input_ids"]))])[0]
+        for c in rows[0]["choices"]
+    ]
     best = max(range(3), key=scores.__getitem__)
     assert accuracy == pytest.approx(sum(best == r["answer"] for r in rows) / 6)
     with pytest.raises(UserError, match="knows no task"):

@@ -57,8 +57,12 @@ def test_a_grid_killed_mid_way_resumes_without_redoing_finished_cells(checkpoint
     path = write_grid(tmp_path, checkpoint)
     grid = load_grid(path)
     env = {**os.environ, "LANGPRUNE_CACHE": str(tiny_corpora)}
-    process = subprocess.Popen([sys.executable, "-m", "langprune", "grid", "run", str(path)], env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
+    process = subprocess.Popen(
+        [sys.executable, "-m", "langprune", "grid", "run", str(path)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     deadline = time.time() + 120
     while time.time() < deadline and len(list(grid.out.glob(f"cells/*/{CELL_FILE}"))) < 2:
         time.sleep(0.02)
@@ -67,21 +71,28 @@ def test_a_grid_killed_mid_way_resumes_without_redoing_finished_cells(checkpoint
     done_before = {p.parent.name for p in grid.out.glob(f"cells/*/{CELL_FILE}")}
     assert 2 <= len(done_before) < 6, "the grid finished before it could be killed"
     kept = {name: mtime for name, mtime in grid_files(grid).items() if name.split("/")[1] in done_before}
-    done = subprocess.run([sys.executable, "-m", "langprune", "grid", "run", str(path)], env=env, capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, "-m", "langprune", "grid", "run", str(path)], env=env, capture_output=True, text=True
+    )
     assert done.returncode == 0, done.stderr
     assert "6 done, 0 failed, 0 pending" in done.stdout
     assert "calibrating on the evaluated language gives the best ppl in" in done.stdout
     after = grid_files(grid)
     assert all(after[name] == mtime for name, mtime in kept.items())  # nothing finished was redone
     assert not list(grid.out.glob("cells/*.partial-*"))
-    status = subprocess.run([sys.executable, "-m", "langprune", "grid", "status", str(path), "--json"], env=env,
-                            capture_output=True, text=True)  # fmt: skip
+    status = subprocess.run(
+        [sys.executable, "-m", "langprune", "grid", "status", str(path), "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert {c["state"] for c in json.loads(status.stdout)} == {"done"}
 
 
 def test_a_failing_cell_is_recorded_and_the_others_go_on(checkpoint, tiny_corpora, tmp_path, cli):
-    path = write_grid(tmp_path, checkpoint, calibration=["mono:en"], seeds=[0], include=[],
-                      settings={"nsamples": 4, "seqlen": 5000})  # longer than the model's positions: that cell fails  # fmt: skip
+    path = write_grid(
+        tmp_path, checkpoint, calibration=["mono:en"], seeds=[0], include=[], settings={"nsamples": 4, "seqlen": 5000}
+    )  # longer than the model's positions: that cell fails
     done = cli("grid", "run", path)
     assert done.returncode == 1
     assert "1 done, 1 failed, 0 pending" in done.stdout
@@ -93,8 +104,10 @@ def hold_lock(folder: Path) -> subprocess.Popen:
     """Another process that takes the cell's lock, says so, then sleeps."""
     lock = folder.with_name(folder.name + ".lock")
     lock.parent.mkdir(parents=True, exist_ok=True)
-    code = (f"import fcntl, sys, time; f = open({str(lock)!r}, 'a'); fcntl.flock(f, fcntl.LOCK_EX); "
-            "print('held', flush=True); time.sleep(600)")  # fmt: skip
+    code = (
+        f"import fcntl, sys, time; f = open({str(lock)!r}, 'a'); fcntl.flock(f, fcntl.LOCK_EX); "
+        "print('held', flush=True); time.sleep(600)"
+    )
     holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "held"
     return holder
@@ -160,10 +173,19 @@ def test_the_ray_executor_gives_the_same_cells_as_the_local_one(checkpoint, tiny
 def fake_grid(tmp_path: Path, values: dict) -> Grid:
     """A grid whose finished cells hold known perplexities: {(calib, seed): {lang: (ppl, windows)}}."""
     cells = []
-    for (calib, seed), per_language in values.items():
+    for calib, seed in values:
         method = "dense" if calib is None else "wanda"
-        cell = Cell({"model": "m", "method": method, "sparsity": None if calib is None else "0.5", "calib": calib,
-                     "seed": seed}, None if calib is None else {"calib": calib, "seed": seed}, {"tasks": ["ppl"]})  # fmt: skip
+        cell = Cell(
+            {
+                "model": "m",
+                "method": method,
+                "sparsity": None if calib is None else "0.5",
+                "calib": calib,
+                "seed": seed,
+            },
+            None if calib is None else {"calib": calib, "seed": seed},
+            {"tasks": ["ppl"]},
+        )
         cells.append(cell)
     grid = Grid(tmp_path / "g.yaml", "known", tmp_path / "out", cells)
     for cell, per_language in zip(cells, values.values()):
@@ -177,12 +199,15 @@ def fake_grid(tmp_path: Path, values: dict) -> Grid:
 
 def test_tables_match_hand_computed_means_stds_and_marks(tmp_path):
     w = [[10.0, 5], [12.0, 5], [9.0, 5], [11.0, 5]]
-    grid = fake_grid(tmp_path, {
-        (None, None): {"en": (10.0, w), "de": (20.0, w)},
-        ("mono:en", 0): {"en": (12.0, w), "de": (30.0, w)},
-        ("mono:en", 1): {"en": (14.0, w), "de": (34.0, w)},
-        ("mono:de", 0): {"en": (16.0, w)},
-    })  # fmt: skip
+    grid = fake_grid(
+        tmp_path,
+        {
+            (None, None): {"en": (10.0, w), "de": (20.0, w)},
+            ("mono:en", 0): {"en": (12.0, w), "de": (30.0, w)},
+            ("mono:en", 1): {"en": (14.0, w), "de": (34.0, w)},
+            ("mono:de", 0): {"en": (16.0, w)},
+        },
+    )
     table = build_table(grid, "ppl", "calib", "eval", baseline="dense")
     (section,) = table["sections"]
     assert section["row_labels"] == ["dense", "mono:de", "mono:en"] and section["col_labels"] == ["de", "en"]
@@ -227,13 +252,34 @@ def test_bad_grid_files_give_one_line_and_exit_2(checkpoint, tiny_corpora, tmp_p
 def test_shipped_experiments_run_quick_on_gemma_and_print_a_verdict(name, tmp_path):
     """Each shipped grid's --quick profile on the real model and real text, then its table."""
     path = Path(__file__).parents[1] / "experiments" / f"{name}.yaml"
-    run = subprocess.run([sys.executable, "-m", "langprune", "grid", "run", str(path), "--quick", "--out", str(tmp_path)],
-                         capture_output=True, text=True)  # fmt: skip
+    run = subprocess.run(
+        [sys.executable, "-m", "langprune", "grid", "run", str(path), "--quick", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+    )
     assert run.returncode == 0, run.stderr
     assert "0 failed, 0 pending" in run.stdout and "calibrating on the evaluated language gives the best" in run.stdout
     metric = "ppl" if name == "calibration-language" else "translation:chrf"
-    table = subprocess.run([sys.executable, "-m", "langprune", "grid", "table", str(path), "--quick", "--grid-out", str(tmp_path),
-                            "--metric", metric, "--rows", "method+calib", "--baseline", "dense"],
-                           capture_output=True, text=True)  # fmt: skip
+    table = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "langprune",
+            "grid",
+            "table",
+            str(path),
+            "--quick",
+            "--grid-out",
+            str(tmp_path),
+            "--metric",
+            metric,
+            "--rows",
+            "method+calib",
+            "--baseline",
+            "dense",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert table.returncode == 0, table.stderr
     assert "| dense |" in table.stdout and "–" not in table.stdout

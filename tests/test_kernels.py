@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from langprune.compress import kernels
-from langprune.engine import statistics
 from langprune.compress.sparsity import Sparsity
+from langprune.engine import statistics
 
 
 def brute_force_mask(scores: torch.Tensor, sparsity: Sparsity) -> torch.Tensor:

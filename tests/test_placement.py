@@ -37,8 +37,16 @@ def checkpoints(tmp_path_factory):
 
 
 def prune_to(folder, out, method, **options):
-    settings = PruneSettings(out=out, model=str(folder), calib=f"file:{folder}/calib.txt", method=method, seqlen=16,
-                             nsamples=8, batch_size=3, **options)  # fmt: skip
+    settings = PruneSettings(
+        out=out,
+        model=str(folder),
+        calib=f"file:{folder}/calib.txt",
+        method=method,
+        seqlen=16,
+        nsamples=8,
+        batch_size=3,
+        **options,
+    )
     return run_prune(settings)
 
 
@@ -135,8 +143,10 @@ def test_bfloat16_masks_agree_with_float32(arch):
         model = tiny_model(arch).to(dtype)
         results[dtype] = prune_model(model, token_ids(8, 16), "wanda", 0.5)
         assert all(torch.isfinite(p).all() for p in model.parameters())
-    agree = [(results[torch.float32].masks[n] == results[torch.bfloat16].masks[n]).float().mean().item()
-             for n in results[torch.float32].masks]  # fmt: skip
+    agree = [
+        (results[torch.float32].masks[n] == results[torch.bfloat16].masks[n]).float().mean().item()
+        for n in results[torch.float32].masks
+    ]
     assert min(agree) >= 0.9, agree
     assert results[torch.bfloat16].summary["sparsity_pruned_layers"] == pytest.approx(0.5)
 
@@ -166,7 +176,9 @@ def test_packed_masks_round_trip_exactly(shape):
 def test_masks_on_disk_take_one_bit_per_weight(checkpoints, tmp_path):
     report = prune_to(checkpoints[("llama", "float32")], tmp_path / "run", "wanda")
     stored = sum(p.stat().st_size for p in (tmp_path / "run" / "masks").glob("*.safetensors"))
-    assert stored < report["pruned_parameters"] / 8 + 4096 * len(list((tmp_path / "run" / "masks").glob("*.safetensors")))
+    assert stored < report["pruned_parameters"] / 8 + 4096 * len(
+        list((tmp_path / "run" / "masks").glob("*.safetensors"))
+    )
 
 
 @pytest.mark.skipif(not GPU, reason=NO_GPU)
@@ -183,18 +195,41 @@ def test_cuda_matches_cpu(checkpoints, tmp_path, offload):
 
 @pytest.mark.skipif(GPU, reason="this machine has a GPU: the no-GPU error cannot happen here")
 def test_cuda_without_a_gpu_is_one_line(cli, checkpoint, tmp_path):
-    result = cli("prune", "--model", checkpoint, "--calib", f"file:{checkpoint}/calib.txt", "--device", "cuda",
-                 "--out", tmp_path / "run")  # fmt: skip
+    result = cli(
+        "prune",
+        "--model",
+        checkpoint,
+        "--calib",
+        f"file:{checkpoint}/calib.txt",
+        "--device",
+        "cuda",
+        "--out",
+        tmp_path / "run",
+    )
     assert result.returncode == 2 and result.stderr.count("\n") == 1 and "--device cuda" in result.stderr
     assert not (tmp_path / "run").exists() and not list(tmp_path.iterdir())
 
 
-@pytest.mark.parametrize("option, value, message", [("--dtype", "float8", "unknown dtype"),
-                                                    ("--offload", "gpu", "unknown offload"),
-                                                    ("--device", "tpu", "unknown device")])  # fmt: skip
+@pytest.mark.parametrize(
+    "option, value, message",
+    [
+        ("--dtype", "float8", "unknown dtype"),
+        ("--offload", "gpu", "unknown offload"),
+        ("--device", "tpu", "unknown device"),
+    ],
+)
 def test_bad_placement_options_are_one_line(cli, checkpoint, tmp_path, option, value, message):
-    result = cli("prune", "--model", checkpoint, "--calib", f"file:{checkpoint}/calib.txt", option, value,
-                 "--out", tmp_path / "run")  # fmt: skip
+    result = cli(
+        "prune",
+        "--model",
+        checkpoint,
+        "--calib",
+        f"file:{checkpoint}/calib.txt",
+        option,
+        value,
+        "--out",
+        tmp_path / "run",
+    )
     assert result.returncode == 2 and result.stderr.count("\n") == 1 and message in result.stderr
     assert not list(tmp_path.iterdir())
 
@@ -206,8 +241,21 @@ def test_float16_overflow_is_refused_and_nothing_is_written(cli, tmp_path):
     with torch.no_grad():
         model.model.embed_tokens.weight.mul_(1e7)  # fine in float32, beyond float16 (65504): inf on the way in
     save_checkpoint(model, folder)
-    result = cli("prune", "--model", folder, "--calib", f"file:{folder}/calib.txt", "--dtype", "float16",
-                 "--seqlen", "16", "--nsamples", "4", "--out", tmp_path / "run")  # fmt: skip
+    result = cli(
+        "prune",
+        "--model",
+        folder,
+        "--calib",
+        f"file:{folder}/calib.txt",
+        "--dtype",
+        "float16",
+        "--seqlen",
+        "16",
+        "--nsamples",
+        "4",
+        "--out",
+        tmp_path / "run",
+    )
     assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
     assert "non-finite" in result.stderr or "NaN or infinite" in result.stderr
     assert not (tmp_path / "run").exists()
@@ -227,8 +275,9 @@ def test_auto_offload_follows_free_memory(monkeypatch):
     assert placement.choose_offload("none", 20 * 2**30, cpu) == "none"  # asked for explicitly
 
 
-def test_evaluation_is_the_same_offloaded_and_reads_the_dense_model_from_disk(checkpoints, tiny_corpora, tmp_path,
-                                                                             monkeypatch):
+def test_evaluation_is_the_same_offloaded_and_reads_the_dense_model_from_disk(
+    checkpoints, tiny_corpora, tmp_path, monkeypatch
+):
     from langprune.evaluation import Settings
     from langprune.runs import EvalSettings, cell, run_eval
 
@@ -239,8 +288,14 @@ def test_evaluation_is_the_same_offloaded_and_reads_the_dense_model_from_disk(ch
     monkeypatch.setattr(cell, "load_model", lambda name, *a: loaded.append((name, a[-1])) or real_load(name, *a))
     results = {}
     for offload in ("none", "disk"):
-        settings = EvalSettings(run=tmp_path / "run", tasks=("ppl", "fidelity"), langs=("en",), offload=offload,
-                                options=Settings(corpus="udhr", limit=2, seqlen=16), out=tmp_path / offload)  # fmt: skip
+        settings = EvalSettings(
+            run=tmp_path / "run",
+            tasks=("ppl", "fidelity"),
+            langs=("en",),
+            offload=offload,
+            options=Settings(corpus="udhr", limit=2, seqlen=16),
+            out=tmp_path / offload,
+        )
         results[offload] = run_eval(settings)["tasks"]
     assert results["none"]["ppl"]["en"]["ppl"] == results["disk"]["ppl"]["en"]["ppl"]
     assert results["none"]["fidelity"]["en"]["snr_db"] == results["disk"]["fidelity"]["en"]["snr_db"]

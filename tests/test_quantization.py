@@ -109,14 +109,20 @@ def test_gptq_stays_on_its_grid_and_beats_round_to_nearest(text):
             assert len(set(group.tolist())) <= 2**spec.bits
             g = start // size
             codes = group / result.scale[r, g] + result.zero_point[r, g]
-            assert torch.allclose(codes, codes.round(), atol=1e-3) and codes.min() >= -1e-3 and codes.max() <= spec.maxq + 1e-3
+            assert (
+                torch.allclose(codes, codes.round(), atol=1e-3)
+                and codes.min() >= -1e-3
+                and codes.max() <= spec.maxq + 1e-3
+            )
     rtn, _, _ = round_to_nearest(w, spec)
 
     def error(q):
         return torch.linalg.norm(x @ (w - q).T).item()
 
     assert error(result.weight) < error(rtn)
-    assert kernels.relative_output_error(w, result.weight, hessian) == pytest.approx(error(result.weight) ** 2 / torch.linalg.norm(x @ w.T).item() ** 2, rel=1e-3)
+    assert kernels.relative_output_error(w, result.weight, hessian) == pytest.approx(
+        error(result.weight) ** 2 / torch.linalg.norm(x @ w.T).item() ** 2, rel=1e-3
+    )
 
 
 def test_joint_sparse_quant_equals_brute_force_and_keeps_exactly_the_pruned_zeros():
@@ -154,7 +160,9 @@ def test_ria_masks_equal_plain_loops():
             for c in range(cols):
                 row_sum = sum(abs(w[r, k].item()) for k in range(cols))
                 col_sum = sum(abs(w[k, c].item()) for k in range(rows))
-                expected = (abs(w[r, c].item()) / row_sum + abs(w[r, c].item()) / col_sum) * norms[c].item() ** (alpha / 2)
+                expected = (abs(w[r, c].item()) / row_sum + abs(w[r, c].item()) / col_sum) * norms[c].item() ** (
+                    alpha / 2
+                )
                 assert scores[r, c].item() == pytest.approx(expected, rel=1e-5, abs=1e-12)
         keep = kernels.mask_from_scores(scores, Sparsity.parse("0.5"))
         for r in range(rows):
@@ -231,10 +239,18 @@ def llama_folder(tmp_path_factory):
     return save_checkpoint(tiny_model("llama"), tmp_path_factory.mktemp("llama-q"))
 
 
-@pytest.mark.parametrize("method,sparsity,spec", [("sparsegpt", "0.5", "w4g16"), ("wanda", "2:4", "w4g16,asym"),
-                                                  ("none", "0.5", "w8"), ("ria", "0.5", "w4g32,actorder")])  # fmt: skip
-def test_quantized_checkpoint_loads_with_from_pretrained_and_gives_the_same_logits(llama_folder, tmp_path, method,
-                                                                                    sparsity, spec):  # fmt: skip
+@pytest.mark.parametrize(
+    "method,sparsity,spec",
+    [
+        ("sparsegpt", "0.5", "w4g16"),
+        ("wanda", "2:4", "w4g16,asym"),
+        ("none", "0.5", "w8"),
+        ("ria", "0.5", "w4g32,actorder"),
+    ],
+)
+def test_quantized_checkpoint_loads_with_from_pretrained_and_gives_the_same_logits(
+    llama_folder, tmp_path, method, sparsity, spec
+):
     from langprune.models import load_model
     from langprune.runs import load_masks, remeasure
     from langprune.runs.folder import save_run
@@ -265,8 +281,23 @@ def test_quantized_checkpoint_loads_with_from_pretrained_and_gives_the_same_logi
 
 def test_quantized_run_through_the_cli_then_eval_and_inspect(llama_folder, tmp_path, cli, tiny_corpora):
     out = tmp_path / "q"
-    done = cli("prune", "--model", llama_folder, "--calib", f"file:{llama_folder}/calib.txt", "--seqlen", "16",
-               "--nsamples", "8", "--method", "sparsegpt", "--quantize", "w4g16", "--out", out)  # fmt: skip
+    done = cli(
+        "prune",
+        "--model",
+        llama_folder,
+        "--calib",
+        f"file:{llama_folder}/calib.txt",
+        "--seqlen",
+        "16",
+        "--nsamples",
+        "8",
+        "--method",
+        "sparsegpt",
+        "--quantize",
+        "w4g16",
+        "--out",
+        out,
+    )
     assert done.returncode == 0, done.stderr
     assert "quantized 21 layers to w4g16" in done.stdout
     inspected = cli("inspect", out)
@@ -280,23 +311,26 @@ def test_quantized_run_through_the_cli_then_eval_and_inspect(llama_folder, tmp_p
     assert again.returncode == 2 and "already quantized" in again.stderr
 
 
-@pytest.mark.parametrize("args,message", [
-    (["--quantize", "w4g100"], "does not divide"),
-    (["--quantize", "w9"], "outside 2-8"),
-    (["--quantize", "w1g16"], "outside 2-8"),
-    (["--quantize", "int4"], "unknown quantization spec"),
-    (["--quantize", "w4g16,fast"], "unknown flag"),
-    (["--profile", "owl", "--no-calib"], "needs calibration text"),
-    (["--profile", "owl", "--owl-lambda", "0.4"], "--owl-lambda"),
-    (["--profile", "owl", "--owl-m", "0.5"], "--owl-m"),
-    (["--profile", "owl", "--sparsity", "2:4"], "N:M"),
-    (["--profile", "spiky"], "unknown --profile"),
-    (["--method", "none"], "prunes nothing"),
-    (["--mask-selection", "block"], "applies to sparsegpt"),
-    (["--method", "sparsegpt", "--mask-selection", "column"], "--mask-selection must be"),
-    (["--method", "ria", "--ria-alpha", "-1"], "--ria-alpha"),
-    (["--method", "sparsegpt", "--sparsity", "2:4", "--quantize", "w4g16,actorder"], "actorder"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--quantize", "w4g100"], "does not divide"),
+        (["--quantize", "w9"], "outside 2-8"),
+        (["--quantize", "w1g16"], "outside 2-8"),
+        (["--quantize", "int4"], "unknown quantization spec"),
+        (["--quantize", "w4g16,fast"], "unknown flag"),
+        (["--profile", "owl", "--no-calib"], "needs calibration text"),
+        (["--profile", "owl", "--owl-lambda", "0.4"], "--owl-lambda"),
+        (["--profile", "owl", "--owl-m", "0.5"], "--owl-m"),
+        (["--profile", "owl", "--sparsity", "2:4"], "N:M"),
+        (["--profile", "spiky"], "unknown --profile"),
+        (["--method", "none"], "prunes nothing"),
+        (["--mask-selection", "block"], "applies to sparsegpt"),
+        (["--method", "sparsegpt", "--mask-selection", "column"], "--mask-selection must be"),
+        (["--method", "ria", "--ria-alpha", "-1"], "--ria-alpha"),
+        (["--method", "sparsegpt", "--sparsity", "2:4", "--quantize", "w4g16,actorder"], "actorder"),
+    ],
+)
 def test_bad_compression_options_give_one_line_and_exit_2(llama_folder, tmp_path, cli, args, message):
     calib = [] if "--no-calib" in args else ["--calib", f"file:{llama_folder}/calib.txt"]
     args = [a for a in args if a != "--no-calib"]
@@ -308,8 +342,19 @@ def test_bad_compression_options_give_one_line_and_exit_2(llama_folder, tmp_path
 
 
 def test_gpt2_conv1d_layers_are_refused_for_quantization(checkpoint, tmp_path, cli):
-    done = cli("prune", "--model", checkpoint, "--calib", f"file:{checkpoint}/calib.txt", "--seqlen", "16",
-               "--quantize", "w4g16", "--out", tmp_path / "g")  # fmt: skip
+    done = cli(
+        "prune",
+        "--model",
+        checkpoint,
+        "--calib",
+        f"file:{checkpoint}/calib.txt",
+        "--seqlen",
+        "16",
+        "--quantize",
+        "w4g16",
+        "--out",
+        tmp_path / "g",
+    )
     assert done.returncode == 2 and "Conv1D" in done.stderr
 
 

@@ -42,7 +42,10 @@ def test_wanda_on_udhr_prunes_gemma_and_keeps_it_a_language_model(gemma, tmp_pat
         assert result.summary["sparsity_pruned_layers"] == pytest.approx(0.3, abs=0.002)
         assert len(result.masks) == 18 * 7
         for lang in ("en", "sw"):
-            assert math.isfinite(pruned[lang]["ppl"]) and dense[lang]["ppl"] < pruned[lang]["ppl"] < 20 * dense[lang]["ppl"]
+            assert (
+                math.isfinite(pruned[lang]["ppl"])
+                and dense[lang]["ppl"] < pruned[lang]["ppl"] < 20 * dense[lang]["ppl"]
+            )
         save_run(tmp_path / "run", model, tokenizer, result.changes, {"model": "gemma-3-270m", **result.summary})
         reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "run")
         q = reloaded.model.layers[3].self_attn.q_proj.weight
@@ -97,9 +100,14 @@ def test_every_analysis_on_gemma_with_real_text(tmp_path):
         runs.append(tmp_path / f"wanda-{language}")
         run_prune(PruneSettings(out=runs[-1], calib=f"mono:{language}", nsamples=2, seqlen=64, batch_size=2))
     langs = ("en", "de", "fr", "zh", "sw")
-    features = run_analysis(AnalysisSettings("features", tmp_path / "features", sets=("demo:en", "demo:fr", "mt:fr-en"),
-                                             nsamples=3, seqlen=256))  # fmt: skip
-    assert len(features["overlap"]) == 18 and all(features["overlap"][k][i][i] == 0 for k in range(18) for i in range(3))
+    features = run_analysis(
+        AnalysisSettings(
+            "features", tmp_path / "features", sets=("demo:en", "demo:fr", "mt:fr-en"), nsamples=3, seqlen=256
+        )
+    )
+    assert len(features["overlap"]) == 18 and all(
+        features["overlap"][k][i][i] == 0 for k in range(18) for i in range(3)
+    )
     assert features["unique_top"] and all(0 <= e["share"]["20"] <= 1 for e in features["unique_top"])
     masks = run_analysis(AnalysisSettings("masks", tmp_path / "masks", runs=tuple(runs)))
     iou = [v for per in masks["iou"]["de|en"].values() for v in per]
@@ -127,8 +135,17 @@ def test_gptq_on_gemma_beats_round_to_nearest_and_its_checkpoint_loads(tmp_path)
     from langprune.engine import LayerFilter, find_blocks, prunable_layers, weight_matrix
     from langprune.evaluation import perplexity
 
-    report = run_prune(PruneSettings(out=tmp_path / "gptq", calib="mix:en+de", method="none", quantize="w4g128",
-                                     nsamples=6, seqlen=256, batch_size=3))  # fmt: skip
+    report = run_prune(
+        PruneSettings(
+            out=tmp_path / "gptq",
+            calib="mix:en+de",
+            method="none",
+            quantize="w4g128",
+            nsamples=6,
+            seqlen=256,
+            batch_size=3,
+        )
+    )
     assert report["quantization"]["spec"] == "w4g128" and len(report["layers"]) == 126
     quantized, tokenizer = load_model(str(tmp_path / "gptq"))
     rtn, _ = load_model("gemma-3-270m")

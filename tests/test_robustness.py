@@ -11,11 +11,10 @@ import os
 
 import pytest
 import torch
+from conftest import CALIBRATION_TEXT as TEXT
 from conftest import tiny_model, tiny_tokenizer, token_ids
 
 from langprune.errors import UserError
-
-from conftest import CALIBRATION_TEXT as TEXT
 
 
 @pytest.fixture
@@ -36,8 +35,20 @@ def assert_one_line_error(code, err, message):
 
 
 def prune_args(checkpoint, out, *extra):
-    return ["prune", "--model", checkpoint, "--calib", f"file:{checkpoint / 'calib.txt'}", "--nsamples", "2",
-            "--seqlen", "8", "--out", out, *extra]  # fmt: skip
+    return [
+        "prune",
+        "--model",
+        checkpoint,
+        "--calib",
+        f"file:{checkpoint / 'calib.txt'}",
+        "--nsamples",
+        "2",
+        "--seqlen",
+        "8",
+        "--out",
+        out,
+        *extra,
+    ]
 
 
 # -- usage errors and interrupts ---------------------------------------------------------------------------------
@@ -110,7 +121,9 @@ def test_encoder_only_models_are_refused(checkpoint, tmp_path, run, monkeypatch)
     import transformers as tf
 
     folder = tmp_path / "bert"
-    config = tf.BertConfig(vocab_size=96, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64)
+    config = tf.BertConfig(
+        vocab_size=96, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64
+    )
     tf.BertForMaskedLM(config).save_pretrained(folder)
     tiny_tokenizer(folder)
     (folder / "calib.txt").write_text(TEXT)
@@ -165,15 +178,18 @@ def test_prune_ranges(checkpoint, tmp_path, run, monkeypatch, extra, message):
 def test_pretokenized_ids_must_be_integers_inside_the_vocabulary(checkpoint, tmp_path, run, monkeypatch):
     torch.save(torch.rand(2, 8), tmp_path / "float.pt")
     torch.save(torch.full((2, 8), 500), tmp_path / "large.pt")
-    for name, message in (("float.pt", "must be an integer tensor"), ("large.pt", "outside the model's vocabulary of 96")):
-        code, _, err = run("prune", "--model", checkpoint, "--tokens", tmp_path / name,
-                           "--out", tmp_path / "out")  # fmt: skip
+    for name, message in (
+        ("float.pt", "must be an integer tensor"),
+        ("large.pt", "outside the model's vocabulary of 96"),
+    ):
+        code, _, err = run("prune", "--model", checkpoint, "--tokens", tmp_path / name, "--out", tmp_path / "out")
         assert_one_line_error(code, err, message)
 
 
 def test_a_huge_seed_prunes_like_any_other(checkpoint, tmp_path, run, monkeypatch):
-    code, _, err = run("prune", "--model", checkpoint, "--method", "random", "--seed",
-                       str(2**64 - 1), "--out", tmp_path / "out")  # fmt: skip
+    code, _, err = run(
+        "prune", "--model", checkpoint, "--method", "random", "--seed", str(2**64 - 1), "--out", tmp_path / "out"
+    )
     assert code == 0, err
 
 
@@ -226,8 +242,9 @@ def test_output_folders_that_cannot_be_written_are_refused_before_loading(checkp
 
 
 @pytest.mark.parametrize("number, message", [(errno.EROFS, "read-only"), (errno.ENOSPC, "no space left")])
-def test_read_only_and_full_disks_are_one_line_and_leave_nothing(checkpoint, tmp_path, run, monkeypatch, number,
-                                                                 message):  # fmt: skip
+def test_read_only_and_full_disks_are_one_line_and_leave_nothing(
+    checkpoint, tmp_path, run, monkeypatch, number, message
+):
     import langprune.runs.folder as folder
 
     def failing(*args, **kwargs):
@@ -344,8 +361,14 @@ def test_rankc_without_shared_examples_is_none_not_nan():
 def test_tables_say_identical_only_for_an_undefined_snr():
     from langprune.evaluation.tables import metric_rows
 
-    rows = metric_rows({"tasks": {"ppl": {"en": {"ppl": None, "bits_per_byte": 1.0, "tokens": 3}},
-                                  "fidelity": {"en": {"snr_db": None, "pruning_error": 0.0}}}})  # fmt: skip
+    rows = metric_rows(
+        {
+            "tasks": {
+                "ppl": {"en": {"ppl": None, "bits_per_byte": 1.0, "tokens": 3}},
+                "fidelity": {"en": {"snr_db": None, "pruning_error": 0.0}},
+            }
+        }
+    )
     values = {(task, metric): v["en"] for task, metric, v in rows}
     assert values[("ppl", "ppl")] == "-" and values[("fidelity", "SNR dB")] == "identical"
 
@@ -365,8 +388,13 @@ def test_eval_writes_each_finished_task_and_a_rerun_keeps_them(checkpoint, tiny_
         return real(job, *args, **kwargs)
 
     monkeypatch.setattr(runner, "run_job", flaky)
-    settings = EvalSettings(model=str(checkpoint), tasks=("ppl", "cloze"), langs=("en", "fr"),
-                            options=Settings(seqlen=16, batch_size=4, limit=4), out=tmp_path)  # fmt: skip
+    settings = EvalSettings(
+        model=str(checkpoint),
+        tasks=("ppl", "cloze"),
+        langs=("en", "fr"),
+        options=Settings(seqlen=16, batch_size=4, limit=4),
+        out=tmp_path,
+    )
     with pytest.raises(UserError, match="1 evaluation\\(s\\) failed .*multiemo fr: the corpus went away"):
         run_eval(settings)
     saved = json.loads((tmp_path / "eval.json").read_text())
@@ -412,6 +440,7 @@ def test_hub_download_reports_offline_but_keeps_bugs(monkeypatch, tmp_path):
 
     source = HubDataset("org/data")
     for error, expected in ((OfflineModeIsEnabled("offline"), UserError), (RuntimeError("a bug"), RuntimeError)):
+
         def fail(*args, error=error, **kwargs):
             raise error
 
@@ -428,7 +457,9 @@ def test_concurrent_installs_of_one_corpus_never_collide(tmp_path, monkeypatch):
 
     monkeypatch.setenv("LANGPRUNE_CACHE", str(tmp_path / "cache"))
     corpus = get_corpus("udhr")
-    monkeypatch.setattr(type(corpus), "extract", lambda self, files, into: (into / "en.json").write_text('[["k", "t"]]'))
+    monkeypatch.setattr(
+        type(corpus), "extract", lambda self, files, into: (into / "en.json").write_text('[["k", "t"]]')
+    )
     with ThreadPoolExecutor(4) as pool:
         list(pool.map(lambda _: corpus.install([]), range(8)))
     assert (corpus.folder() / MARKER).exists() and [u.text for u in corpus.units("en")] == ["t"]
@@ -439,10 +470,10 @@ def test_concurrent_installs_of_one_corpus_never_collide(tmp_path, monkeypatch):
 
 
 def test_sampled_translation_leaves_the_global_random_state_alone():
+    from conftest import byte_tokenizer
     from transformers import PreTrainedTokenizerFast
 
     from langprune.evaluation.translation import generate
-    from conftest import byte_tokenizer
 
     tokenizer: PreTrainedTokenizerFast = byte_tokenizer()
     model = tiny_model("llama")
@@ -471,7 +502,10 @@ def test_batches_carry_their_role_and_language(tiny_corpora):
 
     calib = calibration.build("mix:en+fr", tiny_tokenizer(tiny_corpora / "tok"), nsamples=4, seqlen=8, seed=0)
     tags = [batch.tag for batch in calib.batches(2, role="contrast")]
-    assert [(t.role, t.language, t.kind) for t in tags] == [("contrast", "en", "windows"), ("contrast", "fr", "windows")]
+    assert [(t.role, t.language, t.kind) for t in tags] == [
+        ("contrast", "en", "windows"),
+        ("contrast", "fr", "windows"),
+    ]
     assert calib.batches(4)[0].tag.language is None  # a batch of two languages has none
 
 
@@ -484,11 +518,14 @@ def test_engine_taps_any_submodule_and_block_outputs():
     seen = {}
     engine = BlockEngine(model, [TokenBatch(ids, mask)])
     engine.capture()
-    engine.run_block(0, taps={"mlp.act_fn": lambda n, y, b: seen.setdefault(n, y)},
-                     on_output=lambda n, h, b: seen.setdefault(n, h))  # fmt: skip
+    engine.run_block(
+        0, taps={"mlp.act_fn": lambda n, y, b: seen.setdefault(n, y)}, on_output=lambda n, h, b: seen.setdefault(n, h)
+    )
     brute = {}
-    hooks = [model.model.layers[0].mlp.act_fn.register_forward_hook(lambda m, a, o: brute.setdefault("act", o)),
-             model.model.layers[0].register_forward_hook(lambda m, a, o: brute.setdefault("out", o))]  # fmt: skip
+    hooks = [
+        model.model.layers[0].mlp.act_fn.register_forward_hook(lambda m, a, o: brute.setdefault("act", o)),
+        model.model.layers[0].register_forward_hook(lambda m, a, o: brute.setdefault("out", o)),
+    ]
     with torch.no_grad():
         model(input_ids=ids, attention_mask=mask)
     for h in hooks:

@@ -1,12 +1,12 @@
 """langprune: prune multilingual causal LMs with language-aware calibration.
 
-    from langprune import load_model, prune, calibration
-    model, tokenizer = load_model("gemma-3-270m")
-    calib = calibration.build("mix:en+de", tokenizer, nsamples=32, seqlen=512)
-    model, result = prune(model, tokenizer, calib, method="wanda", sparsity="0.5")
+from langprune import load_model, prune, calibration
+model, tokenizer = load_model("gemma-3-270m")
+calib = calibration.build("mix:en+de", tokenizer, nsamples=32, seqlen=512)
+model, result = prune(model, tokenizer, calib, method="wanda", sparsity="0.5")
 
-    from langprune import PruneSettings, run_prune     # the whole job, as `langprune prune` runs it
-    report = run_prune(PruneSettings(out="runs/wanda50", calib="mono:de", nsamples=32))
+from langprune import PruneSettings, run_prune     # the whole job, as `langprune prune` runs it
+report = run_prune(PruneSettings(out="runs/wanda50", calib="mono:de", nsamples=32))
 """
 
 from . import calibration
@@ -16,5 +16,18 @@ from .compress import LayerChange, PruneResult, Sparsity, prune_model
 from .errors import UserError
 from .models import load_model
 
-__all__ = ["CalibrationSet", "EvalSettings", "LayerChange", "PruneResult", "PruneSettings", "Sparsity", "UserError",
-           "calibration", "load_model", "prune", "prune_model", "run_eval", "run_prune"]
+__all__ = [
+    "CalibrationSet",
+    "EvalSettings",
+    "LayerChange",
+    "PruneResult",
+    "PruneSettings",
+    "Sparsity",
+    "UserError",
+    "calibration",
+    "load_model",
+    "prune",
+    "prune_model",
+    "run_eval",
+    "run_prune",
+]

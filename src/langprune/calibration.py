@@ -86,11 +86,13 @@ class CalibrationSet:
         }
 
     @classmethod
-    def from_tokens(cls, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> "CalibrationSet":
+    def from_tokens(cls, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> CalibrationSet:
         input_ids = torch.as_tensor(input_ids, dtype=torch.long)
         if input_ids.ndim == 1:
             input_ids = input_ids.unsqueeze(0)
-        mask = torch.ones_like(input_ids) if attention_mask is None else torch.as_tensor(attention_mask, dtype=torch.long)
+        mask = (
+            torch.ones_like(input_ids) if attention_mask is None else torch.as_tensor(attention_mask, dtype=torch.long)
+        )
         if mask.shape != input_ids.shape:
             raise UserError(f"attention mask shape {tuple(mask.shape)} differs from input ids {tuple(input_ids.shape)}")
         return cls(input_ids, mask, [{"name": "pre-tokenized", "sequences": int(input_ids.shape[0])}], layout="tokens")
@@ -126,8 +128,10 @@ def parse_recipe(text: str) -> Recipe:
         if arg or kind not in ("code", f"code@{corpus}"):
             raise UserError(f"malformed calibration recipe {text!r}: write code or code@CORPUS")
         if get_corpus(corpus).kind != "code":
-            raise UserError(f"recipe {text!r}: {corpus} is a {get_corpus(corpus).kind} corpus, not code; "
-                            "write code (the python-code corpus) or mono:LANG@" + corpus)  # fmt: skip
+            raise UserError(
+                f"recipe {text!r}: {corpus} is a {get_corpus(corpus).kind} corpus, not code; "
+                "write code (the python-code corpus) or mono:LANG@" + corpus
+            )
         return Recipe(text, "code", ("code",), corpus)
     arg, _, corpus = arg.partition("@")
     corpus = corpus or DEFAULT_CORPUS
@@ -184,8 +188,13 @@ def build(
         return _pad(rows, [source], tokenizer, seqlen, recipe, seed, "-".join(parsed.languages))
     if parsed.kind == "file":
         units = read_local(Path(parsed.path).expanduser(), parsed.languages[0] if parsed.languages else None)
-        groups = [({"name": "file", "path": parsed.path, "language": (parsed.languages or (None,))[0]},
-                   [u.text for u in units], nsamples)]  # fmt: skip
+        groups = [
+            (
+                {"name": "file", "path": parsed.path, "language": (parsed.languages or (None,))[0]},
+                [u.text for u in units],
+                nsamples,
+            )
+        ]
     else:
         languages = parsed.languages
         shares = [nsamples // len(languages) + (i < nsamples % len(languages)) for i in range(len(languages))]
@@ -211,10 +220,13 @@ def load_tokens(path: Path) -> CalibrationSet:
     else:
         raise UserError(f"token file {path} must hold an (n x seqlen) ids tensor or a dict with input_ids")
     for what, tensor in (("input_ids", ids), ("attention_mask", mask)):
-        if tensor is not None and (not isinstance(tensor, torch.Tensor) or tensor.is_floating_point() or tensor.is_complex()):
+        if tensor is not None and (
+            not isinstance(tensor, torch.Tensor) or tensor.is_floating_point() or tensor.is_complex()
+        ):
             kind = tensor.dtype if isinstance(tensor, torch.Tensor) else type(tensor).__name__
-            raise UserError(f"token file {path}: {what} must be an integer tensor, not {kind}; save token ids as "
-                            "torch.long")  # fmt: skip
+            raise UserError(
+                f"token file {path}: {what} must be an integer tensor, not {kind}; save token ids as torch.long"
+            )
     return CalibrationSet.from_tokens(ids, mask)
 
 
@@ -223,8 +235,10 @@ def check_fits(calibration: CalibrationSet, model, what: str = "calibration") ->
     vocabulary = model.get_input_embeddings().num_embeddings
     low, high = int(calibration.input_ids.min()), int(calibration.input_ids.max())
     if low < 0 or high >= vocabulary:
-        raise UserError(f"{what} has token ids from {low} to {high}, outside the model's vocabulary of {vocabulary}: "
-                        "tokenize with this model's tokenizer")  # fmt: skip
+        raise UserError(
+            f"{what} has token ids from {low} to {high}, outside the model's vocabulary of {vocabulary}: "
+            "tokenize with this model's tokenizer"
+        )
     check_seqlen(calibration.input_ids.shape[1], model, what)
 
 
@@ -232,8 +246,10 @@ def check_seqlen(seqlen: int, model, what: str = "calibration") -> None:
     """Refuse sequences longer than the model's position embeddings cover."""
     positions = max_positions(model.config)
     if positions is not None and seqlen > positions:
-        raise UserError(f"{what} sequences of {seqlen} tokens are longer than the model's {positions} positions: "
-                        f"lower --seqlen to {positions} or less")  # fmt: skip
+        raise UserError(
+            f"{what} sequences of {seqlen} tokens are longer than the model's {positions} positions: "
+            f"lower --seqlen to {positions} or less"
+        )
 
 
 def max_positions(config) -> int | None:
@@ -272,16 +288,29 @@ def _assemble(groups, tokenizer, seqlen: int, rng: random.Random, recipe: str, s
         if len(windows) > share:
             windows = [windows[i] for i in sorted(rng.sample(range(len(windows)), share))]
         if len(windows) < share:
-            shortfalls.append(f"{source.get('language') or source.get('path') or source['name']}: {len(windows)} of {share}")
+            shortfalls.append(
+                f"{source.get('language') or source.get('path') or source['name']}: {len(windows)} of {share}"
+            )
         rows += windows
         languages += [source.get("language")] * len(windows)
-        sources.append({**source, "sequences": len(windows), "tokens": len(windows) * seqlen,
-                        "available_sequences": available, "documents": len(texts)})  # fmt: skip
+        sources.append(
+            {
+                **source,
+                "sequences": len(windows),
+                "tokens": len(windows) * seqlen,
+                "available_sequences": available,
+                "documents": len(texts),
+            }
+        )
     if not rows:
-        raise UserError(f"calibration {recipe!r} gave no sequence of {seqlen} tokens: not enough text; "
-                        "lower --seqlen or choose a larger corpus with @CORPUS")  # fmt: skip
+        raise UserError(
+            f"calibration {recipe!r} gave no sequence of {seqlen} tokens: not enough text; "
+            "lower --seqlen or choose a larger corpus with @CORPUS"
+        )
     if shortfalls:
-        warnings.warn(f"text ran out, fewer sequences of {seqlen} tokens than asked ({'; '.join(shortfalls)})")
+        warnings.warn(
+            f"text ran out, fewer sequences of {seqlen} tokens than asked ({'; '.join(shortfalls)})", stacklevel=2
+        )
     ids = torch.tensor(rows, dtype=torch.long)
     return CalibrationSet(ids, torch.ones_like(ids), sources, recipe, seed, "windows", languages)
 
@@ -298,13 +327,21 @@ def _demonstrations(parsed: Recipe, tokenizer, count: int, shots: int, rng: rand
         pool = [(u.text, None) for u in corpus.units(source, "calibration")]
         names = (english_name(source), None)
     if len(pool) < shots:
-        raise UserError(f"{parsed.corpus} has {len(pool)} calibration texts for {'-'.join(parsed.languages)}, fewer "
-                        f"than {shots} shots: lower --shots or choose a larger corpus with @CORPUS")  # fmt: skip
+        raise UserError(
+            f"{parsed.corpus} has {len(pool)} calibration texts for {'-'.join(parsed.languages)}, fewer "
+            f"than {shots} shots: lower --shots or choose a larger corpus with @CORPUS"
+        )
     if tokenizer.eos_token_id is None:
         raise UserError("demonstrations end every shot with EOS, but this tokenizer has no eos_token")
     rows = [demonstration_ids(tokenizer, rng.sample(pool, shots), *names) for _ in range(count)]
-    source_summary = {"name": parsed.corpus, "languages": list(parsed.languages), "language": None,
-                      "demonstrations": count, "shots": shots, "available_pairs": len(pool)}  # fmt: skip
+    source_summary = {
+        "name": parsed.corpus,
+        "languages": list(parsed.languages),
+        "language": None,
+        "demonstrations": count,
+        "shots": shots,
+        "available_pairs": len(pool),
+    }
     return rows, source_summary
 
 
@@ -312,7 +349,9 @@ def _pad(rows, sources, tokenizer, seqlen: int, recipe: str, seed: int, language
     """Right-pad (masked) or cut each demonstration to exactly ``seqlen`` tokens."""
     cut = sum(len(r) > seqlen for r in rows)
     if cut:
-        warnings.warn(f"{cut} of {len(rows)} demonstrations are longer than --seqlen {seqlen} and were cut")
+        warnings.warn(
+            f"{cut} of {len(rows)} demonstrations are longer than --seqlen {seqlen} and were cut", stacklevel=2
+        )
     pad = pad_id(tokenizer)
     ids = torch.full((len(rows), seqlen), pad, dtype=torch.long)
     mask = torch.zeros((len(rows), seqlen), dtype=torch.long)

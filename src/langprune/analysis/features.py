@@ -72,18 +72,24 @@ def feature_norms(model, batches, at: str | None = None, progress=None) -> dict[
             return
         layer = block_index(name, blocks_name)
         if batch.tag.role not in squares:
-            squares[batch.tag.role] = torch.zeros(len(blocks), states.shape[-1], dtype=torch.float64, device=states.device)
+            squares[batch.tag.role] = torch.zeros(
+                len(blocks), states.shape[-1], dtype=torch.float64, device=states.device
+            )
         squares[batch.tag.role][layer] += states.double().square().sum(0)
 
     visitors = {"on_block_input": visit} if at is None else {"on_input": visit}
     sweep(model, [trimmed(b) for b in batches], progress=progress, **visitors)
     if not squares:
-        raise UserError(f"no layer {at!r} reads its own input in the blocks: name a prunable layer that is first "
-                        "to read its input, e.g. self_attn.q_proj, mlp.gate_proj or mlp.down_proj")  # fmt: skip
+        raise UserError(
+            f"no layer {at!r} reads its own input in the blocks: name a prunable layer that is first "
+            "to read its input, e.g. self_attn.q_proj, mlp.gate_proj or mlp.down_proj"
+        )
     norms = {name: value.sqrt().cpu() for name, value in squares.items()}
     for name, value in norms.items():
         if not torch.isfinite(value).all():
-            raise UserError(f"feature norms of {name} are not finite (overflow in the compute dtype): use --dtype float32")
+            raise UserError(
+                f"feature norms of {name} are not finite (overflow in the compute dtype): use --dtype float32"
+            )
     return norms
 
 
@@ -108,8 +114,12 @@ def quadrant_means(matrix: torch.Tensor, kinds: list[str]) -> dict[str, float | 
     """Mean of the off-diagonal entries in each (row kind x column kind) quadrant; None where a quadrant is empty."""
     means = {}
     for label, (row_kind, column_kind) in QUADRANTS.items():
-        values = [float(matrix[a, b]) for a, ka in enumerate(kinds) for b, kb in enumerate(kinds)
-                  if a != b and ka == row_kind and kb == column_kind]  # fmt: skip
+        values = [
+            float(matrix[a, b])
+            for a, ka in enumerate(kinds)
+            for b, kb in enumerate(kinds)
+            if a != b and ka == row_kind and kb == column_kind
+        ]
         means[label] = sum(values) / len(values) if values else None
     return means
 
@@ -126,8 +136,14 @@ def monolingual_partners(chosen: FeatureSet, sets: list[FeatureSet]) -> list[Fea
     return [s for s in sets if s.kind == "monolingual" and len(s.languages) == 1 and s.languages[0] in chosen.languages]
 
 
-def analyze_features(norms: dict[str, torch.Tensor], sets: list[FeatureSet], beta: float, figure_layers: list[int],
-                     at: str | None = None, top: int = 20) -> dict:  # fmt: skip
+def analyze_features(
+    norms: dict[str, torch.Tensor],
+    sets: list[FeatureSet],
+    beta: float,
+    figure_layers: list[int],
+    at: str | None = None,
+    top: int = 20,
+) -> dict:
     """Every number of the features analysis, from the norms: overlap matrices, quadrant means, top features, Table 7."""
     stacked = torch.stack([norms[s.name] for s in sets])  # sets x layers x features
     layers = stacked.shape[1]
@@ -139,13 +155,26 @@ def analyze_features(norms: dict[str, torch.Tensor], sets: list[FeatureSet], bet
         partners = monolingual_partners(chosen, sets)
         for layer in figure_layers:
             dims = ranked(norms[chosen.name][layer])[:top].tolist()
-            top_features.append({"set": chosen.name, "layer": layer, "features": dims,
-                                 "norms": {s.name: [float(norms[s.name][layer][d]) for d in dims]
-                                           for s in [chosen, *partners]}})  # fmt: skip
+            top_features.append(
+                {
+                    "set": chosen.name,
+                    "layer": layer,
+                    "features": dims,
+                    "norms": {s.name: [float(norms[s.name][layer][d]) for d in dims] for s in [chosen, *partners]},
+                }
+            )
             for partner in partners:
-                unique.append({"set": chosen.name, "against": partner.name, "layer": layer,
-                               "share": {str(k): unique_top_share(norms[chosen.name][layer], norms[partner.name][layer], k)
-                                         for k in UNIQUE_TOP_K}})  # fmt: skip
+                unique.append(
+                    {
+                        "set": chosen.name,
+                        "against": partner.name,
+                        "layer": layer,
+                        "share": {
+                            str(k): unique_top_share(norms[chosen.name][layer], norms[partner.name][layer], k)
+                            for k in UNIQUE_TOP_K
+                        },
+                    }
+                )
     return {
         "sets": [{"name": s.name, "kind": s.kind, "languages": list(s.languages)} for s in sets],
         "beta": beta,

@@ -43,8 +43,15 @@ def _heatmap(axis, values, rows, columns, title, vmin=0.0, vmax=1.0, cmap="virid
         for i, row in enumerate(values):
             for j, value in enumerate(row):
                 if value is not None and not (isinstance(value, float) and math.isnan(value)):
-                    axis.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=7,
-                              color="white" if value < (vmin + vmax) / 2 else "black")  # fmt: skip
+                    axis.text(
+                        j,
+                        i,
+                        f"{value:.2f}",
+                        ha="center",
+                        va="center",
+                        fontsize=7,
+                        color="white" if value < (vmin + vmax) / 2 else "black",
+                    )
     return image
 
 
@@ -54,8 +61,13 @@ def draw_features(result: dict, folder: Path) -> list[Path]:
     split = sum(1 for s in result["sets"] if s["kind"] == "monolingual") - 0.5
     for number, layer in zip((1, 3), result["figure_layers"]):
         figure, axis = plt.subplots(figsize=(1.2 + 0.6 * len(names), 0.9 + 0.55 * len(names)))
-        image = _heatmap(axis, result["overlap"][layer], names, names,
-                         f"Overlap of top-{result['beta']:g}% (rows) and bottom-{result['beta']:g}% (columns) features, block {layer}")  # fmt: skip
+        image = _heatmap(
+            axis,
+            result["overlap"][layer],
+            names,
+            names,
+            f"Overlap of top-{result['beta']:g}% (rows) and bottom-{result['beta']:g}% (columns) features, block {layer}",
+        )
         if 0 < split < len(names) - 1:
             axis.axhline(split, color="white", linewidth=2)
             axis.axvline(split, color="white", linewidth=2)
@@ -66,7 +78,13 @@ def draw_features(result: dict, folder: Path) -> list[Path]:
     figure, axis = plt.subplots(figsize=(7, 4))
     for label, values in result["quadrants"].items():
         if any(v is not None for v in values):
-            axis.plot(range(result["layers"]), [math.nan if v is None else v for v in values], marker="o", markersize=3, label=label)
+            axis.plot(
+                range(result["layers"]),
+                [math.nan if v is None else v for v in values],
+                marker="o",
+                markersize=3,
+                label=label,
+            )
     axis.set_xlabel("decoder block")
     axis.xaxis.set_major_locator(MaxNLocator(integer=True))
     axis.set_ylabel("mean overlap ratio (off-diagonal)")
@@ -97,8 +115,13 @@ def draw_masks(result: dict, folder: Path) -> list[Path]:
     rows = math.ceil(len(panels) / columns)
     known = [v for _, per in panels for m in modules for v in per[m] if v is not None]
     low = math.floor(min(known, default=0.0) * 10) / 10  # the colour scale starts near the data, as in the paper
-    figure, axes = plt.subplots(rows, columns, figsize=(0.22 * blocks * columns + 2.8, 0.32 * len(modules) * rows + 1.0 * rows),
-                                squeeze=False, layout="constrained")  # fmt: skip
+    figure, axes = plt.subplots(
+        rows,
+        columns,
+        figsize=(0.22 * blocks * columns + 2.8, 0.32 * len(modules) * rows + 1.0 * rows),
+        squeeze=False,
+        layout="constrained",
+    )
     image = None
     for k, (axis, (title, per)) in enumerate(zip(axes.flat, panels)):
         values = [[math.nan if v is None else v for v in per[m]] for m in modules]
@@ -108,11 +131,15 @@ def draw_masks(result: dict, folder: Path) -> list[Path]:
             axis.set_yticklabels([])
     for axis in list(axes.flat)[len(panels) :]:
         axis.axis("off")
-    figure.suptitle("Figure 2: pruning-mask stability per calibration language (|∩ seeds| / |∪ seeds|) and IoU between languages")
+    figure.suptitle(
+        "Figure 2: pruning-mask stability per calibration language (|∩ seeds| / |∪ seeds|) and IoU between languages"
+    )
     figure.colorbar(image, ax=axes, label="share of pruned weights")
     written.append(_save(figure, folder / "figure2-mask-iou.png"))
     labels = [g["label"] for g in result["groups"]]
-    figure, axes = plt.subplots(1, len(modules), figsize=(2.2 * len(modules) + 1, 2.8), squeeze=False, layout="constrained")
+    figure, axes = plt.subplots(
+        1, len(modules), figsize=(2.2 * len(modules) + 1, 2.8), squeeze=False, layout="constrained"
+    )
     for axis, module in zip(axes.flat, modules):
         matrix = [[1.0 if a == b else _pair(result, a, b, module) for b in labels] for a in labels]
         image = _heatmap(axis, matrix, labels, labels, module, vmin=low)
@@ -131,23 +158,39 @@ def _pair(result: dict, a: str, b: str, module: str):
 def draw_lape(result: dict, folder: Path) -> list[Path]:
     models, focus = result["models"], result["focus_language"]
     shown = max(1, round(result["plot_share"] / result["group_share"]))
-    figure, axes = plt.subplots(3, 1, figsize=(max(8, 0.7 * shown * len(models) / 2 + 4), 10), sharex=True, layout="constrained")
+    figure, axes = plt.subplots(
+        3, 1, figsize=(max(8, 0.7 * shown * len(models) / 2 + 4), 10), sharex=True, layout="constrained"
+    )
     width = 0.8 / len(models)
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for k, label in enumerate(models):
         per = result["per_model"][label]
         stats = [dict(s, label="") for s in per["lape_box"][:shown] if s["n"]]
         positions = [g + k * width for g, s in enumerate(per["lape_box"][:shown]) if s["n"]]
-        parts = axes[0].bxp(stats, positions=positions, widths=width * 0.9, showfliers=False, patch_artist=True, manage_ticks=False)
+        parts = axes[0].bxp(
+            stats, positions=positions, widths=width * 0.9, showfliers=False, patch_artist=True, manage_ticks=False
+        )
         for patch in parts["boxes"]:
             patch.set_facecolor(colours[k % len(colours)])
         axes[0].plot([], [], color=colours[k % len(colours)], linewidth=6, label=label)
         groups = range(len(per["probability"][focus][:shown]))
-        axes[1].bar([g + k * width for g in groups], per["probability"][focus][:shown], width=width, color=colours[k % len(colours)])
-        axes[2].bar([g + k * width for g in groups], per["magnitude"][focus][:shown], width=width, color=colours[k % len(colours)])
+        axes[1].bar(
+            [g + k * width for g in groups],
+            per["probability"][focus][:shown],
+            width=width,
+            color=colours[k % len(colours)],
+        )
+        axes[2].bar(
+            [g + k * width for g in groups],
+            per["magnitude"][focus][:shown],
+            width=width,
+            color=colours[k % len(colours)],
+        )
     share = result["group_share"]
     axes[0].set_ylabel("LAPE (nats)")
-    axes[0].set_title(f"Figure 3: LAPE of FFN neuron groups ({share:.0%} each, sorted by dense LAPE), lowest {result['plot_share']:.0%}")
+    axes[0].set_title(
+        f"Figure 3: LAPE of FFN neuron groups ({share:.0%} each, sorted by dense LAPE), lowest {result['plot_share']:.0%}"
+    )
     axes[0].legend(fontsize=8)
     axes[1].set_ylabel(f"activation probability ({focus})")
     axes[2].set_ylabel(f"mean |neuron output| ({focus})")
@@ -160,8 +203,9 @@ def draw_lsar(result: dict, folder: Path) -> list[Path]:
     languages, blocks, pruned = result["languages"], result["blocks"], result["models"][1:]
     chosen = sorted({round(i * (blocks - 1) / 3) for i in range(4)})
     written = []
-    figure, axes = plt.subplots(2, len(chosen), figsize=(3.2 * len(chosen), 6.5), sharey="row", squeeze=False,
-                                layout="constrained")  # fmt: skip
+    figure, axes = plt.subplots(
+        2, len(chosen), figsize=(3.2 * len(chosen), 6.5), sharey="row", squeeze=False, layout="constrained"
+    )
     for row, part in enumerate(("agnostic", "specific")):
         for column, block in enumerate(chosen):
             axis = axes[row][column]
@@ -180,8 +224,13 @@ def draw_lsar(result: dict, folder: Path) -> list[Path]:
         axis = axes[0][column]
         for label in pruned:
             per = result["delta"][label]["relative"][part]
-            axis.plot(range(blocks), [sum(per[lang][b] for lang in languages) / len(languages) for b in range(blocks)],
-                      marker="o", markersize=3, label=label)  # fmt: skip
+            axis.plot(
+                range(blocks),
+                [sum(per[lang][b] for lang in languages) / len(languages) for b in range(blocks)],
+                marker="o",
+                markersize=3,
+                label=label,
+            )
         axis.set_xlabel("decoder block")
         axis.xaxis.set_major_locator(MaxNLocator(integer=True))
         axis.set_ylabel(f"Δ {part} / dense {part} norm (mean over languages)")

@@ -18,8 +18,9 @@ class SentenceBatch(TokenBatch):
     positions: tuple[int, ...] = ()
 
 
-def sentence_batches(tokenizer, languages: list[str], corpus: str, limit: int | None, seqlen: int,
-                     batch_size: int) -> list[SentenceBatch]:  # fmt: skip
+def sentence_batches(
+    tokenizer, languages: list[str], corpus: str, limit: int | None, seqlen: int, batch_size: int
+) -> list[SentenceBatch]:
     """One row per text unit (an article, a summary) of each language's held-out part, BOS first, cut at ``seqlen``.
 
     Batches never mix languages: each is tagged ``Tag("analysis", language, "sentences")``,

@@ -37,13 +37,20 @@ ACTIVATION_PACKAGES = ("transformers.activations", "torch.nn.modules.activation"
 
 def find_activation(block: nn.Module) -> str:
     """The name inside a block of its FFN activation module (``mlp.act_fn``, ``mlp.act``, ``activation_fn``...)."""
-    found = [name for name, module in block.named_modules()
-             if name and not list(module.children()) and not list(module.parameters(recurse=False))
-             and (type(module).__module__ in ACTIVATION_PACKAGES or "gelu" in type(module).__name__.lower())]  # fmt: skip
+    found = [
+        name
+        for name, module in block.named_modules()
+        if name
+        and not list(module.children())
+        and not list(module.parameters(recurse=False))
+        and (type(module).__module__ in ACTIVATION_PACKAGES or "gelu" in type(module).__name__.lower())
+    ]
     if len(found) != 1:
         detail = f"candidates: {', '.join(found)}" if found else "none found"
-        raise UserError(f"cannot tell which module is the FFN activation of {type(block).__name__} ({detail}): "
-                        "name it with --tap, e.g. --tap mlp.act_fn")  # fmt: skip
+        raise UserError(
+            f"cannot tell which module is the FFN activation of {type(block).__name__} ({detail}): "
+            "name it with --tap, e.g. --tap mlp.act_fn"
+        )
     return found[0]
 
 
@@ -75,7 +82,9 @@ def count_neurons(model, batches, languages: list[str], tap: str | None = None, 
 
     def add(kind: str, layer: int, values: torch.Tensor, batch) -> None:
         if kind not in sums:
-            sums[kind] = torch.zeros(len(blocks), values.shape[-1], len(languages), dtype=torch.float64, device=values.device)
+            sums[kind] = torch.zeros(
+                len(blocks), values.shape[-1], len(languages), dtype=torch.float64, device=values.device
+            )
         sums[kind][layer, :, column[batch.tag.language]] += values.sum(0, dtype=torch.float64)
 
     def on_activation(name, outputs, batch):
@@ -91,8 +100,10 @@ def count_neurons(model, batches, languages: list[str], tap: str | None = None, 
         tokens[column[batch.tag.language]] += int(batch.attention_mask.sum())
     active, magnitude = sums["active"].cpu(), sums["magnitude"].cpu()
     if active.shape != magnitude.shape:
-        raise UserError(f"{tap} has {active.shape[1]} outputs but the FFN output layer {output_layer} reads "
-                        f"{magnitude.shape[1]}: name the activation feeding it with --tap")  # fmt: skip
+        raise UserError(
+            f"{tap} has {active.shape[1]} outputs but the FFN output layer {output_layer} reads "
+            f"{magnitude.shape[1]}: name the activation feeding it with --tap"
+        )
     if not torch.isfinite(magnitude).all():
         raise UserError("neuron outputs are not finite (overflow in the compute dtype): use --dtype float32")
     return NeuronCounts(languages, active, magnitude, tokens)
@@ -107,8 +118,13 @@ def lape(probability: torch.Tensor) -> torch.Tensor:
     return torch.where(total.squeeze(-1) > 0, entropy, torch.full_like(entropy, float("nan")))
 
 
-def language_specific(probability: torch.Tensor, languages: list[str], filter_rate: float = 0.95,
-                      top_rate: float = 0.01, bar_rate: float = 0.95) -> dict[str, list[list[int]]]:  # fmt: skip
+def language_specific(
+    probability: torch.Tensor,
+    languages: list[str],
+    filter_rate: float = 0.95,
+    top_rate: float = 0.01,
+    bar_rate: float = 0.95,
+) -> dict[str, list[list[int]]]:
     """Tang et al.'s language-specific neurons: per language, [block, neuron] pairs."""
     flat = probability.flatten()
     filter_value = flat.kthvalue(max(1, round(flat.numel() * filter_rate))).values
@@ -134,8 +150,15 @@ def box(values: torch.Tensor) -> dict:
         return {"med": None, "q1": None, "q3": None, "whislo": None, "whishi": None, "mean": None, "n": 0}
     q1, med, q3 = (float(torch.quantile(values, q)) for q in (0.25, 0.5, 0.75))
     low, high = q1 - 1.5 * (q3 - q1), q3 + 1.5 * (q3 - q1)
-    return {"med": med, "q1": q1, "q3": q3, "whislo": float(values[values >= low].min()),
-            "whishi": float(values[values <= high].max()), "mean": float(values.mean()), "n": int(values.numel())}  # fmt: skip
+    return {
+        "med": med,
+        "q1": q1,
+        "q3": q3,
+        "whislo": float(values[values >= low].min()),
+        "whishi": float(values[values <= high].max()),
+        "mean": float(values.mean()),
+        "n": int(values.numel()),
+    }
 
 
 def analyze_lape(counts: dict[str, NeuronCounts], group_share: float = 0.02, **selection) -> dict:
@@ -157,13 +180,17 @@ def analyze_lape(counts: dict[str, NeuronCounts], group_share: float = 0.02, **s
         specific = language_specific(c.probability, c.languages, **selection)
         per_model[label] = {
             "lape_box": [box(entropies[label][g]) for g in groups],
-            "probability": {lang: [float(probability[g, k].mean()) for g in groups] for k, lang in enumerate(c.languages)},
+            "probability": {
+                lang: [float(probability[g, k].mean()) for g in groups] for k, lang in enumerate(c.languages)
+            },
             "magnitude": {lang: [float(magnitude[g, k].mean()) for g in groups] for k, lang in enumerate(c.languages)},
             "never_active": int(torch.isnan(entropies[label]).sum()),
             "specific_neurons": specific,
             "specific_counts": {lang: len(v) for lang, v in specific.items()},
         }
-    dense_specific = {(lang, b, n) for lang, pairs in per_model[labels[0]]["specific_neurons"].items() for b, n in pairs}
+    dense_specific = {
+        (lang, b, n) for lang, pairs in per_model[labels[0]]["specific_neurons"].items() for b, n in pairs
+    }
     for label in labels[1:]:
         mine = {(lang, b, n) for lang, pairs in per_model[label]["specific_neurons"].items() for b, n in pairs}
         per_model[label]["specific_kept"] = len(mine & dense_specific) / len(dense_specific) if dense_specific else None

@@ -30,7 +30,9 @@ def lsar_subspace(means: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.T
     """(mu, M_s) for language means (d x L), float64: the shared vector and an orthonormal d x rank basis."""
     means = means.double()
     if not 1 <= rank < means.shape[1]:
-        raise UserError(f"LSAR rank {rank} must be between 1 and the number of languages minus one ({means.shape[1] - 1})")
+        raise UserError(
+            f"LSAR rank {rank} must be between 1 and the number of languages minus one ({means.shape[1] - 1})"
+        )
     centre = means.mean(1, keepdim=True)
     u, s, vh = torch.linalg.svd(means - centre, full_matrices=False)
     rebuilt = centre + u[:, :rank] @ (vh[:rank].T * s[:rank]).T
@@ -72,7 +74,9 @@ def sentence_embeddings(model, batches: list[SentenceBatch], special_ids: set[in
     return out
 
 
-def decompose(embeddings: torch.Tensor, languages: list[str], rank: int | None) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def decompose(
+    embeddings: torch.Tensor, languages: list[str], rank: int | None
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Per block, (agnostic, specific) parts of every sentence under this model's own LSAR subspace."""
     names = list(dict.fromkeys(languages))
     rank = len(names) - 1 if rank is None else rank
@@ -97,8 +101,14 @@ def analyze_lsar(embeddings: dict[str, torch.Tensor], languages: list[str], rank
     labels = list(embeddings)
     dense = decompose(embeddings[labels[0]], languages, rank)
     index = torch.tensor([names.index(lang) for lang in languages])
-    result = {"languages": names, "rank": len(names) - 1 if rank is None else rank, "blocks": len(dense),
-              "sentences": {lang: int((index == k).sum()) for k, lang in enumerate(names)}, "models": labels, "delta": {}}  # fmt: skip
+    result = {
+        "languages": names,
+        "rank": len(names) - 1 if rank is None else rank,
+        "blocks": len(dense),
+        "sentences": {lang: int((index == k).sum()) for k, lang in enumerate(names)},
+        "models": labels,
+        "delta": {},
+    }
     for label in labels[1:]:
         pruned = decompose(embeddings[label], languages, rank)
         per = {part: {lang: [] for lang in names} for part in ("agnostic", "specific")}

@@ -49,7 +49,9 @@ def group_runs(runs: list[Path]) -> tuple[list[RunGroup], str]:
     reports = {Path(run): load_report(run) for run in runs}
     models = {report.get("model") for report in reports.values()}
     if len(models) != 1:
-        raise UserError(f"the runs prune different models ({', '.join(sorted(map(str, models)))}): compare runs of one model")
+        raise UserError(
+            f"the runs prune different models ({', '.join(sorted(map(str, models)))}): compare runs of one model"
+        )
     methods = {report.get("method") for report in reports.values()}
     groups: dict[str, RunGroup] = {}
     for run, report in reports.items():
@@ -74,7 +76,9 @@ def analyze_masks(runs: list[Path], progress=None) -> dict:
     first = next(iter(readers.values()))
     for run, reader in readers.items():
         if set(reader.names) != set(first.names):
-            raise UserError(f"{run} pruned other layers than {first.run}: compare runs of the same model and layer choice")
+            raise UserError(
+                f"{run} pruned other layers than {first.run}: compare runs of the same model and layer choice"
+            )
     blocks = sorted({split_name(name)[0] for name in first.names})
     modules = list(dict.fromkeys(split_name(name)[1] for name in first.names))
     empty = {module: [None] * (max(blocks) + 1) for module in modules}
@@ -108,8 +112,10 @@ def _compare_layer(name: str, groups: list[RunGroup], kept: dict, stable: dict, 
     for group in groups:
         pruned = [~kept[run][name] for run in group.runs]
         if len({tuple(p.shape) for p in pruned}) != 1:
-            raise UserError(f"layer {name} has different shapes across runs {[str(r) for r in group.runs]}: "
-                            "compare runs of the same model")  # fmt: skip
+            raise UserError(
+                f"layer {name} has different shapes across runs {[str(r) for r in group.runs]}: "
+                "compare runs of the same model"
+            )
         inter, union = pruned[0].clone(), pruned[0].clone()
         for other in pruned[1:]:
             inter &= other
@@ -119,7 +125,9 @@ def _compare_layer(name: str, groups: list[RunGroup], kept: dict, stable: dict, 
     for a, b in combinations(groups, 2):
         x, y = intersections[a.label], intersections[b.label]
         if x.shape != y.shape:
-            raise UserError(f"layer {name} has different shapes in {a.label} and {b.label} runs: compare runs of one model")
+            raise UserError(
+                f"layer {name} has different shapes in {a.label} and {b.label} runs: compare runs of one model"
+            )
         iou[f"{a.label}|{b.label}"][module][block] = ratio(int((x & y).sum()), int((x | y).sum()))
 
 

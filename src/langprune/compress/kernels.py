@@ -101,13 +101,14 @@ def _inverse_cholesky_upper(hessian: torch.Tensor, percdamp: float, name: str) -
             upper, info = torch.linalg.cholesky_ex(inverse, upper=True)
             if info.item() == 0 and torch.isfinite(upper).all():
                 if attempt:
-                    warnings.warn(f"{name}: Hessian needed dampening {damp:g} (asked {percdamp:g}) to factorise")
+                    warnings.warn(
+                        f"{name}: Hessian needed dampening {damp:g} (asked {percdamp:g}) to factorise", stacklevel=2
+                    )
                 return upper
         damp = damp * 10 if damp else 1e-4
-    warnings.warn(f"{name}: Hessian could not be factorised; falling back to its diagonal")
+    warnings.warn(f"{name}: Hessian could not be factorised; falling back to its diagonal", stacklevel=2)
     diag = (diagonal - added).abs()
     return torch.diag(1.0 / torch.sqrt(torch.where(diag > 0, diag, torch.ones_like(diag))))
-
 
 
 def ria_scores(weight: torch.Tensor, input_sq_norms: torch.Tensor, alpha: float = 0.5) -> torch.Tensor:
@@ -119,7 +120,9 @@ def ria_scores(weight: torch.Tensor, input_sq_norms: torch.Tensor, alpha: float 
     magnitude = weight.detach().abs().float()
     row_sums = magnitude.sum(1, keepdim=True)
     col_sums = magnitude.sum(0, keepdim=True)
-    relative = magnitude / torch.where(row_sums > 0, row_sums, 1.0) + magnitude / torch.where(col_sums > 0, col_sums, 1.0)
+    relative = magnitude / torch.where(row_sums > 0, row_sums, 1.0) + magnitude / torch.where(
+        col_sums > 0, col_sums, 1.0
+    )
     return relative * input_sq_norms.to(torch.float32).sqrt().pow(alpha).unsqueeze(0)
 
 
@@ -306,11 +309,27 @@ def _group_index(cols: int, quant: QuantSpec | None, perm: torch.Tensor | None) 
     return [column // size for column in order]
 
 
-def sparsegpt_prune(weight, hessian, sparsity: Sparsity, blocksize: int = 128, percdamp: float = 0.01,
-                    name: str = "layer", inner: int = 16, selection: str = "row") -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+def sparsegpt_prune(
+    weight,
+    hessian,
+    sparsity: Sparsity,
+    blocksize: int = 128,
+    percdamp: float = 0.01,
+    name: str = "layer",
+    inner: int = 16,
+    selection: str = "row",
+) -> tuple[torch.Tensor, torch.Tensor]:
     """SparseGPT (Frantar & Alistarh, 2023): ``obs_sweep`` pruning only; returns the float32 weight and keep mask."""
-    result = obs_sweep(weight, hessian, sparsity=sparsity, selection=selection, blocksize=blocksize,
-                       percdamp=percdamp, name=name, inner=inner)  # fmt: skip
+    result = obs_sweep(
+        weight,
+        hessian,
+        sparsity=sparsity,
+        selection=selection,
+        blocksize=blocksize,
+        percdamp=percdamp,
+        name=name,
+        inner=inner,
+    )
     return result.weight, result.keep
 
 

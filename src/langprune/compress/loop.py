@@ -13,17 +13,17 @@ pass itself writes the dense outputs, so there is a single pass per block.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 from torch import nn
 
 from ..calibration import CalibrationSet
 from ..engine import BlockEngine, LayerFilter, find_blocks, prunable_layers, weight_matrix
-from ..engine.placement import outside_blocks, placement_of
-from ..engine.memory import return_freed_memory
 from ..engine.architecture import is_conv1d
+from ..engine.memory import return_freed_memory
+from ..engine.placement import outside_blocks, placement_of
 from ..engine.statistics import CONTRAST, ContrastedNorms, Hessian
 from ..errors import UserError, check_at_least
 from .methods import GPTQ, ContrastiveWanda, Method, get_method
@@ -48,24 +48,31 @@ class PruneResult:
         return {name: change.keep for name, change in self.changes.items()}
 
 
-def check_shapes(blocks_name: str, blocks, sparsity: Sparsity, layer_filter: LayerFilter,
-                 quant: QuantSpec | None = None) -> None:  # fmt: skip
+def check_shapes(
+    blocks_name: str, blocks, sparsity: Sparsity, layer_filter: LayerFilter, quant: QuantSpec | None = None
+) -> None:
     """Refuse, before any work and from shapes alone, a selection with no layer or a pattern or group that does not fit."""
     count = 0
     for index, block in enumerate(blocks):
         for name, layer in prunable_layers(block, f"{blocks_name}.{index}", layer_filter).items():
             width = weight_matrix(layer).shape[1]
             if sparsity.structured and width % sparsity.m:
-                raise UserError(f"{sparsity} sparsity needs input widths divisible by {sparsity.m}, and {name} has "
-                                f"{width} inputs: choose an M that divides it (e.g. 2:4) or --exclude it")  # fmt: skip
+                raise UserError(
+                    f"{sparsity} sparsity needs input widths divisible by {sparsity.m}, and {name} has "
+                    f"{width} inputs: choose an M that divides it (e.g. 2:4) or --exclude it"
+                )
             if quant is not None:
                 if is_conv1d(layer):
-                    raise UserError(f"{name} is a GPT-2 style Conv1D layer, which the compressed-tensors format does "
-                                    "not quantize: prune without --quantize, or use a model with Linear layers")  # fmt: skip
+                    raise UserError(
+                        f"{name} is a GPT-2 style Conv1D layer, which the compressed-tensors format does "
+                        "not quantize: prune without --quantize, or use a model with Linear layers"
+                    )
                 quant.check_width(name, width)
                 if sparsity.structured and quant.group_size and quant.group_size % sparsity.m:
-                    raise UserError(f"quantization group size {quant.group_size} is not a multiple of M={sparsity.m} "
-                                    f"of {sparsity} sparsity: choose a group such as g128")  # fmt: skip
+                    raise UserError(
+                        f"quantization group size {quant.group_size} is not a multiple of M={sparsity.m} "
+                        f"of {sparsity} sparsity: choose a group such as g128"
+                    )
             count += 1
     if not count:
         raise UserError("no layer was selected for pruning: check --include/--exclude patterns")
@@ -75,8 +82,10 @@ def check_finite(layers: dict[str, nn.Module]) -> None:
     """Refuse NaN or infinite weights, naming the layer; run per block, just before its weights are pruned."""
     for name, layer in layers.items():
         if not bool(torch.isfinite(layer.weight).all()):
-            raise UserError(f"layer {name} has NaN or infinite weights: the checkpoint is broken; "
-                            "langprune refuses to prune (and save) it")  # fmt: skip
+            raise UserError(
+                f"layer {name} has NaN or infinite weights: the checkpoint is broken; "
+                "langprune refuses to prune (and save) it"
+            )
 
 
 def prune_model(
@@ -230,9 +239,11 @@ def check_method(method: Method, quant: QuantSpec | None, sparsity: Sparsity) ->
         raise UserError("--method none prunes nothing: add --quantize (e.g. w4g128), or choose a pruning method")
     joint = quant is not None and method.jointly_quantizing(quant, torch.float32) is not None
     if joint and quant.act_order and (sparsity.structured or getattr(method, "selection", "row") == "block"):
-        raise UserError(f"actorder visits columns out of order, which {sparsity} sparsity with "
-                        f"{'N:M groups' if sparsity.structured else 'block mask selection'} in the same sweep does "
-                        "not allow: drop actorder")  # fmt: skip
+        raise UserError(
+            f"actorder visits columns out of order, which {sparsity} sparsity with "
+            f"{'N:M groups' if sparsity.structured else 'block mask selection'} in the same sweep does "
+            "not allow: drop actorder"
+        )
 
 
 @dataclass
@@ -243,7 +254,7 @@ class Compressor:
     gptq: GPTQ | None = None
 
     @classmethod
-    def for_run(cls, method: Method, quant: QuantSpec | None, scale_dtype: torch.dtype) -> "Compressor":
+    def for_run(cls, method: Method, quant: QuantSpec | None, scale_dtype: torch.dtype) -> Compressor:
         if quant is None:
             return cls(method)
         joint = method.jointly_quantizing(quant, scale_dtype)
@@ -284,8 +295,9 @@ def _prune_block(engine, index, layers, compressor: Compressor, sparsity, seed, 
     else:
         # The first batch runs whole to learn the layers' order; the rest stop after the last layer's input.
         groups = engine.run_block(index, on_input, write_outputs=False, batches=range(1))
-        engine.run_block(index, on_input, write_outputs=False, stop_after=groups.order[-1],
-                         batches=range(1, len(engine.batches)))  # fmt: skip
+        engine.run_block(
+            index, on_input, write_outputs=False, stop_after=groups.order[-1], batches=range(1, len(engine.batches))
+        )
     changes = {}
     for leader, gathered in statistics.items():
         group = {name: weight_matrix(layers[name]) for name in groups.members(leader)}

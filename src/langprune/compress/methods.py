@@ -31,7 +31,7 @@ class Method:
     statistic: ClassVar[type[InputStatistic] | None] = None
     options: ClassVar[tuple[str, ...]] = ()  # the fields a user may set (``--mask-selection``, ``--ria-alpha``)
 
-    def jointly_quantizing(self, spec: QuantSpec, scale_dtype: torch.dtype) -> "Method | None":
+    def jointly_quantizing(self, spec: QuantSpec, scale_dtype: torch.dtype) -> Method | None:
         """A copy that prunes and quantizes in one sweep, or None when quantization must follow pruning."""
         return None
 
@@ -72,7 +72,9 @@ class Random(Method):
         # Seeded per layer by name, so a layer's mask does not depend on which layers came before it.
         # Modulo 2^64: any seed the CLI accepts stays within the generator's range.
         generator = torch.Generator().manual_seed((seed * 1_000_003 + zlib.crc32(layer_name.encode())) % 2**64)
-        return kernels.random_scores(tuple(weight.shape), generator).to(weight.device)  # drawn on the CPU: same on any device
+        return kernels.random_scores(tuple(weight.shape), generator).to(
+            weight.device
+        )  # drawn on the CPU: same on any device
 
 
 class Wanda(Method):
@@ -137,7 +139,9 @@ class SparseGPT(Method):
 
     def __post_init__(self):
         if self.selection not in kernels.MASK_SELECTIONS:
-            raise UserError(f"--mask-selection must be one of {', '.join(kernels.MASK_SELECTIONS)}, not {self.selection!r}")
+            raise UserError(
+                f"--mask-selection must be one of {', '.join(kernels.MASK_SELECTIONS)}, not {self.selection!r}"
+            )
 
     def jointly_quantizing(self, spec, scale_dtype):
         return replace(self, quant=spec, scale_dtype=scale_dtype)
@@ -145,16 +149,26 @@ class SparseGPT(Method):
     def prune_group(self, weights, statistic, sparsity, seed):
         hessian = statistic.value
         if self.selection == "block":  # the reference's threshold spans one layer's rows: one solve per layer
-            return {name: self._compress({name: weight}, hessian, sparsity, statistic.name)[name]
-                    for name, weight in weights.items()}  # fmt: skip
+            return {
+                name: self._compress({name: weight}, hessian, sparsity, statistic.name)[name]
+                for name, weight in weights.items()
+            }
         return self._compress(weights, hessian, sparsity, statistic.name)
 
     def _compress(self, weights, hessian, sparsity, label):
         names = list(weights)
         stacked = torch.cat([weights[n] for n in names], dim=0)
-        result = kernels.obs_sweep(stacked, hessian, sparsity=sparsity, quant=self.quant, selection=self.selection,
-                                   scale_dtype=self.scale_dtype, blocksize=self.blocksize, percdamp=self.percdamp,
-                                   name=label)  # fmt: skip
+        result = kernels.obs_sweep(
+            stacked,
+            hessian,
+            sparsity=sparsity,
+            quant=self.quant,
+            selection=self.selection,
+            scale_dtype=self.scale_dtype,
+            blocksize=self.blocksize,
+            percdamp=self.percdamp,
+            name=label,
+        )
         return _write_back(weights, stacked, result, hessian, self.quant, "dense")
 
 
@@ -169,10 +183,12 @@ def _write_back(weights, before, result, hessian, quant, against: str) -> dict[s
             record = {**quant.record(), "output_error": error, "error_against": against}
         weight.copy_(result.weight[rows])
         changes[name] = LayerChange(
-            result.keep[rows].clone(), weights_updated=True, quantization=record,
+            result.keep[rows].clone(),
+            weights_updated=True,
+            quantization=record,
             scale=None if quant is None else result.scale[rows].clone(),
             zero_point=None if quant is None else result.zero_point[rows].clone(),
-        )  # fmt: skip
+        )
         row += weight.shape[0]
     return changes
 
@@ -186,15 +202,25 @@ class GPTQ:
     blocksize: int = 128
     percdamp: float = 0.01
 
-    def quantize_group(self, weights: dict[str, torch.Tensor], hessian: Hessian,
-                       pruned: dict[str, LayerChange]) -> dict[str, LayerChange]:  # fmt: skip
+    def quantize_group(
+        self, weights: dict[str, torch.Tensor], hessian: Hessian, pruned: dict[str, LayerChange]
+    ) -> dict[str, LayerChange]:
         names = list(weights)
         stacked = torch.cat([weights[n] for n in names], dim=0)
-        masks = [pruned[n].keep if pruned[n].keep is not None else torch.ones_like(weights[n], dtype=torch.bool)
-                 for n in names]  # fmt: skip
-        result = kernels.obs_sweep(stacked, hessian.value, keep=torch.cat(masks, dim=0), quant=self.spec,
-                                   scale_dtype=self.scale_dtype, blocksize=self.blocksize, percdamp=self.percdamp,
-                                   name=hessian.name)  # fmt: skip
+        masks = [
+            pruned[n].keep if pruned[n].keep is not None else torch.ones_like(weights[n], dtype=torch.bool)
+            for n in names
+        ]
+        result = kernels.obs_sweep(
+            stacked,
+            hessian.value,
+            keep=torch.cat(masks, dim=0),
+            quant=self.spec,
+            scale_dtype=self.scale_dtype,
+            blocksize=self.blocksize,
+            percdamp=self.percdamp,
+            name=hessian.name,
+        )
         changes = _write_back(weights, stacked, result, hessian.value, self.spec, "pruned")
         for name in names:
             if pruned[name].keep is None:

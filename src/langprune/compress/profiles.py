@@ -12,9 +12,9 @@ before pruning, whatever method prunes afterwards.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
-from typing import Callable
 
 import torch
 
@@ -41,17 +41,25 @@ class Profile:
         if self.name == "uniform":
             return
         if target.structured:
-            raise UserError(f"--profile owl varies the sparsity per block, which an N:M pattern ({target}) fixes: "
-                            "use a ratio such as --sparsity 0.5")  # fmt: skip
+            raise UserError(
+                f"--profile owl varies the sparsity per block, which an N:M pattern ({target}) fixes: "
+                "use a ratio such as --sparsity 0.5"
+            )
         if not has_calibration:
-            raise UserError("--profile owl needs calibration text for its outlier ratios (even for magnitude): "
-                            "pass --calib, e.g. --calib mix:en+de")  # fmt: skip
+            raise UserError(
+                "--profile owl needs calibration text for its outlier ratios (even for magnitude): "
+                "pass --calib, e.g. --calib mix:en+de"
+            )
         if not 1.0 <= self.m <= 1000.0:
-            raise UserError(f"--owl-m {self.m:g} is outside [1, 1000]: scores above M times the mean are "
-                            f"outliers (published default {OWL_M:g})")  # fmt: skip
+            raise UserError(
+                f"--owl-m {self.m:g} is outside [1, 1000]: scores above M times the mean are "
+                f"outliers (published default {OWL_M:g})"
+            )
         if not 0.0 <= self.lam <= min(target.ratio, 1.0 - target.ratio) / 2:
-            raise UserError(f"--owl-lambda {self.lam:g} is outside [0, {min(target.ratio, 1 - target.ratio) / 2:g}]: "
-                            f"block sparsities would leave [0, 1) around {target} (published default {OWL_LAMBDA:g})")  # fmt: skip
+            raise UserError(
+                f"--owl-lambda {self.lam:g} is outside [0, {min(target.ratio, 1 - target.ratio) / 2:g}]: "
+                f"block sparsities would leave [0, 1) around {target} (published default {OWL_LAMBDA:g})"
+            )
 
     def record(self) -> dict:
         return {"name": self.name} if self.name == "uniform" else {"name": self.name, "m": self.m, "lambda": self.lam}
@@ -97,8 +105,11 @@ def owl_ratios(engine: BlockEngine, m: float, progress=None) -> list[float]:
 
             groups = engine.run_block(index, on_input, write_outputs=True)
             layers = engine.layers(index)
-            scores = [partial(wanda_scores, weight_matrix(layers[name]), norms[leader].value)
-                      for leader in norms for name in groups.members(leader)]  # fmt: skip
+            scores = [
+                partial(wanda_scores, weight_matrix(layers[name]), norms[leader].value)
+                for leader in norms
+                for name in groups.members(leader)
+            ]
             ratios.append(outlier_ratio(scores, m) if scores else 0.0)
         if progress:
             progress(index + 1, len(engine.blocks))

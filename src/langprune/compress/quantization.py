@@ -41,18 +41,25 @@ class QuantSpec:
 
     def record(self) -> dict:
         """The JSON-ready description the report keeps per quantized layer."""
-        return {"bits": self.bits, "group_size": self.group_size, "symmetric": self.symmetric,
-                "act_order": self.act_order, "spec": str(self)}  # fmt: skip
+        return {
+            "bits": self.bits,
+            "group_size": self.group_size,
+            "symmetric": self.symmetric,
+            "act_order": self.act_order,
+            "spec": str(self),
+        }
 
     @classmethod
-    def parse(cls, text: "str | QuantSpec | None") -> "QuantSpec | None":
+    def parse(cls, text: str | QuantSpec | None) -> QuantSpec | None:
         if text is None or isinstance(text, QuantSpec):
             return text
         parts = [part.strip().lower() for part in str(text).split(",")]
         match = re.fullmatch(r"w(\d+)(?:g(\d+))?", parts[0])
         if not match:
-            raise UserError(f"unknown quantization spec {text!r}: write w<bits>[g<group>] with optional ,asym and "
-                            ",actorder, e.g. w4g128 or w8")  # fmt: skip
+            raise UserError(
+                f"unknown quantization spec {text!r}: write w<bits>[g<group>] with optional ,asym and "
+                ",actorder, e.g. w4g128 or w8"
+            )
         bits = int(match.group(1))
         if not MIN_BITS <= bits <= MAX_BITS:
             raise UserError(f"quantization spec {text!r}: {bits} bits is outside {MIN_BITS}-{MAX_BITS}")
@@ -67,9 +74,11 @@ class QuantSpec:
     def check_width(self, layer: str, width: int) -> None:
         """Refuse a group size that does not divide a layer's inputs (from shapes, before any work)."""
         if self.group_size and width % self.group_size:
-            raise UserError(f"quantization group size {self.group_size} does not divide the {width} inputs of "
-                            f"{layer}: choose a group that divides it (e.g. g{_divisor_near(width, self.group_size)}) "
-                            "or per-row scales (no g)")  # fmt: skip
+            raise UserError(
+                f"quantization group size {self.group_size} does not divide the {width} inputs of "
+                f"{layer}: choose a group that divides it (e.g. g{_divisor_near(width, self.group_size)}) "
+                "or per-row scales (no g)"
+            )
 
 
 def _divisor_near(width: int, wanted: int) -> int:
@@ -109,7 +118,9 @@ def fake_quantize(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor
 def group_grid(weight: torch.Tensor, spec: QuantSpec, scale_dtype: torch.dtype = torch.float32):
     """Scale and zero point of every group of a weight, each (rows, groups), from the weight as it is."""
     size = spec.group_size or weight.shape[1]
-    params = [grid_params(weight[:, start : start + size].T, spec, scale_dtype) for start in range(0, weight.shape[1], size)]
+    params = [
+        grid_params(weight[:, start : start + size].T, spec, scale_dtype) for start in range(0, weight.shape[1], size)
+    ]
     return torch.stack([p[0] for p in params], 1), torch.stack([p[1] for p in params], 1)
 
 

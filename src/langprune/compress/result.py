@@ -9,8 +9,8 @@ the same way on a model being pruned and on a saved checkpoint.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Iterable
 
 import torch
 

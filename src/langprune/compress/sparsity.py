@@ -29,7 +29,7 @@ class Sparsity:
         return f"{self.n}:{self.m}" if self.structured else f"{self.ratio:g}"
 
     @classmethod
-    def parse(cls, text: str | float | "Sparsity") -> "Sparsity":
+    def parse(cls, text: str | float | Sparsity) -> Sparsity:
         """Read ``0.5``, ``50%`` or ``2:4``; refuse anything outside [0, 1)."""
         if isinstance(text, Sparsity):
             return text
@@ -51,7 +51,7 @@ class Sparsity:
         return cls._ratio(value, text)
 
     @classmethod
-    def _ratio(cls, value: float, text: str) -> "Sparsity":
+    def _ratio(cls, value: float, text: str) -> Sparsity:
         if not 0.0 <= value < 1.0:
             raise UserError(f"sparsity {text} is outside [0, 1): give the fraction of weights to remove, e.g. 0.5")
         return cls(ratio=value)

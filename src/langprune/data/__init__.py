@@ -17,10 +17,20 @@ from .udhr import UDHR
 CATALOG: dict[str, Corpus] = {
     corpus.name: corpus
     for corpus in (
-        UDHR(), LibreOfficeHelp(), WikiLingua(), Wikipedia(), MultiEmo(), MMLUDev(), PythonCode(),
-        Flores(), MC4(), XNLI(), MARC(), Belebele(),
+        UDHR(),
+        LibreOfficeHelp(),
+        WikiLingua(),
+        Wikipedia(),
+        MultiEmo(),
+        MMLUDev(),
+        PythonCode(),
+        Flores(),
+        MC4(),
+        XNLI(),
+        MARC(),
+        Belebele(),
     )
-}  # fmt: skip
+}
 
 
 def get_corpus(name: str) -> Corpus:

@@ -77,8 +77,14 @@ def multiemo_examples(task: dict) -> list[dict]:
         scores = example["target_scores"]
         scores = ast.literal_eval(scores) if isinstance(scores, str) else scores
         label = max(MULTIEMO_LABELS, key=lambda name: scores.get(name, 0))
-        records.append({"key": f"review-{index}", "fields": {"review": example["input"].strip()}, "label": label,
-                        "choices": list(MULTIEMO_LABELS)})  # fmt: skip
+        records.append(
+            {
+                "key": f"review-{index}",
+                "fields": {"review": example["input"].strip()},
+                "label": label,
+                "choices": list(MULTIEMO_LABELS),
+            }
+        )
     return records
 
 
@@ -88,8 +94,10 @@ class _BigBenchCorpus(Corpus):
 
     def install(self, files):
         """One archive feeds every BIG-bench corpus, so they are all extracted together."""
-        tasks = _task_files(next(f for f in files if f.name.endswith(".tar.gz")), {
-            WIKILINGUA_TASK, WIKIPEDIA_TASK, *(f"multiemo/all_text_{lang}/task.json" for lang in MULTIEMO_LANGUAGES)})
+        tasks = _task_files(
+            next(f for f in files if f.name.endswith(".tar.gz")),
+            {WIKILINGUA_TASK, WIKIPEDIA_TASK, *(f"multiemo/all_text_{lang}/task.json" for lang in MULTIEMO_LANGUAGES)},
+        )
         for corpus in BIGBENCH_CORPORA:
             if corpus.name != self.name:
                 Corpus.install(corpus, [tasks])
@@ -104,8 +112,26 @@ class _BigBenchCorpus(Corpus):
 class WikiLingua(_BigBenchCorpus):
     name = "wikilingua"
     description = "WikiHow articles (BIG-bench gem/wikilingua_multilingual), monolingual"
-    languages = ("ar", "zh", "en", "fr", "de", "hi", "ja", "ru", "es", "th", "tr", "vi", "cs", "nl", "id", "it",
-                 "ko", "pt")  # fmt: skip
+    languages = (
+        "ar",
+        "zh",
+        "en",
+        "fr",
+        "de",
+        "hi",
+        "ja",
+        "ru",
+        "es",
+        "th",
+        "tr",
+        "vi",
+        "cs",
+        "nl",
+        "id",
+        "it",
+        "ko",
+        "pt",
+    )
     licence = "CC BY-NC-SA 3.0"
     task, reader = WIKILINGUA_TASK, staticmethod(wikilingua_units)
 

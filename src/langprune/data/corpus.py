@@ -129,8 +129,10 @@ class Corpus:
             raise UserError(f"--from {folder} is not a folder")
         files = self.source.files_in(folder)
         if not files:
-            raise UserError(f"{folder} holds no files for {self.name}: put there what `{self.source}` downloads "
-                            f"({self.source.expected})")  # fmt: skip
+            raise UserError(
+                f"{folder} holds no files for {self.name}: put there what `{self.source}` downloads "
+                f"({self.source.expected})"
+            )
         with locked(self.folder()):
             try:
                 return self.install(files)
@@ -189,14 +191,18 @@ class Corpus:
         return [Unit(k, t) for k, t in self.read_json(f"{language}.json")]
 
     def read_examples(self, language: str) -> list[Example]:
-        return [Example(e["key"], e["fields"], e["label"], tuple(e.get("choices", ()))) for e in
-                self.read_json(f"{language}.json")]  # fmt: skip
+        return [
+            Example(e["key"], e["fields"], e["label"], tuple(e.get("choices", ())))
+            for e in self.read_json(f"{language}.json")
+        ]
 
     def read_json(self, name: str):
         path = self.fetch() / name
         if not path.exists():
-            raise UserError(f"corpus {self.name} has no file {name} in {self.folder()}: refetch it with "
-                            f"`langprune data fetch {self.name} --force`")  # fmt: skip
+            raise UserError(
+                f"corpus {self.name} has no file {name} in {self.folder()}: refetch it with "
+                f"`langprune data fetch {self.name} --force`"
+            )
         return json.loads(path.read_text(encoding="utf-8"))
 
     def present_languages(self) -> list[str]:

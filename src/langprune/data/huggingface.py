@@ -30,11 +30,31 @@ from .corpus import Corpus, select_official_part, write_json
 from .sources import HubDataset
 
 FLORES_CODES = {
-    "en": "eng_Latn", "fr": "fra_Latn", "de": "deu_Latn", "es": "spa_Latn", "zh": "zho_Hans", "hi": "hin_Deva",
-    "sw": "swh_Latn", "ar": "arb_Arab", "ru": "rus_Cyrl", "ja": "jpn_Jpan", "el": "ell_Grek", "bg": "bul_Cyrl",
-    "tr": "tur_Latn", "vi": "vie_Latn", "th": "tha_Thai", "ur": "urd_Arab", "it": "ita_Latn", "pt": "por_Latn",
-    "nl": "nld_Latn", "pl": "pol_Latn", "ko": "kor_Hang", "id": "ind_Latn", "cs": "ces_Latn", "uk": "ukr_Cyrl",
-}  # fmt: skip
+    "en": "eng_Latn",
+    "fr": "fra_Latn",
+    "de": "deu_Latn",
+    "es": "spa_Latn",
+    "zh": "zho_Hans",
+    "hi": "hin_Deva",
+    "sw": "swh_Latn",
+    "ar": "arb_Arab",
+    "ru": "rus_Cyrl",
+    "ja": "jpn_Jpan",
+    "el": "ell_Grek",
+    "bg": "bul_Cyrl",
+    "tr": "tur_Latn",
+    "vi": "vie_Latn",
+    "th": "tha_Thai",
+    "ur": "urd_Arab",
+    "it": "ita_Latn",
+    "pt": "por_Latn",
+    "nl": "nld_Latn",
+    "pl": "pol_Latn",
+    "ko": "kor_Hang",
+    "id": "ind_Latn",
+    "cs": "ces_Latn",
+    "uk": "ukr_Cyrl",
+}
 XNLI_LABELS = ("entailment", "neutral", "contradiction")
 MAX_DOCUMENTS = 20_000  # per language from mC4: far more than any calibration set needs
 OFFLINE = ("udhr", "libreoffice-help", "wikilingua", "wikipedia", "multiemo", "mmlu-dev")
@@ -106,8 +126,9 @@ class MC4(_HubCorpus):
     name = "mc4"
     description = "mC4 web text, monolingual (Hugging Face allenai/c4, multilingual configs)"
     languages = tuple(FLORES_CODES)
-    source = HubDataset("allenai/c4", tuple(f"multilingual/c4-{lang}.tfrecord-00000-*" for lang in FLORES_CODES),
-                        OFFLINE)  # fmt: skip
+    source = HubDataset(
+        "allenai/c4", tuple(f"multilingual/c4-{lang}.tfrecord-00000-*" for lang in FLORES_CODES), OFFLINE
+    )
     licence = "ODC-BY"
 
     def read_language(self, root, language):
@@ -139,8 +160,14 @@ class XNLI(_HubCorpus):
                 for i, row in enumerate(_records(path)):
                     label = row["label"]
                     label = XNLI_LABELS[int(label)] if str(label).isdigit() else str(label)
-                    records.append({"key": f"{split}/{i}", "label": label, "choices": list(XNLI_LABELS),
-                                    "fields": {"premise": row["premise"], "hypothesis": row["hypothesis"]}})  # fmt: skip
+                    records.append(
+                        {
+                            "key": f"{split}/{i}",
+                            "label": label,
+                            "choices": list(XNLI_LABELS),
+                            "fields": {"premise": row["premise"], "hypothesis": row["hypothesis"]},
+                        }
+                    )
         return records
 
 
@@ -161,8 +188,14 @@ class MARC(_HubCorpus):
             for row in _records(path) if path.exists() else []:
                 stars = int(row["label"])
                 if stars != 2:
-                    records.append({"key": f"{split}/{row.get('id', len(records))}", "fields": {"review": row["text"]},
-                                    "label": "positive" if stars > 2 else "negative", "choices": list(self.labels)})  # fmt: skip
+                    records.append(
+                        {
+                            "key": f"{split}/{row.get('id', len(records))}",
+                            "fields": {"review": row["text"]},
+                            "label": "positive" if stars > 2 else "negative",
+                            "choices": list(self.labels),
+                        }
+                    )
         return records
 
 
@@ -178,10 +211,15 @@ class Belebele(_HubCorpus):
     def read_language(self, root, language):
         path = next(iter(sorted(root.rglob(f"{FLORES_CODES[language]}.jsonl"))), None)
         rows = _records(path) if path is not None else []
-        return [{"key": f"{row['link']}#{row['question_number']}",
-                 "fields": {"passage": row["flores_passage"], "question": row["question"]},
-                 "label": "ABCD"[int(row["correct_answer_num"]) - 1],
-                 "choices": [row[f"mc_answer{k}"] for k in range(1, 5)]} for row in rows]  # fmt: skip
+        return [
+            {
+                "key": f"{row['link']}#{row['question_number']}",
+                "fields": {"passage": row["flores_passage"], "question": row["question"]},
+                "label": "ABCD"[int(row["correct_answer_num"]) - 1],
+                "choices": [row[f"mc_answer{k}"] for k in range(1, 5)],
+            }
+            for row in rows
+        ]
 
 
 HUB_CORPORA = (Flores(), MC4(), XNLI(), MARC(), Belebele())

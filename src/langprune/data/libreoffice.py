@@ -21,10 +21,18 @@ from .sources import DebianPackages, deb_extract
 
 # language code -> (Debian package suffix, folder under help/)
 PACKAGES = {
-    "en": ("en-us", "en-US"), "de": ("de", "de"), "es": ("es", "es"), "fr": ("fr", "fr"), "ru": ("ru", "ru"),
-    "ja": ("ja", "ja"), "el": ("el", "el"), "tr": ("tr", "tr"), "vi": ("vi", "vi"), "zh": ("zh-cn", "zh-CN"),
+    "en": ("en-us", "en-US"),
+    "de": ("de", "de"),
+    "es": ("es", "es"),
+    "fr": ("fr", "fr"),
+    "ru": ("ru", "ru"),
+    "ja": ("ja", "ja"),
+    "el": ("el", "el"),
+    "tr": ("tr", "tr"),
+    "vi": ("vi", "vi"),
+    "zh": ("zh-cn", "zh-CN"),
     "hi": ("hi", "hi"),
-}  # fmt: skip
+}
 SEGMENT_ID = re.compile(r"(par|hd)_id\d+")
 DIGITS = re.compile(r"\d+")
 MAX_LENGTH_RATIO = 4.0

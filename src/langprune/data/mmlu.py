@@ -24,7 +24,9 @@ TRANSLATED = ("fr", "es", "de", "hi", "th", "pt", "it")
 LETTERS = ("A", "B", "C", "D")
 TASK_FILE = re.compile(r"lm_eval/tasks/llama3/instruct/mmlu_(\w+?)/mmlu_\1_(\w+)\.yaml")
 ENGLISH_FILE = "lm_eval/tasks/mmlu/flan_cot_fewshot/_cot_prompts.json"
-ENGLISH_QUESTION = re.compile(r"Q: (.*?)\n\(A\) (.*?) \(B\) (.*?) \(C\) (.*?) \(D\) (.*?)\nA: .*?answer is \(([ABCD])\)", re.S)
+ENGLISH_QUESTION = re.compile(
+    r"Q: (.*?)\n\(A\) (.*?) \(B\) (.*?) \(C\) (.*?) \(D\) (.*?)\nA: .*?answer is \(([ABCD])\)", re.S
+)
 
 
 class _TolerantLoader(yaml.SafeLoader):
@@ -36,15 +38,24 @@ _TolerantLoader.add_multi_constructor("!", lambda loader, suffix, node: None)
 
 def _record(key: str, subject: str, question: str, options: list[str], answer: str) -> dict:
     clean = [html.unescape(str(o)).strip() for o in options]
-    return {"key": key, "fields": {"question": html.unescape(question).strip(), "subject": subject},
-            "label": answer, "choices": clean}  # fmt: skip
+    return {
+        "key": key,
+        "fields": {"question": html.unescape(question).strip(), "subject": subject},
+        "label": answer,
+        "choices": clean,
+    }
 
 
 def translated_questions(text: str, subject: str) -> list[dict]:
     samples = (yaml.load(text, Loader=_TolerantLoader).get("fewshot_config") or {}).get("samples") or []
     return [
-        _record(f"{subject}/{i}", subject, s["input_question"], [s["input_choice_list"][x] for x in LETTERS],
-                s["input_correct_responses"][0])  # fmt: skip
+        _record(
+            f"{subject}/{i}",
+            subject,
+            s["input_question"],
+            [s["input_choice_list"][x] for x in LETTERS],
+            s["input_correct_responses"][0],
+        )
         for i, s in enumerate(samples)
     ]
 

@@ -14,12 +14,11 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from ..errors import UserError
-
 
 Received = Callable[[int], None]
 """Told the bytes received so far while a client downloads."""
@@ -39,7 +38,9 @@ def folder_bytes(folder: Path) -> int:
 def _run(command: list[str], cwd: Path, client: str, what: str, received: Received | None = None) -> None:
     """Run a registry client in ``cwd``; while it runs, report the bytes it has written there."""
     if shutil.which(command[0]) is None:
-        raise UserError(f"fetching {what} needs {client} ({command[0]} not found on PATH); install it or fetch elsewhere")
+        raise UserError(
+            f"fetching {what} needs {client} ({command[0]} not found on PATH); install it or fetch elsewhere"
+        )
     with subprocess.Popen(command, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as process:
         while received is not None and process.poll() is None:
             received(folder_bytes(cwd))
@@ -49,8 +50,9 @@ def _run(command: list[str], cwd: Path, client: str, what: str, received: Receiv
         received(folder_bytes(cwd))
     if process.returncode:
         said = (stderr or stdout).strip().splitlines()
-        raise UserError(f"{client} could not fetch {what}: `{' '.join(command)}` failed"
-                        + (f": {said[-1]}" if said else ""))  # fmt: skip
+        raise UserError(
+            f"{client} could not fetch {what}: `{' '.join(command)}` failed" + (f": {said[-1]}" if said else "")
+        )
 
 
 @dataclass(frozen=True)
@@ -84,8 +86,13 @@ class PyPIPackage:
 
     def download(self, into: Path, received: Received | None = None) -> list[Path]:
         kind = "--only-binary=:all:" if self.binary else "--no-binary=:all:"
-        _run([sys.executable, "-m", "pip", "download", "--no-deps", kind, "-q", "-d", str(into), self.spec],
-             into, self.client, self.spec, received)  # fmt: skip
+        _run(
+            [sys.executable, "-m", "pip", "download", "--no-deps", kind, "-q", "-d", str(into), self.spec],
+            into,
+            self.client,
+            self.spec,
+            received,
+        )
         return self.files_in(into)
 
     @property
@@ -134,17 +141,29 @@ class HubDataset:
         from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled
 
         # What the hub client raises when it cannot reach the hub; anything else is a bug and keeps its traceback.
-        unreachable = (OfflineModeIsEnabled, LocalEntryNotFoundError, HfHubHTTPError, ConnectionError, TimeoutError,
-                       *_http_client_errors())  # fmt: skip
+        unreachable = (
+            OfflineModeIsEnabled,
+            LocalEntryNotFoundError,
+            HfHubHTTPError,
+            ConnectionError,
+            TimeoutError,
+            *_http_client_errors(),
+        )
         try:
             for lang in self.per_language or ("",):
-                snapshot_download(self.repo_id.format(lang=lang), repo_type="dataset", local_dir=into / "hub" / lang,
-                                  allow_patterns=list(self.patterns) or None)  # fmt: skip
+                snapshot_download(
+                    self.repo_id.format(lang=lang),
+                    repo_type="dataset",
+                    local_dir=into / "hub" / lang,
+                    allow_patterns=list(self.patterns) or None,
+                )
         except unreachable as exc:
             offline = f"; offline stand-ins: {', '.join(self.stand_ins)}" if self.stand_ins else ""
-            raise UserError(f"huggingface_hub could not reach the hub for {self.repo_id} ({type(exc).__name__}): "
-                            f"without network, place its files locally and run `langprune data fetch NAME --from "
-                            f"FOLDER`{offline}") from None  # fmt: skip
+            raise UserError(
+                f"huggingface_hub could not reach the hub for {self.repo_id} ({type(exc).__name__}): "
+                f"without network, place its files locally and run `langprune data fetch NAME --from "
+                f"FOLDER`{offline}"
+            ) from None
         return [into / "hub"]
 
     def files_in(self, folder: Path) -> list[Path]:

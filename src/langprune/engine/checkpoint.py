@@ -24,10 +24,17 @@ from safetensors import SafetensorError, safe_open
 from ..errors import UserError
 
 DTYPES = {
-    "F64": torch.float64, "F32": torch.float32, "BF16": torch.bfloat16, "F16": torch.float16,
-    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "BF16": torch.bfloat16,
+    "F16": torch.float16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
     "BOOL": torch.bool,
-}  # fmt: skip
+}
 NAMES = {dtype: name for name, dtype in DTYPES.items()}
 CHUNK_BYTES = 64 << 20  # copies and zero counts read this much at a time
 
@@ -101,14 +108,17 @@ class Checkpoint:
         return max(sizes, key=sizes.get) if sizes else None
 
     def floating_numel(self) -> int:
-        return sum(e.numel for e in self.entries.values() if e.torch_dtype is not None and e.torch_dtype.is_floating_point)
+        return sum(
+            e.numel for e in self.entries.values() if e.torch_dtype is not None and e.torch_dtype.is_floating_point
+        )
 
     def read(self, key: str, dtype: torch.dtype | None = None, device: torch.device | str = "cpu") -> torch.Tensor:
         """One tensor, in ``dtype`` on ``device``."""
         return self.read_many([key], dtype, device)[key]
 
-    def read_many(self, keys: list[str], dtype: torch.dtype | None = None,
-                  device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:  # fmt: skip
+    def read_many(
+        self, keys: list[str], dtype: torch.dtype | None = None, device: torch.device | str = "cpu"
+    ) -> dict[str, torch.Tensor]:
         """Several tensors (a block's), opening each file once; it is mapped only while it is read."""
         by_file: dict[Path, list[str]] = {}
         for key in keys:

@@ -25,8 +25,8 @@ held states, for callers that need the model's last hidden state.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 from torch import nn
@@ -231,7 +231,9 @@ class BlockEngine:
         for tap_name, visitor in (taps or {}).items():
             if tap_name not in modules:
                 raise KeyError(f"block {prefix} has no submodule {tap_name!r}")
-            handles.append(modules[tap_name].register_forward_hook(self._tap_hook(f"{prefix}.{tap_name}", visitor, current)))
+            handles.append(
+                modules[tap_name].register_forward_hook(self._tap_hook(f"{prefix}.{tap_name}", visitor, current))
+            )
         try:
             with self.placement.hold(index), self.placement.paused():  # held here: no streaming hooks
                 for b in batches if batches is not None else range(len(self.batches)):
@@ -304,8 +306,11 @@ class BlockEngine:
         try:
             tokens = self.batches[batch]
             with self.placement.paused():
-                out = self.model.base_model(input_ids=tokens.input_ids.to(self.device),
-                                            attention_mask=tokens.attention_mask.to(self.device), use_cache=False)  # fmt: skip
+                out = self.model.base_model(
+                    input_ids=tokens.input_ids.to(self.device),
+                    attention_mask=tokens.attention_mask.to(self.device),
+                    use_cache=False,
+                )
         finally:
             for block in self.blocks:
                 del block.forward

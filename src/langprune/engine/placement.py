@@ -51,8 +51,10 @@ def resolve_device(spec: str | torch.device | None) -> torch.device:
         raise UserError(f"--device {text}: {build}; use --device cpu (or auto, which picks a GPU when there is one)")
     number = int(match.group(1) or 0)
     if number >= torch.cuda.device_count():
-        raise UserError(f"--device {text}: only {torch.cuda.device_count()} GPU(s) visible (cuda:0 to "
-                        f"cuda:{torch.cuda.device_count() - 1})")  # fmt: skip
+        raise UserError(
+            f"--device {text}: only {torch.cuda.device_count()} GPU(s) visible (cuda:0 to "
+            f"cuda:{torch.cuda.device_count() - 1})"
+        )
     return torch.device("cuda", number)
 
 
@@ -103,8 +105,10 @@ def choose_offload(spec: str, model_bytes: int, device: torch.device, headroom: 
 
 
 def _missing(names: list[str]) -> UserError:
-    return UserError(f"the checkpoint has no tensor for {', '.join(names)}: --offload disk needs every weight in the "
-                     "model folder's safetensors files")  # fmt: skip
+    return UserError(
+        f"the checkpoint has no tensor for {', '.join(names)}: --offload disk needs every weight in the "
+        "model folder's safetensors files"
+    )
 
 
 def _set_parameter(module: nn.Module, name: str, tensor: torch.Tensor) -> None:
@@ -116,8 +120,15 @@ def _set_parameter(module: nn.Module, name: str, tensor: torch.Tensor) -> None:
 class Placement:
     """A model's execution device, compute dtype, offloading mode and (when known) its source checkpoint."""
 
-    def __init__(self, model: nn.Module, device: torch.device, dtype: torch.dtype, offload: str = "none",
-                 checkpoint: Checkpoint | None = None, save_dtype: torch.dtype | None = None):  # fmt: skip
+    def __init__(
+        self,
+        model: nn.Module,
+        device: torch.device,
+        dtype: torch.dtype,
+        offload: str = "none",
+        checkpoint: Checkpoint | None = None,
+        save_dtype: torch.dtype | None = None,
+    ):
         self.model, self.device, self.dtype, self.offload = model, torch.device(device), dtype, offload
         self.checkpoint = checkpoint if checkpoint else None
         self.save_dtype = save_dtype or dtype  # what the pruned checkpoint is written in: the source's dtype
@@ -132,8 +143,12 @@ class Placement:
         setattr(model, ATTRIBUTE, self)
 
     def describe(self) -> dict:
-        return {"device": str(self.device), "dtype": str(self.dtype).removeprefix("torch."), "offload": self.offload,
-                "saved_dtype": str(self.save_dtype).removeprefix("torch.")}  # fmt: skip
+        return {
+            "device": str(self.device),
+            "dtype": str(self.dtype).removeprefix("torch."),
+            "offload": self.offload,
+            "saved_dtype": str(self.save_dtype).removeprefix("torch."),
+        }
 
     def key(self, name: str) -> str | None:
         """The checkpoint key of a model tensor, or None (no checkpoint, or not in it)."""

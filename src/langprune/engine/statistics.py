@@ -112,8 +112,9 @@ class ContrastedNorms(InputStatistic):
     @property
     def value(self) -> tuple[torch.Tensor, torch.Tensor]:
         if self.x.tokens == 0 or self.z.tokens == 0:
-            raise UserError(f"{self.name}: the contrastive score needs tokens from both the calibration and the "
-                            "contrast set")  # fmt: skip
+            raise UserError(
+                f"{self.name}: the contrastive score needs tokens from both the calibration and the contrast set"
+            )
         return self.x.value, self.z.value
 
     def free(self) -> None:

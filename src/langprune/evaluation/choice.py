@@ -40,16 +40,21 @@ def cloze_prompt(task: TaskSpec, example: Example) -> Prompted | None:
     head, tail = task.options["template"].split("{answer}", 1)
     context, rest = head.format(**example.fields), tail.format(**example.fields)
     labels = list(verbalizer)
-    return Prompted(example.key, context, [verbalizer[label] + rest for label in labels], labels,
-                    labels.index(example.label))  # fmt: skip
+    return Prompted(
+        example.key, context, [verbalizer[label] + rest for label in labels], labels, labels.index(example.label)
+    )
 
 
 def choice_prompt(task: TaskSpec, example: Example) -> Prompted:
     letters = LETTERS[: len(example.choices)]
-    options = "\n".join(task.options["option"].format(letter=l, text=c) for l, c in zip(letters, example.choices))
+    options = "\n".join(
+        task.options["option"].format(letter=letter, text=c) for letter, c in zip(letters, example.choices)
+    )
     context = task.options["template"].format(options=options, **example.fields)
     gold = letters.index(example.label) if example.label in letters else list(example.choices).index(example.label)
-    return Prompted(example.key, context, [task.options["answer"].format(letter=l) for l in letters], list(letters), gold)
+    return Prompted(
+        example.key, context, [task.options["answer"].format(letter=letter) for letter in letters], list(letters), gold
+    )
 
 
 def prompts(task: TaskSpec, corpus: str, language: str, limit: int | None, part: str = "evaluation") -> list[Prompted]:
@@ -81,15 +86,23 @@ def score_prompts(model, tokenizer, examples: list[Prompted], batch_size: int = 
     for p in examples:
         option_scores = [next(scores) for _ in p.options]
         predicted = max(range(len(p.options)), key=lambda i: option_scores[i])
-        items.append({"key": p.key, "scores": option_scores, "options": p.options, "gold": p.gold,
-                      "predicted": predicted, "correct": int(predicted == p.gold)})  # fmt: skip
+        items.append(
+            {
+                "key": p.key,
+                "scores": option_scores,
+                "options": p.options,
+                "gold": p.gold,
+                "predicted": predicted,
+                "correct": int(predicted == p.gold),
+            }
+        )
     return items
 
 
-def evaluate_choices(model, tokenizer, task: TaskSpec, corpus: str, language: str, limit: int | None,
-                     batch_size: int = 8, progress=None) -> dict:  # fmt: skip
+def evaluate_choices(
+    model, tokenizer, task: TaskSpec, corpus: str, language: str, limit: int | None, batch_size: int = 8, progress=None
+) -> dict:
     """Accuracy with per-example option scores (kept for RankC and for significance tests)."""
     items = score_prompts(model, tokenizer, prompts(task, corpus, language, limit), batch_size, progress)
     accuracy = sum(i["correct"] for i in items) / len(items) if items else float("nan")
     return {"corpus": corpus, "accuracy": accuracy, "n": len(items), "items": items}
-

@@ -51,14 +51,17 @@ class LayerSums:
         return {"pruning_error": error, "snr_db": snr, "identical": error == 0, "mu": mu}
 
 
-def compare_hidden_states(dense_model, pruned_model, windows: list[list[int]], pad: int = 0,
-                          batch_size: int = 4) -> dict:  # fmt: skip
+def compare_hidden_states(
+    dense_model, pruned_model, windows: list[list[int]], pad: int = 0, batch_size: int = 4
+) -> dict:
     """Per-layer pruning error and SNR of ``pruned_model`` against ``dense_model`` on token windows."""
     batches = window_batches(windows, pad, batch_size, Tag("evaluation"))
     dense, pruned = BlockEngine(dense_model, batches), BlockEngine(pruned_model, batches)
     if len(dense.blocks) != len(pruned.blocks):
-        raise UserError(f"the models have {len(dense.blocks)} and {len(pruned.blocks)} blocks: fidelity compares a "
-                        "pruned model with its own dense model")  # fmt: skip
+        raise UserError(
+            f"the models have {len(dense.blocks)} and {len(pruned.blocks)} blocks: fidelity compares a "
+            "pruned model with its own dense model"
+        )
     dense.capture()
     pruned.capture()
     last = len(dense.blocks) - 1
@@ -87,7 +90,8 @@ def compare_hidden_states(dense_model, pruned_model, windows: list[list[int]], p
     }
 
 
-def evaluate_fidelity(dense_model, model, tokenizer, corpus: str, language: str, seqlen: int = 512,
-                      batch_size: int = 4) -> dict:  # fmt: skip
+def evaluate_fidelity(
+    dense_model, model, tokenizer, corpus: str, language: str, seqlen: int = 512, batch_size: int = 4
+) -> dict:
     windows = text_windows(tokenizer, evaluation_texts(language, corpus), seqlen, complete=False)
     return {"corpus": corpus, **compare_hidden_states(dense_model, model, windows, pad_id(tokenizer), batch_size)}

@@ -21,8 +21,11 @@ from unittest import mock
 from ..errors import UserError
 
 # (module, attribute) switches that the hub and datasets clients read when they decide to go online.
-OFFLINE_SWITCHES = (("huggingface_hub.constants", "HF_HUB_OFFLINE"), ("datasets.config", "HF_HUB_OFFLINE"),
-                    ("datasets.config", "HF_DATASETS_OFFLINE"))  # fmt: skip
+OFFLINE_SWITCHES = (
+    ("huggingface_hub.constants", "HF_HUB_OFFLINE"),
+    ("datasets.config", "HF_HUB_OFFLINE"),
+    ("datasets.config", "HF_DATASETS_OFFLINE"),
+)
 
 
 @contextmanager
@@ -43,11 +46,25 @@ def _data_unavailable_errors() -> tuple[type[BaseException], ...]:
     from datasets.exceptions import DataFilesNotFoundError, DatasetNotFoundError
     from huggingface_hub.errors import LocalEntryNotFoundError, OfflineModeIsEnabled
 
-    return (ConnectionError, DataFilesNotFoundError, DatasetNotFoundError, LocalEntryNotFoundError, OfflineModeIsEnabled)
+    return (
+        ConnectionError,
+        DataFilesNotFoundError,
+        DatasetNotFoundError,
+        LocalEntryNotFoundError,
+        OfflineModeIsEnabled,
+    )
 
 
-def harness_evaluate(model, tokenizer, tasks: list[str], include: Path | None = None, limit: int | None = None,
-                     batch_size: int = 8, num_fewshot: int | None = None, seed: int = 0) -> dict:  # fmt: skip
+def harness_evaluate(
+    model,
+    tokenizer,
+    tasks: list[str],
+    include: Path | None = None,
+    limit: int | None = None,
+    batch_size: int = 8,
+    num_fewshot: int | None = None,
+    seed: int = 0,
+) -> dict:
     """Harness metrics per task (``results`` of ``lm_eval.simple_evaluate``), with the sample counts."""
     try:
         from lm_eval import simple_evaluate
@@ -64,11 +81,22 @@ def harness_evaluate(model, tokenizer, tasks: list[str], include: Path | None = 
     wrapped = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, device=str(model.device))
     with offline():
         try:
-            out = simple_evaluate(model=wrapped, tasks=tasks, task_manager=manager, limit=limit, num_fewshot=num_fewshot,
-                                  random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed,
-                                  fewshot_random_seed=seed, log_samples=False)  # fmt: skip
+            out = simple_evaluate(
+                model=wrapped,
+                tasks=tasks,
+                task_manager=manager,
+                limit=limit,
+                num_fewshot=num_fewshot,
+                random_seed=seed,
+                numpy_random_seed=seed,
+                torch_random_seed=seed,
+                fewshot_random_seed=seed,
+                log_samples=False,
+            )
         except _data_unavailable_errors() as exc:
-            raise UserError(f"lm-eval could not load the data of {', '.join(tasks)} offline ({type(exc).__name__}: "
-                            f"{str(exc).splitlines()[0] if str(exc) else ''}): point the task's dataset at local "
-                            "files") from None  # fmt: skip
+            raise UserError(
+                f"lm-eval could not load the data of {', '.join(tasks)} offline ({type(exc).__name__}: "
+                f"{str(exc).splitlines()[0] if str(exc) else ''}): point the task's dataset at local "
+                "files"
+            ) from None
     return {"results": out["results"], "n_samples": out.get("n-samples", {}), "versions": out.get("versions", {})}

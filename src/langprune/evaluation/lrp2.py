@@ -41,8 +41,15 @@ class Projection:
 
 
 @torch.no_grad()
-def mean_states(model, tokenizer, texts: list[str], seqlen: int = 256, max_windows: int = 32,
-                batch_size: int = 4, language: str | None = None) -> torch.Tensor:  # fmt: skip
+def mean_states(
+    model,
+    tokenizer,
+    texts: list[str],
+    seqlen: int = 256,
+    max_windows: int = 32,
+    batch_size: int = 4,
+    language: str | None = None,
+) -> torch.Tensor:
     """Mean over real tokens of every decoder block's raw output: (blocks, d), accumulated in float64.
 
     Raw outputs for every block, the last included (no final norm): the
@@ -62,8 +69,10 @@ def mean_states(model, tokenizer, texts: list[str], seqlen: int = 256, max_windo
 
 
 def language_projection(model, tokenizer, language: str, corpus: str, seed: int = 0, seqlen: int = 256) -> Projection:
-    means = {lang: mean_states(model, tokenizer, calibration_texts(corpus, lang, seed), seqlen, language=lang)
-             for lang in (language, "en")}  # fmt: skip
+    means = {
+        lang: mean_states(model, tokenizer, calibration_texts(corpus, lang, seed), seqlen, language=lang)
+        for lang in (language, "en")
+    }
     return Projection(language, means[language], means["en"])
 
 
@@ -81,8 +90,10 @@ def projected(model, projection: Projection):
         return apply
 
     # Prepended, so that anything else watching the block (transformers' hidden-state recording) sees the shift.
-    handles = [blocks[projection.a].register_forward_hook(hook(projection.a, +1), prepend=True),
-               blocks[projection.b].register_forward_hook(hook(projection.b, -1), prepend=True)]  # fmt: skip
+    handles = [
+        blocks[projection.a].register_forward_hook(hook(projection.a, +1), prepend=True),
+        blocks[projection.b].register_forward_hook(hook(projection.b, -1), prepend=True),
+    ]
     try:
         yield
     finally:
@@ -90,8 +101,16 @@ def projected(model, projection: Projection):
             handle.remove()
 
 
-def search_layers(model, tokenizer, projection: Projection, task: TaskSpec, corpus: str, limit: int = 32,
-                  stride: int = 1, batch_size: int = 8) -> Projection:  # fmt: skip
+def search_layers(
+    model,
+    tokenizer,
+    projection: Projection,
+    task: TaskSpec,
+    corpus: str,
+    limit: int = 32,
+    stride: int = 1,
+    batch_size: int = 8,
+) -> Projection:
     """Try every (a, b) with a < b on a grid of ``stride`` blocks; keep the best dev accuracy (first on ties)."""
     dev = prompts(task, corpus, projection.language, limit, part="calibration")
     count = projection.language_means.shape[0]

@@ -23,8 +23,12 @@ def text_nll(model, tokenizer, texts: list[str], seqlen: int = 512, batch_size: 
     pad = pad_id(tokenizer)
     scored = score_rows(model, windows, [1] * len(windows), pad, batch_size)
     per_window = [[-total, count] for total, count in scored]
-    return {"nll": sum(w[0] for w in per_window), "tokens": sum(w[1] for w in per_window),
-            "bytes": len("\n\n".join(texts).encode("utf-8")), "windows": per_window}  # fmt: skip
+    return {
+        "nll": sum(w[0] for w in per_window),
+        "tokens": sum(w[1] for w in per_window),
+        "bytes": len("\n\n".join(texts).encode("utf-8")),
+        "windows": per_window,
+    }
 
 
 def summarize(nll: float, tokens: int, nbytes: int) -> dict:

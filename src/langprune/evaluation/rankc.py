@@ -39,5 +39,7 @@ def rankc(rankings: dict[str, list], reference: dict[str, list]) -> tuple[float 
 
 def rankings_of(items: list[dict]) -> dict[str, list]:
     """Label rankings from scored choice items: options sorted by score, most likely first."""
-    return {item["key"]: [item["options"][i] for i in sorted(range(len(item["scores"])), key=lambda i: -item["scores"][i])]
-            for item in items}  # fmt: skip
+    return {
+        item["key"]: [item["options"][i] for i in sorted(range(len(item["scores"])), key=lambda i: -item["scores"][i])]
+        for item in items
+    }

@@ -44,8 +44,12 @@ class Settings:
     harness_include: str | None = None  # a folder of harness task files (local data, no network)
 
     def __post_init__(self):
-        for option, value, minimum in (("--seqlen", self.seqlen, 2), ("--batch-size", self.batch_size, 1),
-                                       ("--limit", self.limit, 1), ("--lrp2-stride", self.lrp2_stride, 1)):  # fmt: skip
+        for option, value, minimum in (
+            ("--seqlen", self.seqlen, 2),
+            ("--batch-size", self.batch_size, 1),
+            ("--limit", self.limit, 1),
+            ("--lrp2-stride", self.lrp2_stride, 1),
+        ):
             check_at_least(option, value, minimum)
 
 
@@ -92,8 +96,10 @@ def plan(names: list[str], languages: list[str], settings: Settings) -> tuple[li
             if not any(j.task in members and j.key == language for j in jobs):
                 missing.append(f"{group} {language} (tasks {', '.join(t.name for t in members)})")
     if missing and not settings.skip_missing:
-        raise UserError(f"no data for {'; '.join(missing)}: fetch a corpus that has them (`langprune data list`), "
-                        "drop those languages, or pass --skip-missing")  # fmt: skip
+        raise UserError(
+            f"no data for {'; '.join(missing)}: fetch a corpus that has them (`langprune data list`), "
+            "drop those languages, or pass --skip-missing"
+        )
     return jobs, missing
 
 
@@ -107,12 +113,31 @@ def run_job(job: Job, model, tokenizer, dense, settings: Settings) -> dict:
         return evaluate_fidelity(dense, model, tokenizer, job.corpus, job.key, settings.seqlen, settings.batch_size)
     if task.type in ("cloze", "choice"):
         return evaluate_choices(model, tokenizer, task, job.corpus, job.key, settings.limit, settings.batch_size)
-    return evaluate_translation(model, tokenizer, task, job.corpus, job.source, job.target, settings.limit,
-                                settings.seed, settings.sample, settings.batch_size)  # fmt: skip
+    return evaluate_translation(
+        model,
+        tokenizer,
+        task,
+        job.corpus,
+        job.source,
+        job.target,
+        settings.limit,
+        settings.seed,
+        settings.sample,
+        settings.batch_size,
+    )
 
 
-def evaluate(model, tokenizer, tasks: list[str], languages: list[str], settings: Settings | None = None,
-             dense=None, progress=None, finished: dict | None = None, on_result=None) -> dict:  # fmt: skip
+def evaluate(
+    model,
+    tokenizer,
+    tasks: list[str],
+    languages: list[str],
+    settings: Settings | None = None,
+    dense=None,
+    progress=None,
+    finished: dict | None = None,
+    on_result=None,
+) -> dict:
     """Evaluate ``model`` on task names or groups (ppl, fidelity, cloze, mcq, translation, rankc) per language.
 
     ``dense`` is the unpruned model that fidelity compares with. ``progress(done,
@@ -131,8 +156,13 @@ def evaluate(model, tokenizer, tasks: list[str], languages: list[str], settings:
     failed: dict[str, str] = {}
 
     def snapshot() -> dict:
-        return {"tasks": results, "languages": languages, "skipped": skipped, "failed": failed,
-                "settings": asdict(settings)}  # fmt: skip
+        return {
+            "tasks": results,
+            "languages": languages,
+            "skipped": skipped,
+            "failed": failed,
+            "settings": asdict(settings),
+        }
 
     for done, job in enumerate(jobs):
         if progress:
@@ -158,11 +188,19 @@ def evaluate(model, tokenizer, tasks: list[str], languages: list[str], settings:
     if settings.harness:
         if progress:
             progress(len(jobs), len(jobs), f"lm-eval {', '.join(settings.harness)}")
-        out["harness"] = harness_evaluate(model, tokenizer, list(settings.harness), settings.harness_include,
-                                          settings.limit, settings.batch_size, seed=settings.seed)  # fmt: skip
+        out["harness"] = harness_evaluate(
+            model,
+            tokenizer,
+            list(settings.harness),
+            settings.harness_include,
+            settings.limit,
+            settings.batch_size,
+            seed=settings.seed,
+        )
     if projections:
-        out["lrp2"] = {lang: {"a": p.a, "b": p.b, "dev_task": p.dev_task, "search": p.search}
-                       for lang, p in projections.items()}  # fmt: skip
+        out["lrp2"] = {
+            lang: {"a": p.a, "b": p.b, "dev_task": p.dev_task, "search": p.search} for lang, p in projections.items()
+        }
     return out
 
 
@@ -177,8 +215,9 @@ def lrp2_projections(model, tokenizer, languages: list[str], settings: Settings,
         if progress:
             progress(0, None, f"LRP2 {language}: mean vectors and (a, b) search on {dev[0].name}")
         projection = language_projection(model, tokenizer, language, settings.lrp2_corpus, settings.seed)
-        search_layers(model, tokenizer, projection, dev[0], dev[1], settings.lrp2_dev, settings.lrp2_stride,
-                      settings.batch_size)  # fmt: skip
+        search_layers(
+            model, tokenizer, projection, dev[0], dev[1], settings.lrp2_dev, settings.lrp2_stride, settings.batch_size
+        )
         projection.dev_task = dev[0].name
         projections[language] = projection
     return projections

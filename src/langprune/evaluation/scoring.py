@@ -42,8 +42,9 @@ def backbone(model):
 
 
 @torch.no_grad()
-def score_rows(model, rows: list[list[int]], first_scored: list[int], pad: int = 0, batch_size: int = 8,
-               progress=None) -> list[tuple[float, int]]:  # fmt: skip
+def score_rows(
+    model, rows: list[list[int]], first_scored: list[int], pad: int = 0, batch_size: int = 8, progress=None
+) -> list[tuple[float, int]]:
     """For each row of ids, (sum of log p(token) for tokens from ``first_scored`` on, number of those tokens).
 
     Rows are run longest first so that a batch holds rows of similar length
@@ -80,4 +81,6 @@ def score_requests(model, requests: list[Request], pad: int = 0, batch_size: int
 
 def window_batches(windows: list[list[int]], pad: int, batch_size: int, tag: Tag) -> list[TokenBatch]:
     """Token windows as right-padded, tagged batches for the block engine, in the order given."""
-    return [TokenBatch(*right_padded(windows[i : i + batch_size], pad), tag) for i in range(0, len(windows), batch_size)]
+    return [
+        TokenBatch(*right_padded(windows[i : i + batch_size], pad), tag) for i in range(0, len(windows), batch_size)
+    ]

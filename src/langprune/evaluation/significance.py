@@ -45,8 +45,10 @@ def perplexity_test(windows_a, windows_b, samples: int = SAMPLES, seed: int = 0)
     """Paired bootstrap on per-window (nll, tokens): perplexity = exp(sum nll / sum tokens) of each resample."""
     a, b = np.asarray(windows_a, dtype=float), np.asarray(windows_b, dtype=float)
     if a.shape != b.shape or not np.array_equal(a[:, 1], b[:, 1]):
-        raise UserError("the runs scored different token windows (another tokenizer, seqlen or corpus): evaluate both "
-                        "with the same --seqlen and --corpus")  # fmt: skip
+        raise UserError(
+            "the runs scored different token windows (another tokenizer, seqlen or corpus): evaluate both "
+            "with the same --seqlen and --corpus"
+        )
     idx = _indices(len(a), samples, seed)
     tokens = a[:, 1][idx].sum(1)
     ppl_a, ppl_b = np.exp(a[:, 0][idx].sum(1) / tokens), np.exp(b[:, 0][idx].sum(1) / tokens)
@@ -64,15 +66,24 @@ def translation_tests(hyps_a, hyps_b, references, target: str, samples: int = SA
     from .translation import BLEU_TOKENIZER
 
     metrics = {"bleu": BLEU(tokenize=BLEU_TOKENIZER.get(target, "13a")), "chrf": CHRF()}
-    test = PairedTest([("a", list(hyps_a)), ("b", list(hyps_b))], metrics, [list(references)], test_type="bs",
-                      n_samples=samples)  # fmt: skip
+    test = PairedTest(
+        [("a", list(hyps_a)), ("b", list(hyps_b))], metrics, [list(references)], test_type="bs", n_samples=samples
+    )
     _, results = test()
     tests = []
     for name in metrics:
         key = next(k for k in results if k.lower().startswith(name))
         base, other = results[key]
-        tests.append({"metric": name, "a": base.score, "b": other.score, "delta": other.score - base.score,
-                      "p_value": other.p_value, "n": len(references)})  # fmt: skip
+        tests.append(
+            {
+                "metric": name,
+                "a": base.score,
+                "b": other.score,
+                "delta": other.score - base.score,
+                "p_value": other.p_value,
+                "n": len(references),
+            }
+        )
     return tests
 
 
@@ -90,9 +101,13 @@ def compare_results(a: dict, b: dict, samples: int = SAMPLES, seed: int = 0) -> 
             elif "items" in ra:
                 correct_b = {item["key"]: item["correct"] for item in rb["items"]}
                 shared = [item for item in ra["items"] if item["key"] in correct_b]
-                tests = [accuracy_test([i["correct"] for i in shared], [correct_b[i["key"]] for i in shared], samples, seed)]
+                tests = [
+                    accuracy_test([i["correct"] for i in shared], [correct_b[i["key"]] for i in shared], samples, seed)
+                ]
             elif "hypotheses" in ra and ra["references"] == rb["references"]:
-                tests = translation_tests(ra["hypotheses"], rb["hypotheses"], ra["references"], key.split("-")[-1], samples)
+                tests = translation_tests(
+                    ra["hypotheses"], rb["hypotheses"], ra["references"], key.split("-")[-1], samples
+                )
             else:
                 continue
             rows += [{"task": task, "key": key, **test} for test in tests]

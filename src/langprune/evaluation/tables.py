@@ -27,8 +27,13 @@ def metric_rows(results: dict) -> list[tuple[str, str, dict[str, str]]]:
     for name, per_key in results["tasks"].items():
         if name == "rankc":
             for cloze_task, per_language in per_key.items():
-                rows.append((f"rankc ({cloze_task})", "RankC vs en",
-                             {k: _text(v, "rankc", ".3f") for k, v in per_language.items()}))  # fmt: skip
+                rows.append(
+                    (
+                        f"rankc ({cloze_task})",
+                        "RankC vs en",
+                        {k: _text(v, "rankc", ".3f") for k, v in per_language.items()},
+                    )
+                )
             continue
         for label, field, spec in METRICS[tasks[name].type]:
             rows.append((name, label, {key: _text(result, field, spec) for key, result in per_key.items()}))

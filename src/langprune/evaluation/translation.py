@@ -39,8 +39,10 @@ def test_pairs(corpus: str, source: str, target: str, limit: int | None, shots: 
     pool = data.pairs(source, target, "calibration")
     tests = data.pairs(source, target, "evaluation")[: limit or None]
     if len(pool) < shots or not tests:
-        raise UserError(f"{corpus} has {len(pool)} calibration and {len(tests)} evaluation pairs for "
-                        f"{source}-{target}: too few for {shots}-shot translation")  # fmt: skip
+        raise UserError(
+            f"{corpus} has {len(pool)} calibration and {len(tests)} evaluation pairs for "
+            f"{source}-{target}: too few for {shots}-shot translation"
+        )
     return random.Random(seed).sample(pool, shots), tests
 
 
@@ -56,8 +58,15 @@ class _StopAtNewline(StoppingCriteria):
 
 
 @torch.no_grad()
-def generate(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, sampling: dict | None, seed: int,
-             batch_size: int = 8) -> list[str]:  # fmt: skip
+def generate(
+    model,
+    tokenizer,
+    prompts: list[list[int]],
+    max_new_tokens: int,
+    sampling: dict | None,
+    seed: int,
+    batch_size: int = 8,
+) -> list[str]:
     """Continuations of each prompt up to the first newline (greedy unless ``sampling`` is given)."""
     device = next(model.parameters()).device
     pad = pad_id(tokenizer)
@@ -72,18 +81,32 @@ def generate(model, tokenizer, prompts: list[list[int]], max_new_tokens: int, sa
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             torch.manual_seed(seed + start)
             generated = model.generate(
-                input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=bool(sampling),
+                input_ids=ids,
+                attention_mask=mask,
+                max_new_tokens=max_new_tokens,
+                do_sample=bool(sampling),
                 **(sampling or {"temperature": None, "top_k": None, "top_p": None}),
-                eos_token_id=tokenizer.eos_token_id, pad_token_id=pad,
+                eos_token_id=tokenizer.eos_token_id,
+                pad_token_id=pad,
                 stopping_criteria=StoppingCriteriaList([_StopAtNewline(tokenizer, width)]),
-            )  # fmt: skip
+            )
         for row in generated[:, width:]:
             outputs.append(tokenizer.decode(row, skip_special_tokens=True).split("\n")[0].strip())
     return outputs
 
 
-def evaluate_translation(model, tokenizer, task: TaskSpec, corpus: str, source: str, target: str,
-                         limit: int | None, seed: int = 0, sample: bool = False, batch_size: int = 8) -> dict:  # fmt: skip
+def evaluate_translation(
+    model,
+    tokenizer,
+    task: TaskSpec,
+    corpus: str,
+    source: str,
+    target: str,
+    limit: int | None,
+    seed: int = 0,
+    sample: bool = False,
+    batch_size: int = 8,
+) -> dict:
     import sacrebleu
 
     shots, tests = test_pairs(corpus, source, target, limit, task.options.get("shots", 4), seed)

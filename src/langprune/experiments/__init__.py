@@ -5,5 +5,17 @@ from .execute import EXECUTORS, cell_state, run_cell, run_grid, status_counts
 from .grid import Cell, Grid, load_grid
 from .tables import FORMATS, build_table, render, verdict
 
-__all__ = ["EXECUTORS", "FORMATS", "Cell", "Grid", "build_table", "cell_state", "load_grid", "render", "run_cell",
-           "run_grid", "status_counts", "verdict"]
+__all__ = [
+    "EXECUTORS",
+    "FORMATS",
+    "Cell",
+    "Grid",
+    "build_table",
+    "cell_state",
+    "load_grid",
+    "render",
+    "run_cell",
+    "run_grid",
+    "status_counts",
+    "verdict",
+]

@@ -107,25 +107,43 @@ def _run_claimed_cell(cell: Cell, folder: Path, failure: Path, reporter: Reporte
         placement = {k: evaluation[k] for k in ("device", "dtype", "offload")}
         if cell.dense:
             folder.mkdir(parents=True, exist_ok=True)
-            settings = EvalSettings(model=cell.axes["model"], out=folder, tasks=tuple(evaluation["tasks"]),
-                                    langs=tuple(evaluation["langs"]), options=options, **placement)  # fmt: skip
+            settings = EvalSettings(
+                model=cell.axes["model"],
+                out=folder,
+                tasks=tuple(evaluation["tasks"]),
+                langs=tuple(evaluation["langs"]),
+                options=options,
+                **placement,
+            )
         else:
             if not (folder / REPORT_FILE).is_file():
                 for stale in folder.parent.glob(f"{folder.name}.partial-*"):  # left by a killed run
                     shutil.rmtree(stale, ignore_errors=True)
                 run_prune(PruneSettings(out=folder, overwrite=True, **cell.prune), reporter)
-            settings = EvalSettings(run=folder, tasks=tuple(evaluation["tasks"]), langs=tuple(evaluation["langs"]),
-                                    options=options, **placement)  # fmt: skip
+            settings = EvalSettings(
+                run=folder,
+                tasks=tuple(evaluation["tasks"]),
+                langs=tuple(evaluation["langs"]),
+                options=options,
+                **placement,
+            )
         run_eval(settings, reporter)
     except Exception as exc:  # noqa: BLE001 - a failing cell must not stop the grid; its error is kept
         failure.parent.mkdir(parents=True, exist_ok=True)
         detail = str(exc) if isinstance(exc, UserError) else "".join(traceback.format_exception(exc))
-        write_json_atomic(failure, {"key": cell.key, "axes": cell.axes, "error": str(exc) or type(exc).__name__,
-                                    "detail": detail})  # fmt: skip
+        write_json_atomic(
+            failure, {"key": cell.key, "axes": cell.axes, "error": str(exc) or type(exc).__name__, "detail": detail}
+        )
         return {"key": cell.key, "state": "failed", "error": str(exc) or type(exc).__name__}
     failure.unlink(missing_ok=True)
-    record = {"key": cell.key, "axes": cell.axes, "prune": cell.prune, "evaluation": cell.evaluation,
-              "seconds": time.perf_counter() - start, "state": "done"}  # fmt: skip
+    record = {
+        "key": cell.key,
+        "axes": cell.axes,
+        "prune": cell.prune,
+        "evaluation": cell.evaluation,
+        "seconds": time.perf_counter() - start,
+        "state": "done",
+    }
     write_json_atomic(folder / CELL_FILE, record)
     return record
 
@@ -158,12 +176,20 @@ def _run_on_ray(grid: Grid, todo: list[Cell], on_cell) -> None:
     try:
         import ray
     except ImportError:
-        raise UserError("the ray executor needs Ray: pip install 'langprune[ray]' (scripts/setup.sh installs it)") from None
+        raise UserError(
+            "the ray executor needs Ray: pip install 'langprune[ray]' (scripts/setup.sh installs it)"
+        ) from None
     address = os.environ.get("RAY_ADDRESS")
-    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")  # keep GPUs visible as declared, silence the notice
+    os.environ.setdefault(
+        "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0"
+    )  # keep GPUs visible as declared, silence the notice
     if not ray.is_initialized():
-        ray.init(address=address or None, include_dashboard=False, log_to_driver=False,
-                 runtime_env={"env_vars": {k: v for k, v in os.environ.items() if k.startswith("LANGPRUNE_")}})  # fmt: skip
+        ray.init(
+            address=address or None,
+            include_dashboard=False,
+            log_to_driver=False,
+            runtime_env={"env_vars": {k: v for k, v in os.environ.items() if k.startswith("LANGPRUNE_")}},
+        )
     task = ray.remote(_ray_cell)
     threads = torch.get_num_threads()  # as many as here: same reduction order, same numbers as the local executor
     pending = {}

@@ -37,9 +37,34 @@ from ..languages import check_language
 from ..runs.cell import PruneSettings, check_placement
 
 AXES = {"models": "model", "methods": "method", "sparsities": "sparsity", "calibration": "calib", "seeds": "seed"}
-TOP_KEYS = set(AXES) | {"name", "description", "evaluation", "settings", "exclude", "include", "profiles", "verdict", "out"}
-SETTING_KEYS = {"nsamples", "seqlen", "batch_size", "shots", "device", "dtype", "offload", "propagate", "contrast",
-                "quantize", "profile", "owl_m", "owl_lambda", "mask_selection", "ria_alpha"}
+TOP_KEYS = set(AXES) | {
+    "name",
+    "description",
+    "evaluation",
+    "settings",
+    "exclude",
+    "include",
+    "profiles",
+    "verdict",
+    "out",
+}
+SETTING_KEYS = {
+    "nsamples",
+    "seqlen",
+    "batch_size",
+    "shots",
+    "device",
+    "dtype",
+    "offload",
+    "propagate",
+    "contrast",
+    "quantize",
+    "profile",
+    "owl_m",
+    "owl_lambda",
+    "mask_selection",
+    "ria_alpha",
+}
 EVAL_KEYS = {"tasks", "langs", "limit", "seqlen", "batch_size", "corpus", "translation_corpus", "seed", "skip_missing"}
 DENSE = "dense"
 KEY_VERSION = 1  # bump when a cell's meaning changes, so old folders are not mistaken for new cells
@@ -85,8 +110,10 @@ def _mistake(path: Path, text: str) -> UserError:
 def _unknown(path: Path, keys, allowed: set[str], where: str) -> None:
     for key in keys:
         if key not in allowed:
-            raise _mistake(path, f"unknown key {key!r} in {where}{did_you_mean(str(key), allowed)}; "
-                                 f"known: {', '.join(sorted(allowed))}")  # fmt: skip
+            raise _mistake(
+                path,
+                f"unknown key {key!r} in {where}{did_you_mean(str(key), allowed)}; known: {', '.join(sorted(allowed))}",
+            )
 
 
 def _as_list(path: Path, value, name: str) -> list:
@@ -118,10 +145,16 @@ def load_grid(path: Path, profile: str | None = None, out: Path | None = None) -
     _unknown(path, settings, SETTING_KEYS, "settings")
     evaluation = spec.get("evaluation") or {}
     _unknown(path, evaluation, EVAL_KEYS, "evaluation")
-    values = {axis: _as_list(path, spec.get(name, default), name)
-              for name, axis, default in [("models", "model", "gemma-3-270m"), ("methods", "method", "wanda"),
-                                          ("sparsities", "sparsity", "0.5"), ("calibration", "calib", None),
-                                          ("seeds", "seed", 0)]}  # fmt: skip
+    values = {
+        axis: _as_list(path, spec.get(name, default), name)
+        for name, axis, default in [
+            ("models", "model", "gemma-3-270m"),
+            ("methods", "method", "wanda"),
+            ("sparsities", "sparsity", "0.5"),
+            ("calibration", "calib", None),
+            ("seeds", "seed", 0),
+        ]
+    }
     values["sparsity"] = [str(s) for s in values["sparsity"]]
     _check_axes(path, values, settings)
     combos = [dict(zip(values, combo)) for combo in itertools.product(*values.values())]
@@ -139,13 +172,22 @@ def load_grid(path: Path, profile: str | None = None, out: Path | None = None) -
     if not combos:
         raise _mistake(path, "the grid is empty: exclude removes every combination")
     eval_cell = _evaluation(path, evaluation, settings)
-    cells = [Cell({"model": m, "method": DENSE, "sparsity": None, "calib": None, "seed": None}, None, eval_cell)
-             for m in dict.fromkeys(c["model"] for c in combos)]  # fmt: skip
+    cells = [
+        Cell({"model": m, "method": DENSE, "sparsity": None, "calib": None, "seed": None}, None, eval_cell)
+        for m in dict.fromkeys(c["model"] for c in combos)
+    ]
     seen = {cell.key for cell in cells}
     for combo in combos:
         own = combo.pop("settings", {})
-        prune = {"model": combo["model"], "calib": combo["calib"], "method": combo["method"], "sparsity": combo["sparsity"],
-                 "seed": combo["seed"], **settings, **own}  # fmt: skip
+        prune = {
+            "model": combo["model"],
+            "calib": combo["calib"],
+            "method": combo["method"],
+            "sparsity": combo["sparsity"],
+            "seed": combo["seed"],
+            **settings,
+            **own,
+        }
         cell = Cell(dict(combo), prune, eval_cell)
         if cell.key not in seen:
             seen.add(cell.key)

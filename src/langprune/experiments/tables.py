@@ -74,7 +74,9 @@ def collect(grid: Grid, metric: str, rows: str, cols: str) -> dict:
     """{section: {row: {column: Entry}}} from every finished cell of the grid."""
     for axis in rows.split("+") + [cols]:
         if axis not in TABLE_AXES:
-            raise UserError(f"unknown table axis {axis!r}: choose from {', '.join(TABLE_AXES)} (rows may join axes with +)")
+            raise UserError(
+                f"unknown table axis {axis!r}: choose from {', '.join(TABLE_AXES)} (rows may join axes with +)"
+            )
     if cols in rows.split("+"):
         raise UserError("rows and columns must be different axes")
     task, name, _ = metric_spec(metric)
@@ -91,11 +93,15 @@ def collect(grid: Grid, metric: str, rows: str, cols: str) -> dict:
                 items = result.get("windows") or [i.get("correct") for i in result.get("items", [])] or None
                 (dense if cell.dense else pruned).append(({**cell.axes, "eval": key}, float(result[name]), items))
     if finished and not found:
-        raise UserError(f"no finished cell has task {task!r}: the grid evaluates {', '.join(grid.cells[0].evaluation['tasks'])}")
+        raise UserError(
+            f"no finished cell has task {task!r}: the grid evaluates {', '.join(grid.cells[0].evaluation['tasks'])}"
+        )
     sections: dict = {}
 
     def add(section: str, axes: dict, value: float, items) -> None:
-        entry = sections.setdefault(section, {}).setdefault(_row_label(axes, rows), {}).setdefault(str(axes[cols]), Entry())
+        entry = (
+            sections.setdefault(section, {}).setdefault(_row_label(axes, rows), {}).setdefault(str(axes[cols]), Entry())
+        )
         entry.values.append(value)
         entry.items.append(items)
 
@@ -133,8 +139,15 @@ def build_table(grid: Grid, metric: str, rows: str, cols: str, baseline: str | N
     """Everything a rendering needs: per section, row and column labels, means, stds, best marks and p-values."""
     _, _, lower = metric_spec(metric)
     sections = collect(grid, metric, rows, cols)
-    out = {"grid": grid.name, "metric": metric, "rows": rows, "cols": cols, "baseline": baseline,
-           "lower_is_better": lower, "sections": []}  # fmt: skip
+    out = {
+        "grid": grid.name,
+        "metric": metric,
+        "rows": rows,
+        "cols": cols,
+        "baseline": baseline,
+        "lower_is_better": lower,
+        "sections": [],
+    }
     for section, table in sections.items():
         row_labels = sorted(table, key=lambda r: (r != DENSE, r))
         col_labels = sorted({c for per in table.values() for c in per})
@@ -142,8 +155,9 @@ def build_table(grid: Grid, metric: str, rows: str, cols: str, baseline: str | N
             raise UserError(f"baseline row {baseline!r} is not in the table; rows: {', '.join(row_labels)}")
         cells = {}
         for c in col_labels:
-            present = [(r, table[r][c].mean) for r in row_labels
-                       if c in table[r] and r != baseline and not r.endswith(DENSE)]  # best among pruned rows
+            present = [
+                (r, table[r][c].mean) for r in row_labels if c in table[r] and r != baseline and not r.endswith(DENSE)
+            ]  # best among pruned rows
             best = (min if lower else max)(present, key=lambda x: x[1])[0] if present else None
             for r in row_labels:
                 entry = table[r].get(c)
@@ -151,8 +165,13 @@ def build_table(grid: Grid, metric: str, rows: str, cols: str, baseline: str | N
                     cells[f"{r}|{c}"] = None
                     continue
                 p = _test(entry, table[baseline][c]) if baseline and r != baseline and c in table[baseline] else None
-                cells[f"{r}|{c}"] = {"mean": entry.mean, "std": entry.std, "n": len(entry.values), "best": r == best,
-                                     "p_value": p}  # fmt: skip
+                cells[f"{r}|{c}"] = {
+                    "mean": entry.mean,
+                    "std": entry.std,
+                    "n": len(entry.values),
+                    "best": r == best,
+                    "p_value": p,
+                }
         out["sections"].append({"section": section, "row_labels": row_labels, "col_labels": col_labels, "cells": cells})
     return out
 
@@ -177,15 +196,19 @@ def render(table: dict, fmt: str, png: Path | None = None) -> str:
     if fmt == "png":
         return _heatmap(table, png)
     lines = []
-    note = (f"{table['metric']} ({'lower' if table['lower_is_better'] else 'higher'} is better), mean ± std over seeds; "
-            f"bold: best pruned row per column" + (f"; †: p < {ALPHA} against {table['baseline']} (paired bootstrap)"
-                                         if table["baseline"] else ""))  # fmt: skip
+    note = (
+        f"{table['metric']} ({'lower' if table['lower_is_better'] else 'higher'} is better), mean ± std over seeds; "
+        f"bold: best pruned row per column"
+        + (f"; †: p < {ALPHA} against {table['baseline']} (paired bootstrap)" if table["baseline"] else "")
+    )
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     for section in table["sections"]:
         header = [f"{table['rows']} \\ {table['cols']}"] + section["col_labels"]
-        body = [[r] + [_text(section["cells"][f"{r}|{c}"], fmt != "csv", fmt == "tex") for c in section["col_labels"]]
-                for r in section["row_labels"]]  # fmt: skip
+        body = [
+            [r] + [_text(section["cells"][f"{r}|{c}"], fmt != "csv", fmt == "tex") for c in section["col_labels"]]
+            for r in section["row_labels"]
+        ]
         if fmt == "md":
             lines += [f"**{section['section']}**", ""] if section["section"] else []
             lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -195,8 +218,12 @@ def render(table: dict, fmt: str, png: Path | None = None) -> str:
                 writer.writerow([section["section"]] + row)
         else:
             lines += [f"% {section['section']}"] if section["section"] else []
-            lines += [r"\begin{tabular}{l" + "r" * len(section["col_labels"]) + "}", r"\toprule",
-                      " & ".join(header).replace("\\ ", r"\textbackslash\ ") + r" \\", r"\midrule"]  # fmt: skip
+            lines += [
+                r"\begin{tabular}{l" + "r" * len(section["col_labels"]) + "}",
+                r"\toprule",
+                " & ".join(header).replace("\\ ", r"\textbackslash\ ") + r" \\",
+                r"\midrule",
+            ]
             lines += [" & ".join(row) + r" \\" for row in body] + [r"\bottomrule", r"\end{tabular}", ""]
     if fmt == "csv":
         return buffer.getvalue()
@@ -217,16 +244,27 @@ def _heatmap(table: dict, png: Path | None) -> str:
     sections = table["sections"]
     if not sections:
         raise UserError("no finished cells to draw yet: run the grid first")
-    figure, axes = plt.subplots(1, len(sections), figsize=(1.5 + 1.1 * len(sections[0]["col_labels"]) * len(sections),
-                                                          1.2 + 0.5 * len(sections[0]["row_labels"])),
-                                squeeze=False, layout="constrained")  # fmt: skip
+    figure, axes = plt.subplots(
+        1,
+        len(sections),
+        figsize=(
+            1.5 + 1.1 * len(sections[0]["col_labels"]) * len(sections),
+            1.2 + 0.5 * len(sections[0]["row_labels"]),
+        ),
+        squeeze=False,
+        layout="constrained",
+    )
     for axis, section in zip(axes.flat, sections):
-        values = [[(section["cells"][f"{r}|{c}"] or {}).get("mean", math.nan) for c in section["col_labels"]]
-                  for r in section["row_labels"]]  # fmt: skip
+        values = [
+            [(section["cells"][f"{r}|{c}"] or {}).get("mean", math.nan) for c in section["col_labels"]]
+            for r in section["row_labels"]
+        ]
         known = [v for row in values for v in row if not math.isnan(v)]
         # perplexities span orders of magnitude: a log scale keeps the good cells apart
         norm = LogNorm() if table["metric"] == "ppl" and known and min(known) > 0 else None
-        image = axis.imshow(values, cmap="viridis_r" if table["lower_is_better"] else "viridis", aspect="auto", norm=norm)
+        image = axis.imshow(
+            values, cmap="viridis_r" if table["lower_is_better"] else "viridis", aspect="auto", norm=norm
+        )
         axis.set_xticks(range(len(section["col_labels"])), section["col_labels"])
         axis.set_yticks(range(len(section["row_labels"])), section["row_labels"])
         axis.set_xlabel(table["cols"])
@@ -237,7 +275,9 @@ def _heatmap(table: dict, png: Path | None) -> str:
                 if not math.isnan(value):
                     shade = image.cmap(image.norm(value))
                     dark = 0.299 * shade[0] + 0.587 * shade[1] + 0.114 * shade[2] < 0.5
-                    axis.text(j, i, f"{value:.1f}", ha="center", va="center", fontsize=7, color="white" if dark else "black")
+                    axis.text(
+                        j, i, f"{value:.1f}", ha="center", va="center", fontsize=7, color="white" if dark else "black"
+                    )
         figure.colorbar(image, ax=axis, label=table["metric"])
     partial = partial_path(Path(png))
     figure.savefig(partial, format="png", dpi=130)
@@ -257,20 +297,27 @@ def verdict(grid: Grid) -> str | None:
         for section in table["sections"]:
             wins, columns = 0, 0
             for c in section["col_labels"]:
-                own = [r for r in section["row_labels"]
-                       if r.split(":")[-1].split("@")[0] == c and section["cells"].get(f"{r}|{c}") is not None]  # fmt: skip
+                own = [
+                    r
+                    for r in section["row_labels"]
+                    if r.split(":")[-1].split("@")[0] == c and section["cells"].get(f"{r}|{c}") is not None
+                ]
                 if own:
                     columns += 1
                     wins += any(section["cells"][f"{r}|{c}"]["best"] for r in own)
-            lines.append(f"{section['section'] or grid.name}: calibrating on the evaluated language gives the best "
-                         f"{table['metric']} in {wins} of {columns} columns")  # fmt: skip
+            lines.append(
+                f"{section['section'] or grid.name}: calibrating on the evaluated language gives the best "
+                f"{table['metric']} in {wins} of {columns} columns"
+            )
         return "\n".join(lines)
     if spec.get("kind") == "best-row":
         expected = spec["row"]
         lines = []
         for section in table["sections"]:
             best = [c for c in section["col_labels"] if (section["cells"].get(f"{expected}|{c}") or {}).get("best")]
-            lines.append(f"{section['section'] or grid.name}: {expected} gives the best {table['metric']} among pruned rows "
-                         f"in {len(best)} of {len(section['col_labels'])} columns")  # fmt: skip
+            lines.append(
+                f"{section['section'] or grid.name}: {expected} gives the best {table['metric']} among pruned rows "
+                f"in {len(best)} of {len(section['col_labels'])} columns"
+            )
         return "\n".join(lines)
     raise UserError(f"{grid.path}: unknown verdict kind {spec.get('kind')!r}: own-language-best or best-row")

@@ -3,5 +3,15 @@
 from .cell import EvalSettings, PruneSettings, Reporter, run_eval, run_prune
 from .folder import SavedMasks, load_eval, load_masks, load_report, remeasure
 
-__all__ = ["EvalSettings", "PruneSettings", "Reporter", "SavedMasks", "load_eval", "load_masks", "load_report", "remeasure",
-           "run_eval", "run_prune"]
+__all__ = [
+    "EvalSettings",
+    "PruneSettings",
+    "Reporter",
+    "SavedMasks",
+    "load_eval",
+    "load_masks",
+    "load_report",
+    "remeasure",
+    "run_eval",
+    "run_prune",
+]

@@ -22,17 +22,17 @@ from ..compress.profiles import OWL_LAMBDA, OWL_M, Profile
 from ..compress.quantization import QuantSpec
 from ..compress.sparsity import Sparsity
 from ..data import get_corpus
+from ..engine.placement import check_dtype, check_offload, resolve_device
 from ..errors import UserError, check_at_least
 from ..evaluation import Settings as EvalOptions
 from ..evaluation import evaluate, perplexity
 from ..evaluation.runner import plan
 from ..languages import check_language
-from ..engine.placement import check_dtype, check_offload, resolve_device
 from ..models import load_model, safetensors_folder
-from .folder import EVAL_FILE, RunWriter, check_out, load_eval, load_report
-from .quantized import saved_spec
-from .provenance import provenance
 from ..storage import write_json_atomic
+from .folder import EVAL_FILE, RunWriter, check_out, load_eval, load_report
+from .provenance import provenance
+from .quantized import saved_spec
 
 MAX_SEED = 2**64 - 1
 
@@ -130,8 +130,10 @@ def check_not_quantized(model: str) -> None:
     """Refuse to prune a checkpoint that is already quantized: its weights are codes, not what the methods assume."""
     folder = Path(model).expanduser()
     if (folder / "config.json").is_file() and saved_spec(folder) is not None:
-        raise UserError(f"{model} is already quantized (compressed-tensors): prune and quantize the dense model "
-                        "in one run instead, e.g. --method sparsegpt --quantize w4g128")  # fmt: skip
+        raise UserError(
+            f"{model} is already quantized (compressed-tensors): prune and quantize the dense model "
+            "in one run instead, e.g. --method sparsegpt --quantize w4g128"
+        )
 
 
 def check_placement(device: str, dtype: str, offload: str) -> None:
@@ -153,26 +155,47 @@ def run_prune(settings: PruneSettings, reporter: Reporter | None = None) -> dict
             lm, tokenizer = load_model(settings.model, settings.dtype, settings.device, settings.offload)
         if settings.calib or settings.contrast:
             calibration_module.check_seqlen(settings.seqlen, lm)
-        build = lambda recipe: calibration_module.build(recipe, tokenizer, settings.nsamples, settings.seqlen,  # noqa: E731
-                                                        settings.seed, settings.shots)  # fmt: skip
+        build = lambda recipe: calibration_module.build(
+            recipe,
+            tokenizer,
+            settings.nsamples,
+            settings.seqlen,  # noqa: E731
+            settings.seed,
+            settings.shots,
+        )
         calibration = build(settings.calib) if settings.calib else pretokenized
         contrast = build(settings.contrast) if settings.contrast else None
         for role, chosen in (("calibration", calibration), ("contrast", contrast)):
             if chosen is not None:
                 calibration_module.check_fits(chosen, lm, role)
-                reporter.note(f"{role} {chosen.recipe}: {chosen.input_ids.shape[0]} x {chosen.input_ids.shape[1]} "
-                              f"({chosen.tokens} real tokens)")  # fmt: skip
+                reporter.note(
+                    f"{role} {chosen.recipe}: {chosen.input_ids.shape[0]} x {chosen.input_ids.shape[1]} "
+                    f"({chosen.tokens} real tokens)"
+                )
         before = perplexity(lm, tokenizer, languages, corpus=settings.eval_corpus) if languages else {}
         result = prune_model(
-            lm, calibration, settings.chosen_method(), target, propagate=settings.propagate,
-            include=tuple(settings.include), exclude=tuple(settings.exclude), seed=settings.seed,
-            batch_size=settings.batch_size, contrast=contrast, progress=reporter.blocks,
-            on_block=lambda index, changes: run.add_block(lm, index, changes), quantize=settings.quantize,
+            lm,
+            calibration,
+            settings.chosen_method(),
+            target,
+            propagate=settings.propagate,
+            include=tuple(settings.include),
+            exclude=tuple(settings.exclude),
+            seed=settings.seed,
+            batch_size=settings.batch_size,
+            contrast=contrast,
+            progress=reporter.blocks,
+            on_block=lambda index, changes: run.add_block(lm, index, changes),
+            quantize=settings.quantize,
             profile=settings.chosen_profile(),
-        )  # fmt: skip
+        )
         after = perplexity(lm, tokenizer, languages, corpus=settings.eval_corpus) if languages else {}
-        report = {"model": settings.model, **result.summary, "settings": jsonable(asdict(settings)),
-                  "provenance": provenance()}  # fmt: skip
+        report = {
+            "model": settings.model,
+            **result.summary,
+            "settings": jsonable(asdict(settings)),
+            "provenance": provenance(),
+        }
         if languages:
             report["perplexity"] = {"corpus": settings.eval_corpus, "dense": before, "pruned": after}
         run.finish(lm, tokenizer, report)
@@ -241,14 +264,25 @@ def run_eval(settings: EvalSettings, reporter: Reporter | None = None) -> dict:
     def save(results: dict) -> None:
         write_json_atomic(target, {**results, **header, "provenance": provenance()})
 
-    results = evaluate(lm, tokenizer, list(settings.tasks), list(settings.langs), settings.options, dense,
-                       progress=reporter.evaluating, finished=previous, on_result=save)  # fmt: skip
+    results = evaluate(
+        lm,
+        tokenizer,
+        list(settings.tasks),
+        list(settings.langs),
+        settings.options,
+        dense,
+        progress=reporter.evaluating,
+        finished=previous,
+        on_result=save,
+    )
     results.update(header, provenance=provenance())
     write_json_atomic(target, results)
     if results["failed"]:
         failures = "; ".join(f"{job}: {why}" for job, why in results["failed"].items())
-        raise UserError(f"{len(results['failed'])} evaluation(s) failed ({failures}); the others are in {target}, "
-                        "and a rerun retries only the failed ones")  # fmt: skip
+        raise UserError(
+            f"{len(results['failed'])} evaluation(s) failed ({failures}); the others are in {target}, "
+            "and a rerun retries only the failed ones"
+        )
     return results
 
 

@@ -86,7 +86,7 @@ class RunWriter:
         self.quantized: set[str] = set()  # layers stored in the compressed-tensors format
         self.quant_spec: QuantSpec | None = None
 
-    def __enter__(self) -> "RunWriter":
+    def __enter__(self) -> RunWriter:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -98,8 +98,11 @@ class RunWriter:
         placement = placement_of(model)
         block, prefix = placement.blocks[index], placement.block_prefix(index)
         modules = {f"{prefix}.{name}" if name else prefix: module for name, module in block.named_modules()}
-        layouts = {name: (change.keep.T if is_conv1d(modules[name]) else change.keep)
-                   for name, change in changes.items() if change.keep is not None}  # fmt: skip
+        layouts = {
+            name: (change.keep.T if is_conv1d(modules[name]) else change.keep)
+            for name, change in changes.items()
+            if change.keep is not None
+        }
         if layouts:
             shard = f"{len(set(self.index.values())):05d}.safetensors"
             packed = {name: pack_bits(keep).cpu() for name, keep in layouts.items()}
@@ -152,8 +155,10 @@ class RunWriter:
                 self.total_size += sum(entries[key].end - entries[key].begin for key in copied.values())
             if held:
                 self._save_weights(held, self.partial / "model-outside-blocks-memory.safetensors")
-            write_json_atomic(self.partial / WEIGHTS_INDEX, {"metadata": {"total_size": self.total_size},
-                                                             "weight_map": dict(sorted(self.weight_map.items()))})  # fmt: skip
+            write_json_atomic(
+                self.partial / WEIGHTS_INDEX,
+                {"metadata": {"total_size": self.total_size}, "weight_map": dict(sorted(self.weight_map.items()))},
+            )
             config = copy.deepcopy(model.config)
             config.dtype = placement.save_dtype
             config.architectures = [type(model).__name__]
@@ -177,8 +182,9 @@ def _cast(tensor: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return tensor.to(dtype) if tensor.is_floating_point() else tensor
 
 
-def _saved_tensor(placement, name: str, tensor: torch.Tensor, change: LayerChange | None,
-                  keep: torch.Tensor | None) -> torch.Tensor:  # fmt: skip
+def _saved_tensor(
+    placement, name: str, tensor: torch.Tensor, change: LayerChange | None, keep: torch.Tensor | None
+) -> torch.Tensor:
     """What a block tensor is saved as: in the source's dtype, masked source weights when only a mask was applied."""
     key = placement.key(name)
     entry = placement.checkpoint.entries[key] if key is not None else None
@@ -223,10 +229,14 @@ def _disk_errors(where: Path):
     except SafetensorError as exc:
         if "No space" not in str(exc):
             raise
-        raise UserError(f"cannot write {where}: no space left on the device; free space or choose another location") from None
+        raise UserError(
+            f"cannot write {where}: no space left on the device; free space or choose another location"
+        ) from None
 
 
-def save_run(out: Path, model, tokenizer, changes: dict[str, LayerChange], report: dict, overwrite: bool = False) -> Path:
+def save_run(
+    out: Path, model, tokenizer, changes: dict[str, LayerChange], report: dict, overwrite: bool = False
+) -> Path:
     """Write checkpoint, changes held in memory and report in one go."""
     placement = placement_of(model)
     with RunWriter(out, overwrite) as run:
@@ -268,7 +278,9 @@ class SavedMasks:
                     shapes = json.loads((handle.metadata() or {}).get(PACKED, "null"))
                     for name in (n for n in names if self.shards[n] == shard_name):
                         stored = handle.get_tensor(name)
-                        masks[name] = unpack_bits(stored, shapes[name]) if shapes is not None else stored  # old runs: bool
+                        masks[name] = (
+                            unpack_bits(stored, shapes[name]) if shapes is not None else stored
+                        )  # old runs: bool
             except (SafetensorError, OSError, json.JSONDecodeError, KeyError, TypeError) as exc:
                 raise UserError(f"mask shard {shard} is missing or damaged ({exc}): prune the run again") from None
         return masks
@@ -320,5 +332,5 @@ def load_eval(where: Path) -> dict:
         raise UserError(f"{where} has no {EVAL_FILE}: run `langprune eval` on it first")
     value = read_json_object(path, "evaluation file")
     if not isinstance(value.get("tasks"), dict):
-        raise UserError(f"{path} has no \"tasks\" object: it is not an eval.json written by langprune eval")
+        raise UserError(f'{path} has no "tasks" object: it is not an eval.json written by langprune eval')
     return value

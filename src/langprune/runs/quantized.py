@@ -30,28 +30,40 @@ def _library():
         from compressed_tensors.compressors import BaseCompressor
         from compressed_tensors.quantization import QuantizationArgs, QuantizationScheme
     except ImportError:
-        raise UserError("quantized checkpoints need the compressed-tensors library: pip install compressed-tensors") from None
+        raise UserError(
+            "quantized checkpoints need the compressed-tensors library: pip install compressed-tensors"
+        ) from None
     return BaseCompressor, QuantizationArgs, QuantizationScheme
 
 
 def scheme(spec: QuantSpec):
     """The compressed-tensors scheme of a spec, targeting Linear layers."""
     _, QuantizationArgs, QuantizationScheme = _library()
-    args = QuantizationArgs(num_bits=spec.bits, type="int", symmetric=spec.symmetric,
-                            strategy="group" if spec.group_size else "channel", group_size=spec.group_size,
-                            actorder="static" if spec.act_order else None)  # fmt: skip
+    args = QuantizationArgs(
+        num_bits=spec.bits,
+        type="int",
+        symmetric=spec.symmetric,
+        strategy="group" if spec.group_size else "channel",
+        group_size=spec.group_size,
+        actorder="static" if spec.act_order else None,
+    )
     return QuantizationScheme(targets=["Linear"], weights=args)
 
 
 def spec_of(config: dict) -> QuantSpec:
     """The spec back from a saved ``quantization_config`` (one group, as langprune writes it)."""
     weights = next(iter(config["config_groups"].values()))["weights"]
-    return QuantSpec(weights["num_bits"], weights.get("group_size"), weights.get("symmetric", True),
-                     weights.get("actorder") == "static")  # fmt: skip
+    return QuantSpec(
+        weights["num_bits"],
+        weights.get("group_size"),
+        weights.get("symmetric", True),
+        weights.get("actorder") == "static",
+    )
 
 
-def compressed_tensors(name: str, weight: torch.Tensor, change: LayerChange, spec: QuantSpec,
-                       scale_dtype: torch.dtype) -> dict[str, torch.Tensor]:  # fmt: skip
+def compressed_tensors(
+    name: str, weight: torch.Tensor, change: LayerChange, spec: QuantSpec, scale_dtype: torch.dtype
+) -> dict[str, torch.Tensor]:
     """The checkpoint entries of one quantized layer (``name`` without ``.weight``), from its in-memory weight.
 
     The codes are recovered from the weight (any dtype from bfloat16 up holds
@@ -72,9 +84,15 @@ def quantization_config(spec: QuantSpec, model: nn.Module, quantized: set[str]) 
     """The ``quantization_config`` for config.json: the scheme on Linear layers, every other Linear ignored."""
     from compressed_tensors.quantization import QuantizationConfig, QuantizationStatus
 
-    ignore = sorted(name for name, module in model.named_modules() if isinstance(module, nn.Linear) and name not in quantized)
-    config = QuantizationConfig(config_groups={"group_0": scheme(spec)}, format=FORMAT, ignore=ignore,
-                                quantization_status=QuantizationStatus.COMPRESSED)  # fmt: skip
+    ignore = sorted(
+        name for name, module in model.named_modules() if isinstance(module, nn.Linear) and name not in quantized
+    )
+    config = QuantizationConfig(
+        config_groups={"group_0": scheme(spec)},
+        format=FORMAT,
+        ignore=ignore,
+        quantization_status=QuantizationStatus.COMPRESSED,
+    )
     return config.model_dump(exclude_none=True)
 
 
@@ -98,7 +116,10 @@ def shard_tensors(handle, spec: QuantSpec | None):
             yield key, handle.get_tensor(key)
         elif part == "packed":
             BaseCompressor, _, _ = _library()
-            state = {name.removeprefix(layer + "."): handle.get_tensor(name) for name in keys
-                     if name.startswith(layer + ".weight_")}  # fmt: skip
+            state = {
+                name.removeprefix(layer + "."): handle.get_tensor(name)
+                for name in keys
+                if name.startswith(layer + ".weight_")
+            }
             weight = BaseCompressor.get_value_from_registry(FORMAT).decompress(state, scheme(spec))["weight"]
             yield f"{layer}.weight", weight.float()
