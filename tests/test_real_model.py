@@ -92,7 +92,7 @@ def test_smollm2_alias_loads_and_prunes_as_a_llama():
 
 def test_every_analysis_on_gemma_with_real_text(tmp_path):
     """Two small wanda runs (de, en), then features, masks, lape and lsar on real UDHR text in five languages."""
-    from langprune.analysis import AnalysisSettings, run_analysis
+    from langprune.analysis import FeatureOverlap, Lape, Lsar, MaskOverlap, run_analysis
     from langprune.runs import PruneSettings, run_prune
 
     runs = []
@@ -101,23 +101,21 @@ def test_every_analysis_on_gemma_with_real_text(tmp_path):
         run_prune(PruneSettings(out=runs[-1], calib=f"mono:{language}", nsamples=2, seqlen=64, batch_size=2))
     langs = ("en", "de", "fr", "zh", "sw")
     features = run_analysis(
-        AnalysisSettings(
-            "features", tmp_path / "features", sets=("demo:en", "demo:fr", "mt:fr-en"), nsamples=3, seqlen=256
-        )
+        FeatureOverlap(out=tmp_path / "features", sets=("demo:en", "demo:fr", "mt:fr-en"), nsamples=3, seqlen=256)
     )
     assert len(features["overlap"]) == 18 and all(
         features["overlap"][k][i][i] == 0 for k in range(18) for i in range(3)
     )
     assert features["unique_top"] and all(0 <= e["share"]["20"] <= 1 for e in features["unique_top"])
-    masks = run_analysis(AnalysisSettings("masks", tmp_path / "masks", runs=tuple(runs)))
+    masks = run_analysis(MaskOverlap(out=tmp_path / "masks", runs=tuple(runs)))
     iou = [v for per in masks["iou"]["de|en"].values() for v in per]
     assert len(iou) == 18 * 7 and all(0.3 < v < 1 for v in iou)  # related masks: far above random (1/3), not identical
-    lape = run_analysis(AnalysisSettings("lape", tmp_path / "lape", pruned=(runs[0],), langs=langs, limit=4))
+    lape = run_analysis(Lape(out=tmp_path / "lape", pruned=(runs[0],), langs=langs, limit=4))
     dense, pruned = (lape["per_model"][label] for label in lape["models"])
     assert lape["focus_language"] == "de" and lape["neurons_per_block"] == 2048
     assert dense["lape_box"][0]["med"] < dense["lape_box"][-1]["med"] <= math.log(5) + 1e-9
     assert sum(dense["specific_counts"].values()) > 0 and 0 <= pruned["specific_kept"] <= 1
-    lsar = run_analysis(AnalysisSettings("lsar", tmp_path / "lsar", pruned=tuple(runs), langs=langs, limit=4))
+    lsar = run_analysis(Lsar(out=tmp_path / "lsar", pruned=tuple(runs), langs=langs, limit=4))
     for label in lsar["models"][1:]:
         for part in ("agnostic", "specific"):
             values = [v for per in lsar["delta"][label]["magnitude"][part].values() for v in per]

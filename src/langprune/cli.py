@@ -26,6 +26,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from .engine.placement import DEVICE_HELP, DTYPE_HELP, OFFLOAD_HELP
 from .errors import UserError, check_at_least
 
 app = typer.Typer(
@@ -52,12 +53,6 @@ console = _console()
 err_console = _console(stderr=True)
 
 JSON_HELP = "Print the result as JSON (for scripts) instead of tables."
-DEVICE_HELP = "Where the model runs: auto (a GPU when there is one), cpu, cuda or cuda:N."
-DTYPE_HELP = "Compute dtype: auto (the checkpoint's own), bfloat16, float16 or float32; statistics stay float32."
-OFFLOAD_HELP = (
-    "auto (only when the model does not fit), none, cpu (weights in host memory, one block on the device "
-    "at a time) or disk (blocks read from the safetensors files as they run)."
-)
 
 
 def _list(text: str | None) -> list[str]:
@@ -391,6 +386,26 @@ def eval_command(
     console.print(f"wrote {settings.target}")
 
 
+@app.command("clean")
+def clean_command(
+    folders: list[Path] = typer.Argument(None, help="Folders to search, with everything under them (default: here)."),
+    dry_run: bool = typer.Option(False, help="Only list what would be removed."),
+):
+    """Remove what killed runs left behind: partial folders and files whose writer is gone, never one being written."""
+    from .storage import remove_path, stale_partials
+
+    found = [path for folder in folders or [Path(".")] for path in stale_partials(folder, recursive=True)]
+    total = 0
+    for path in found:
+        size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.is_dir() else path.stat().st_size
+        total += size
+        if not dry_run:
+            remove_path(path)
+        console.print(f"{'would remove' if dry_run else 'removed'} {path} ({size / 2**20:.1f} MiB)", highlight=False)
+    verb = "would free" if dry_run else "freed"
+    console.print(f"{len(found)} stale partial item(s); {verb} {total / 2**20:.1f} MiB")
+
+
 @app.command("compare")
 def compare_command(
     a: Path = typer.Argument(..., help="Baseline: a folder with eval.json (or the file)."),
@@ -555,176 +570,36 @@ def calib_show_command(
     console.print(tokenizer.decode(first), highlight=False, markup=False)
 
 
-ANALYSIS_OUT_HELP = "Folder for analysis.json and the figures (refused if it exists, unless --overwrite)."
-# Options every analysis shares, declared once.
-_OUT = typer.Option(..., help=ANALYSIS_OUT_HELP)
-_OVERWRITE = typer.Option(False, help="Replace an existing --out.")
-_DEVICE = typer.Option("auto", help=DEVICE_HELP)
-_DTYPE = typer.Option("auto", help=DTYPE_HELP)
-_OFFLOAD = typer.Option("auto", help=OFFLOAD_HELP)
-_DENSE = typer.Option("gemma-3-270m", help="The dense model the runs were pruned from.")
-_LANGS = typer.Option("en,de,fr,zh,hi,sw", help="Comma-separated languages whose held-out text is analysed.")
-_CORPUS = typer.Option("udhr", help="Corpus whose held-out part is analysed.")
-_LIMIT = typer.Option(None, help="At most this many texts per language.")
-_TEXT_SEQLEN = typer.Option(512, help="Tokens kept per text.")
-_TEXT_BATCH = typer.Option(8, help="Texts per forward pass.")
+def _analysis_command(cls) -> None:
+    """``langprune analyze NAME``: options made from the analysis' settings, its summary printed after it runs."""
+    from . import settings as settings_module
+    from .analysis import run_analysis
+
+    def run(analysis) -> None:
+        with _reporting() as reporter:
+            result = run_analysis(analysis, reporter)
+        for line in cls.summary(result):
+            console.print(line, highlight=False)
+        console.print(f"wrote {analysis.out} ({result['seconds']:.1f} s)")
+
+    help_text = (cls.__doc__ or "").strip().split("\n\n")[0]
+    analyze_app.command(cls.name, help=help_text)(settings_module.command(cls, run))
 
 
-def _analyze(**options) -> None:
-    """Fill the settings object, run the analysis, print its summary."""
-    from .analysis import AnalysisSettings, run_analysis, summary
-
-    settings = AnalysisSettings(**options)
-    with _reporting() as reporter:
-        result = run_analysis(settings, reporter)
-    for line in summary(result):
-        console.print(line, highlight=False)
-    console.print(f"wrote {settings.out} ({result['seconds']:.1f} s)")
+_ANALYSIS_COMMANDS: set[str] = set()
 
 
-@analyze_app.command("features")
-def analyze_features_command(
-    model: str = typer.Option("gemma-3-270m", help="Alias, local folder or hub id."),
-    sets: str = typer.Option(
-        ..., help="Comma-separated sets (calibration recipes): demo:en,demo:fr,mt:fr-en,mono:de..."
-    ),
-    beta: float = typer.Option(30.0, help="Top and bottom share of features, in percent, (0, 50]."),
-    at: str | None = typer.Option(
-        None, help="Analyse the input of this layer in each block (e.g. self_attn.q_proj) instead of the block's input."
-    ),
-    layers: str | None = typer.Option(
-        None, help="Blocks drawn as heatmaps (Figures 1 and 3), e.g. 9,17 (default: middle and last)."
-    ),
-    nsamples: int | None = typer.Option(None, help="Sequences per set (default: 128, or 100 demonstrations)."),
-    shots: int = typer.Option(4, help="Shots per demonstration."),
-    seqlen: int = typer.Option(512, help="Tokens per sequence."),
-    seed: int = typer.Option(0, help="Seed for sampling the sets."),
-    batch_size: int = typer.Option(8, help="Sequences per forward pass."),
-    out: Path = _OUT,
-    overwrite: bool = _OVERWRITE,
-    device: str = _DEVICE,
-    dtype: str = _DTYPE,
-    offload: str = _OFFLOAD,
-):
-    """Feature magnitudes per set and their top/bottom overlap per block (translation-feature paper, Figures 1-4, Table 7)."""
-    _analyze(
-        kind="features",
-        model=model,
-        sets=tuple(_list(sets)),
-        beta=beta,
-        at=at,
-        layers=_ints("--layers", layers),
-        nsamples=nsamples,
-        shots=shots,
-        seqlen=seqlen,
-        seed=seed,
-        batch_size=batch_size,
-        out=out,
-        overwrite=overwrite,
-        device=device,
-        dtype=dtype,
-        offload=offload,
-    )
+def _register_analyses() -> None:
+    """A command for every registered analysis (run again by ``main``: analyses registered by plugins get theirs)."""
+    from .analysis import ANALYSES
+
+    for name, cls in ANALYSES.items():
+        if name not in _ANALYSIS_COMMANDS:
+            _ANALYSIS_COMMANDS.add(name)
+            _analysis_command(cls)
 
 
-@analyze_app.command("masks")
-def analyze_masks_command(
-    runs: list[Path] = typer.Argument(..., help="Run folders (several seeds per calibration language)."),
-    out: Path = _OUT,
-    overwrite: bool = _OVERWRITE,
-):
-    """Pruning-mask stability across seeds and IoU across calibration languages (calibration paper, Figure 2)."""
-    _analyze(kind="masks", runs=tuple(runs), out=out, overwrite=overwrite)
-
-
-@analyze_app.command("lape")
-def analyze_lape_command(
-    model: str = _DENSE,
-    pruned: list[Path] = typer.Option([], help="A pruned run folder to compare (repeatable)."),
-    langs: str = _LANGS,
-    corpus: str = _CORPUS,
-    limit: int | None = _LIMIT,
-    tap: str | None = typer.Option(
-        None, help="The FFN activation module inside a block, e.g. mlp.act_fn (default: found)."
-    ),
-    focus: str | None = typer.Option(
-        None, help="Language of the probability and magnitude panels (default: the first run's calibration language)."
-    ),
-    group_share: float = typer.Option(0.02, help="Share of all neurons per group."),
-    plot_share: float = typer.Option(0.3, help="Lowest-LAPE share of neurons drawn."),
-    filter_rate: float = typer.Option(
-        0.95, help="Tang et al.: percentile a neuron's probability must pass in some language."
-    ),
-    top_rate: float = typer.Option(0.01, help="Tang et al.: share of neurons with the lowest LAPE selected."),
-    bar_rate: float = typer.Option(
-        0.95, help="Tang et al.: percentile above which a selected neuron belongs to a language."
-    ),
-    seqlen: int = _TEXT_SEQLEN,
-    batch_size: int = _TEXT_BATCH,
-    out: Path = _OUT,
-    overwrite: bool = _OVERWRITE,
-    device: str = _DEVICE,
-    dtype: str = _DTYPE,
-    offload: str = _OFFLOAD,
-):
-    """Language activation probability entropy of FFN neurons, dense vs pruned (calibration paper, Figure 3)."""
-    _analyze(
-        kind="lape",
-        model=model,
-        pruned=tuple(pruned),
-        langs=tuple(_list(langs)),
-        corpus=corpus,
-        limit=limit,
-        tap=tap,
-        focus=focus,
-        group_share=group_share,
-        plot_share=plot_share,
-        filter_rate=filter_rate,
-        top_rate=top_rate,
-        bar_rate=bar_rate,
-        seqlen=seqlen,
-        batch_size=batch_size,
-        out=out,
-        overwrite=overwrite,
-        device=device,
-        dtype=dtype,
-        offload=offload,
-    )
-
-
-@analyze_app.command("lsar")
-def analyze_lsar_command(
-    model: str = _DENSE,
-    pruned: list[Path] = typer.Option(..., help="A pruned run folder to compare (repeatable)."),
-    langs: str = _LANGS,
-    corpus: str = _CORPUS,
-    limit: int | None = _LIMIT,
-    rank: int | None = typer.Option(None, help="Rank of the language subspace (default: languages - 1)."),
-    seqlen: int = _TEXT_SEQLEN,
-    batch_size: int = _TEXT_BATCH,
-    out: Path = _OUT,
-    overwrite: bool = _OVERWRITE,
-    device: str = _DEVICE,
-    dtype: str = _DTYPE,
-    offload: str = _OFFLOAD,
-):
-    """Change of language-agnostic and language-specific sentence features after pruning (calibration paper, Figure 1)."""
-    _analyze(
-        kind="lsar",
-        model=model,
-        pruned=tuple(pruned),
-        langs=tuple(_list(langs)),
-        corpus=corpus,
-        limit=limit,
-        rank=rank,
-        seqlen=seqlen,
-        batch_size=batch_size,
-        out=out,
-        overwrite=overwrite,
-        device=device,
-        dtype=dtype,
-        offload=offload,
-    )
+_register_analyses()
 
 
 @analyze_app.command("plot")
@@ -878,6 +753,7 @@ def main() -> None:
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()
     warnings.showwarning = lambda message, *args, **kwargs: err_console.print(f"warning: {message}", highlight=False)
+    _register_analyses()
     try:
         code = app(standalone_mode=False)
     except UserError as exc:

@@ -34,7 +34,7 @@ from .engine.placement import (
     resolve_device,
 )
 from .errors import UserError, did_you_mean
-from .storage import cache_dir, locked, partial_path
+from .storage import cache_dir, locked, partial_path, umask_permissions
 
 
 def _gemma_gguf() -> Path:
@@ -98,6 +98,7 @@ def _convert(alias: str, target: Path) -> None:
     try:
         model.save_pretrained(partial)
         tokenizer.save_pretrained(partial)
+        umask_permissions(partial)
         partial.rename(target)
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)

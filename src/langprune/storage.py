@@ -10,15 +10,24 @@ for the same cache entry do the work once and never race on a fixed name.
 from __future__ import annotations
 
 import errno
-import fcntl
 import json
 import os
+import re
 import shutil
 import tempfile
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from .errors import UserError
+
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks; a writer is then known by its pid alone
+    fcntl = None
+
+WRITER_LOCK = ".langprune-writer.lock"  # inside a partial folder, locked by its writer while it lives
+_PARTIAL = re.compile(r"\.partial-(\d+)-[^/]*$")
 
 
 def cache_dir() -> Path:
@@ -42,11 +51,109 @@ def locked(target: Path):
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     with open(target.with_name(target.name + ".lock"), "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
+        if fcntl is not None:
+            fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield
         finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+            if fcntl is not None:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+@contextmanager
+def partial_folder(target: Path) -> Iterator[Path]:
+    """Create and yield a partial folder for ``target`` whose writer holds a lock inside it while the block runs.
+
+    The lock (``WRITER_LOCK``) is what tells a later run that the writer is
+    gone, even one on another machine sharing the file system: the operating
+    system drops it when its holder dies, kill -9 included. Stale partial
+    folders of ``target`` (their writers gone) are removed first, so a crash
+    costs its disk only until the next run that writes the same target.
+    """
+    remove_stale_partials(target)
+    partial = partial_path(target)
+    partial.mkdir(parents=True)
+    with open(partial / WRITER_LOCK, "a") as handle:
+        if fcntl is not None:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        yield partial
+        # Renamed into place by now, or about to be removed: the lock file goes with the writer.
+        for folder in (partial, Path(target)):
+            if folder.is_dir():
+                (folder / WRITER_LOCK).unlink(missing_ok=True)
+
+
+def _writer_gone(partial: Path) -> bool:
+    """True when nobody writes ``partial`` any more: its lock can be taken, or (without one) its pid is dead."""
+    lock = partial / WRITER_LOCK
+    if partial.is_dir() and lock.is_file() and fcntl is not None:
+        try:
+            with open(lock, "a") as handle:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return True
+        except (BlockingIOError, PermissionError):
+            return False
+    match = _PARTIAL.search(partial.name)
+    if match is None:
+        return False
+    try:
+        os.kill(int(match.group(1)), 0)
+    except ProcessLookupError:
+        return True
+    except (PermissionError, OverflowError):  # alive under another user, or not a pid
+        return False
+    return False
+
+
+def stale_partials(folder: Path, name: str | None = None, recursive: bool = False) -> list[Path]:
+    """Partial files and folders under ``folder`` (of ``name`` only, when given) whose writers are gone."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    pattern = f"{name}.partial-*" if name else "*.partial-*"
+    found = folder.rglob(pattern) if recursive else folder.glob(pattern)
+    stale = []
+    for path in sorted(found):
+        if _PARTIAL.search(path.name) and not any(p in stale for p in path.parents) and _writer_gone(path):
+            stale.append(path)
+    return stale
+
+
+def remove_stale_partials(target: Path) -> list[Path]:
+    """Remove what killed writers of ``target`` left beside it; never a partial whose writer still runs."""
+    target = Path(target)
+    removed = stale_partials(target.parent, target.name)
+    for path in removed:
+        remove_path(path)
+    return removed
+
+
+def remove_path(path: Path) -> None:
+    """Delete a file or a folder tree; one already gone is fine."""
+    if Path(path).is_dir() and not Path(path).is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        Path(path).unlink(missing_ok=True)
+
+
+def current_umask() -> int:
+    """The process' umask (read by setting it and putting it back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def umask_permissions(root: Path) -> None:
+    """Give every file under ``root`` the mode a plain ``open`` would (``0o666 & ~umask``).
+
+    safetensors writes through a temporary file created mode 0600, whatever
+    the umask; on a shared machine others could then list a run but not load it.
+    """
+    mode = 0o666 & ~current_umask()
+    root = Path(root)
+    for path in [root, *root.rglob("*")] if root.is_dir() else [root]:
+        if path.is_file() and not path.is_symlink():
+            os.chmod(path, mode)
 
 
 def replace_folder(partial: Path, target: Path) -> Path:

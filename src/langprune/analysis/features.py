@@ -20,13 +20,20 @@ feature index (a stable sort), so results repeat exactly.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
 
 import torch
 
 from .. import calibration
 from ..engine import find_blocks, sweep
-from ..errors import UserError
-from .inputs import block_index, trimmed
+from ..errors import UserError, check_at_least
+from ..models import load_model
+from ..runs import Reporter
+from ..settings import setting
+from . import figures
+from .base import ModelAnalysis, register
+from .inputs import block_index, check_layers, trimmed
 
 QUADRANTS = {
     "monolingual x monolingual": ("monolingual", "monolingual"),
@@ -187,3 +194,79 @@ def analyze_features(
         "top_features": top_features,
         "unique_top": unique,
     }
+
+
+@register
+@dataclass(kw_only=True)
+class FeatureOverlap(ModelAnalysis):
+    """Feature magnitudes per set and their top/bottom overlap per block (translation-feature paper, Figures 1-4, Table 7)."""
+
+    name: ClassVar[str] = "features"
+    model: str = setting("gemma-3-270m", "Alias, local folder or hub id.")
+    sets: tuple[str, ...] = setting(
+        (), "Comma-separated sets (calibration recipes): demo:en,demo:fr,mt:fr-en,mono:de...", required=True
+    )
+    beta: float = setting(30.0, "Top and bottom share of features, in percent, (0, 50].")
+    at: str | None = setting(
+        None, "Analyse the input of this layer in each block (e.g. self_attn.q_proj) instead of the block's input."
+    )
+    layers: tuple[int, ...] = setting(
+        (), "Blocks drawn as heatmaps (Figures 1 and 3), e.g. 9,17 (default: middle and last)."
+    )
+    nsamples: int | None = setting(None, "Sequences per set (default: 128, or 100 demonstrations).")
+    shots: int = setting(4, "Shots per demonstration.")
+    seqlen: int = setting(512, "Tokens per sequence.")
+    seed: int = setting(0, "Seed for sampling the sets.")
+    batch_size: int = setting(8, "Sequences per forward pass.")
+
+    def validate(self) -> None:
+        check_at_least("--seqlen", self.seqlen, 2)
+        check_at_least("--batch-size", self.batch_size, 1)
+        check_at_least("--nsamples", self.nsamples, 1)
+        check_beta(self.beta)
+        if len(self.sets) < 2:
+            raise UserError("features compares sets: give at least two, e.g. --sets demo:en,demo:fr,mt:fr-en")
+        if len(set(self.sets)) != len(self.sets):
+            raise UserError("--sets names a set twice")
+        for recipe in self.sets:
+            describe_set(recipe)
+        super().validate()
+
+    def compute(self, reporter: Reporter) -> dict:
+        described = [describe_set(recipe) for recipe in self.sets]
+        with reporter.loading(self.model):
+            model, tokenizer = load_model(self.model, self.dtype, self.device, self.offload)
+        calibration.check_seqlen(self.seqlen, model)
+        sets = {}
+        for recipe in self.sets:
+            sets[recipe] = calibration.build(recipe, tokenizer, self.nsamples, self.seqlen, self.seed, self.shots)
+            reporter.note(f"{recipe}: {sets[recipe].input_ids.shape[0]} sequences, {sets[recipe].tokens} real tokens")
+        batches = [b for name, chosen in sets.items() for b in chosen.batches(self.batch_size, role=name)]
+        norms = feature_norms(model, batches, self.at, lambda d, t: reporter.evaluating(d, t, "feature norms"))
+        blocks = next(iter(norms.values())).shape[0]
+        figure_layers = check_layers(self.layers or (blocks // 2, blocks - 1), blocks)
+        result = analyze_features(norms, described, self.beta, figure_layers, self.at)
+        for entry in result["sets"]:
+            entry["tokens"] = sets[entry["name"]].tokens
+        return {"model": self.model, **result}
+
+    @staticmethod
+    def draw(result: dict, folder: Path) -> list[Path]:
+        return figures.draw_features(result, folder)
+
+    @staticmethod
+    def summary(result: dict) -> list[str]:
+        lines = []
+        for label, values in result["quadrants"].items():
+            known = [v for v in values if v is not None]
+            if known:
+                lines.append(
+                    f"{label}: mean overlap {sum(known) / len(known):.3f} over {len(known)} blocks "
+                    f"(min {min(known):.3f} at block {values.index(min(known))})"
+                )
+        for entry in result["unique_top"]:
+            shares = ", ".join(f"top-{k} {v:.0%}" for k, v in entry["share"].items())
+            lines.append(
+                f"{entry['set']} block {entry['layer']}: features absent from {entry['against']}'s top: {shares}"
+            )
+        return lines

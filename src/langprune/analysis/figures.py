@@ -238,6 +238,3 @@ def draw_lsar(result: dict, folder: Path) -> list[Path]:
     axes[0][1].legend(fontsize=7)
     written.append(_save(figure, folder / "figure5-lsar-blocks.png"))
     return written
-
-
-DRAW = {"features": draw_features, "masks": draw_masks, "lape": draw_lape, "lsar": draw_lsar}

@@ -23,6 +23,8 @@ percentile again (``filter_rate``, ``top_rate``, ``bar_rate``).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -30,6 +32,10 @@ from torch import nn
 from ..engine import find_blocks, sweep
 from ..engine.architecture import is_prunable
 from ..errors import UserError
+from ..runs import Reporter, load_report
+from ..settings import setting
+from . import figures
+from .base import TextAnalysis, register
 from .inputs import block_index
 
 ACTIVATION_PACKAGES = ("transformers.activations", "torch.nn.modules.activation")
@@ -54,6 +60,17 @@ def find_activation(block: nn.Module) -> str:
     return found[0]
 
 
+def check_tap(block: nn.Module, tap: str) -> None:
+    """Refuse a ``--tap`` that names no module inside a block, listing the leaf modules that could be meant."""
+    try:
+        block.get_submodule(tap)
+    except AttributeError:
+        leaves = [name for name, module in block.named_modules() if name and not list(module.children())]
+        raise UserError(
+            f"--tap {tap} is not a module inside a {type(block).__name__} block: choose one of {', '.join(leaves)}"
+        ) from None
+
+
 @dataclass
 class NeuronCounts:
     """Float64 sums per block, neuron and language: active tokens and |output|, with real tokens per language."""
@@ -76,6 +93,7 @@ def count_neurons(model, batches, languages: list[str], tap: str | None = None, 
     """One pass through the engine: activation counts from the activation's output, magnitudes from the FFN output layer's input."""
     blocks_name, blocks = find_blocks(model)
     tap = tap or find_activation(blocks[0])
+    check_tap(blocks[0], tap)
     output_layer = [name for name, module in blocks[0].named_modules() if is_prunable(module)][-1]  # the FFN output
     column = {language: i for i, language in enumerate(languages)}
     sums: dict[str, torch.Tensor] = {}
@@ -204,3 +222,81 @@ def analyze_lape(counts: dict[str, NeuronCounts], group_share: float = 0.02, **s
         "models": labels,
         "per_model": per_model,
     }
+
+
+@register
+@dataclass(kw_only=True)
+class Lape(TextAnalysis):
+    """Language activation probability entropy of FFN neurons, dense vs pruned (calibration paper, Figure 3)."""
+
+    name: ClassVar[str] = "lape"
+    tap: str | None = setting(None, "The FFN activation module inside a block, e.g. mlp.act_fn (default: found).")
+    focus: str | None = setting(
+        None, "Language of the probability and magnitude panels (default: the first run's calibration language)."
+    )
+    group_share: float = setting(0.02, "Share of all neurons per group.")
+    plot_share: float = setting(0.3, "Lowest-LAPE share of neurons drawn.")
+    filter_rate: float = setting(0.95, "Tang et al.: percentile a neuron's probability must pass in some language.")
+    top_rate: float = setting(0.01, "Tang et al.: share of neurons with the lowest LAPE selected.")
+    bar_rate: float = setting(0.95, "Tang et al.: percentile above which a selected neuron belongs to a language.")
+
+    def validate(self) -> None:
+        if self.focus is not None and self.focus not in self.langs:
+            raise UserError(f"--focus {self.focus} is not among --langs {','.join(self.langs)}")
+        for flag, value in (
+            ("--group-share", self.group_share),
+            ("--plot-share", self.plot_share),
+            ("--filter-rate", self.filter_rate),
+            ("--top-rate", self.top_rate),
+            ("--bar-rate", self.bar_rate),
+        ):
+            if not 0 < value <= 1:
+                raise UserError(f"{flag} {value} is outside (0, 1]: give a share such as 0.02")
+        super().validate()
+
+    def compute(self, reporter: Reporter) -> dict:
+        languages = list(self.langs)
+        counts, _ = self.per_model(
+            reporter,
+            "neuron activations",
+            lambda model, batches, tokenizer, progress: count_neurons(model, batches, languages, self.tap, progress),
+        )
+        result = analyze_lape(
+            counts, self.group_share, filter_rate=self.filter_rate, top_rate=self.top_rate, bar_rate=self.bar_rate
+        )
+        return {
+            "model": self.model,
+            "corpus": self.corpus,
+            "focus_language": self.focus or self._calibration_language() or languages[0],
+            "plot_share": self.plot_share,
+            "pruned_runs": [str(r) for r in self.pruned],
+            **result,
+        }
+
+    def _calibration_language(self) -> str | None:
+        """The first pruned run's single calibration language when it is among --langs: the paper's focus (DE for DE runs)."""
+        if not self.pruned:
+            return None
+        languages = (load_report(self.pruned[0]).get("calibration") or {}).get("languages") or []
+        return languages[0] if len(languages) == 1 and languages[0] in self.langs else None
+
+    @staticmethod
+    def draw(result: dict, folder: Path) -> list[Path]:
+        return figures.draw_lape(result, folder)
+
+    @staticmethod
+    def summary(result: dict) -> list[str]:
+        lines = []
+        for label in result["models"]:
+            per = result["per_model"][label]
+            first = per["lape_box"][0]
+            kept = (
+                f", {per['specific_kept']:.0%} of the dense model's language-specific neurons kept"
+                if "specific_kept" in per
+                else ""
+            )
+            lines.append(
+                f"{label}: lowest group median LAPE {first['med']:.3f}, "
+                f"language-specific neurons {sum(per['specific_counts'].values())}{kept}"
+            )
+        return lines

@@ -19,10 +19,18 @@ is the mean over sentences of ||a_pruned - a_dense|| and ||s_pruned - s_dense||
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
 import torch
 
 from ..engine import find_blocks, sweep
-from ..errors import UserError
+from ..errors import UserError, check_at_least
+from ..runs import Reporter
+from ..settings import setting
+from . import figures
+from .base import TextAnalysis, register
 from .inputs import SentenceBatch, block_index
 
 
@@ -122,3 +130,46 @@ def analyze_lsar(embeddings: dict[str, torch.Tensor], languages: list[str], rank
                     relative[part][lang].append(float(change[chosen].mean() / size[chosen].mean()))
         result["delta"][label] = {"magnitude": per, "relative": relative}
     return result
+
+
+@register
+@dataclass(kw_only=True)
+class Lsar(TextAnalysis):
+    """Change of language-agnostic and language-specific sentence features after pruning (calibration paper, Figure 1)."""
+
+    name: ClassVar[str] = "lsar"
+    rank: int | None = setting(None, "Rank of the language subspace (default: languages - 1).")
+
+    def validate(self) -> None:
+        check_at_least("--rank", self.rank, 1)
+        if not self.pruned:
+            raise UserError("lsar compares pruned models with the dense one: give at least one run with --pruned")
+        super().validate()
+
+    def compute(self, reporter: Reporter) -> dict:
+        embeddings, batches = self.per_model(
+            reporter,
+            "sentence embeddings",
+            lambda model, batches, tokenizer, progress: sentence_embeddings(
+                model, batches, set(tokenizer.all_special_ids), progress
+            ),
+        )
+        languages = [b.tag.language for b in batches for _ in range(int(b.input_ids.shape[0]))]
+        result = analyze_lsar(embeddings, languages, self.rank)
+        return {"model": self.model, "corpus": self.corpus, "pruned_runs": [str(r) for r in self.pruned], **result}
+
+    @staticmethod
+    def draw(result: dict, folder: Path) -> list[Path]:
+        return figures.draw_lsar(result, folder)
+
+    @staticmethod
+    def summary(result: dict) -> list[str]:
+        lines = []
+        for label, delta in result["delta"].items():
+            for part in ("agnostic", "specific"):
+                per = delta["relative"][part]
+                mean = sum(sum(v) / len(v) for v in per.values()) / len(per)
+                lines.append(
+                    f"{label}: {part} features change by {mean:.1%} of their dense norm (mean over blocks and languages)"
+                )
+        return lines

@@ -19,9 +19,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from itertools import combinations
 from pathlib import Path
+from typing import ClassVar
 
 from ..errors import UserError
-from ..runs import SavedMasks, load_report
+from ..runs import Reporter, SavedMasks, load_report
+from ..settings import setting
+from . import figures
+from .base import Analysis, register
 
 
 @dataclass
@@ -134,3 +138,38 @@ def _compare_layer(name: str, groups: list[RunGroup], kept: dict, stable: dict, 
 def _mean(values: list[float | None]) -> float | None:
     known = [v for v in values if v is not None]
     return sum(known) / len(known) if known else None
+
+
+@register
+@dataclass(kw_only=True)
+class MaskOverlap(Analysis):
+    """Pruning-mask stability across seeds and IoU across calibration languages (calibration paper, Figure 2)."""
+
+    name: ClassVar[str] = "masks"
+    runs: tuple[Path, ...] = setting(
+        (), "Run folders (several seeds per calibration language).", argument=True, required=True
+    )
+
+    def validate(self) -> None:
+        for run in self.runs:
+            load_report(run)
+        super().validate()
+
+    def compute(self, reporter: Reporter) -> dict:
+        return analyze_masks([Path(r) for r in self.runs], lambda d, t: reporter.evaluating(d, t, "mask layers"))
+
+    @staticmethod
+    def draw(result: dict, folder: Path) -> list[Path]:
+        return figures.draw_masks(result, folder)
+
+    @staticmethod
+    def summary(result: dict) -> list[str]:
+        lines = [
+            f"{label}: stable share {', '.join(f'{m} {v:.3f}' for m, v in per.items() if v is not None)}"
+            for label, per in result["stable_mean"].items()
+        ]
+        lines += [
+            f"IoU {pair.replace('|', ' vs ')}: {', '.join(f'{m} {v:.3f}' for m, v in per.items() if v is not None)}"
+            for pair, per in result["iou_mean"].items()
+        ]
+        return lines

@@ -34,6 +34,14 @@ OFFLOADS = ("auto", "none", "cpu", "disk")
 ATTRIBUTE = "langprune_placement"
 
 
+DEVICE_HELP = "Where the model runs: auto (a GPU when there is one), cpu, cuda or cuda:N."
+DTYPE_HELP = "Compute dtype: auto (the checkpoint's own), bfloat16, float16 or float32; statistics stay float32."
+OFFLOAD_HELP = (
+    "auto (only when the model does not fit), none, cpu (weights in host memory, one block on the device "
+    "at a time) or disk (blocks read from the safetensors files as they run)."
+)
+
+
 def resolve_device(spec: str | torch.device | None) -> torch.device:
     """``auto`` (a GPU when there is one), ``cpu``, ``cuda`` or ``cuda:N``; a GPU that is not there is a user error."""
     if isinstance(spec, torch.device):
@@ -282,3 +290,10 @@ def load_skeleton(config, checkpoint: Checkpoint, device: torch.device, dtype: t
             if buffer is not None:
                 module._buffers[name] = buffer.to(device)
     return model.eval()
+
+
+def check_placement(device: str, dtype: str, offload: str) -> None:
+    """Refuse a device that is not there, an unknown dtype or offload mode, before anything loads."""
+    resolve_device(device)
+    check_dtype(dtype)
+    check_offload(offload)

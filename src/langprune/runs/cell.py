@@ -10,7 +10,6 @@ its output atomically. What a cell has to say while it runs goes to a
 
 from __future__ import annotations
 
-import math
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -22,13 +21,14 @@ from ..compress.profiles import OWL_LAMBDA, OWL_M, Profile
 from ..compress.quantization import QuantSpec
 from ..compress.sparsity import Sparsity
 from ..data import get_corpus
-from ..engine.placement import check_dtype, check_offload, resolve_device
+from ..engine.placement import check_placement
 from ..errors import UserError, check_at_least
 from ..evaluation import Settings as EvalOptions
 from ..evaluation import evaluate, perplexity
 from ..evaluation.runner import plan
 from ..languages import check_language
 from ..models import load_model, safetensors_folder
+from ..settings import jsonable
 from ..storage import write_json_atomic
 from .folder import EVAL_FILE, RunWriter, check_out, load_eval, load_report
 from .provenance import provenance
@@ -134,13 +134,6 @@ def check_not_quantized(model: str) -> None:
             f"{model} is already quantized (compressed-tensors): prune and quantize the dense model "
             "in one run instead, e.g. --method sparsegpt --quantize w4g128"
         )
-
-
-def check_placement(device: str, dtype: str, offload: str) -> None:
-    """Refuse a device that is not there, an unknown dtype or offload mode, before anything loads."""
-    resolve_device(device)
-    check_dtype(dtype)
-    check_offload(offload)
 
 
 def run_prune(settings: PruneSettings, reporter: Reporter | None = None) -> dict:
@@ -293,19 +286,6 @@ def _resumable(target: Path, header: dict) -> dict:
     earlier = load_eval(target)
     same = all(earlier.get(key) == value for key, value in header.items())
     return {name: dict(per_key) for name, per_key in earlier["tasks"].items() if name != "rankc"} if same else {}
-
-
-def jsonable(value):
-    """Settings as JSON: paths as strings, tuples as lists, no NaN."""
-    if isinstance(value, dict):
-        return {k: jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [jsonable(v) for v in value]
-    if isinstance(value, Path):
-        return str(value)
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
 
 
 __all__ = ["EvalSettings", "PruneSettings", "Reporter", "run_eval", "run_prune"]

@@ -1,6 +1,6 @@
 """A run folder: the pruned checkpoint, its masks and ``report.json``, written atomically.
 
-Everything is written into ``<out>.partial`` and renamed at the end, so a
+Everything is written into ``<out>.partial-<pid>-<random>`` and renamed at the end, so a
 failed or interrupted run never leaves a half-written folder behind. The
 checkpoint is sharded (one shard per decoder block, one for the rest, and
 ``model.safetensors.index.json``), in the source's dtype. Masks live in
@@ -15,7 +15,7 @@ import copy
 import json
 import math
 import shutil
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import torch
@@ -27,7 +27,14 @@ from ..compress.result import LayerChange, SparsityTally
 from ..engine.architecture import is_conv1d
 from ..engine.placement import placement_of
 from ..errors import UserError
-from ..storage import disk_error, partial_path, read_json_object, replace_folder, write_json_atomic
+from ..storage import (
+    disk_error,
+    partial_folder,
+    read_json_object,
+    replace_folder,
+    umask_permissions,
+    write_json_atomic,
+)
 from . import quantized
 
 MASKS_DIR = "masks"
@@ -68,17 +75,22 @@ class RunWriter:
     head) byte for byte from the source files, in chunks. Leaving the
     ``with`` block without ``finish`` (an error, an interrupt) removes this
     writer's partial folder and no other (a concurrent writer's partial
-    folder has another name). A full disk or a read-only file system is a
-    one-line error, not a traceback.
+    folder has another name); one left by a writer killed outright (kill -9,
+    power loss) is removed by the next writer of the same folder, or by
+    ``langprune clean``. Files get the permissions the umask gives, like any
+    other file. A full disk or a read-only file system is a one-line error,
+    not a traceback.
     """
 
     def __init__(self, out: Path, overwrite: bool = False):
         check_out(out, overwrite)
         self.out, self.overwrite = Path(out), overwrite
+        self._writing = ExitStack()
         try:
-            self.partial = partial_path(self.out)
+            self.partial = self._writing.enter_context(partial_folder(self.out))
             (self.partial / MASKS_DIR).mkdir(parents=True)
         except OSError as exc:
+            self._writing.close()
             raise disk_error(exc, self.out) from None
         self.index: dict[str, str] = {}
         self.weight_map: dict[str, str] = {}
@@ -92,6 +104,7 @@ class RunWriter:
     def __exit__(self, *exc) -> None:
         if self.partial.exists():  # not finished: an error or an interrupt
             shutil.rmtree(self.partial, ignore_errors=True)
+        self._writing.close()
 
     def add_block(self, model, index: int, changes: dict[str, LayerChange]) -> None:
         """Store block ``index``'s masks and weights; the block must be on its device (inside the prune loop)."""
@@ -171,6 +184,7 @@ class RunWriter:
                 tokenizer.save_pretrained(self.partial)
             (self.partial / MASKS_DIR / MASKS_INDEX).write_text(json.dumps(self.index, indent=1) + "\n")
             write_json_atomic(self.partial / REPORT_FILE, report)
+            umask_permissions(self.partial)
         check_out(self.out, self.overwrite)  # nobody created it meanwhile
         final = replace_folder(self.partial, self.out)
         placement.saved_folder(final)

@@ -1,0 +1,156 @@
+"""Settings declared once: a dataclass field with its help text drives the CLI option, the grid key and the record.
+
+A settings class (``PruneSettings``, each analysis) declares every option as
+a field made with ``setting(default, help)``. ``command`` turns such a class
+into a typer command whose options are those fields (same names, defaults
+and help), so the CLI never repeats a settings list; the grid reads the same
+fields as its accepted keys, and ``from_mapping`` builds settings from a
+grid's or a config file's keys with one message for an unknown key. Lists
+are comma-separated on the command line (``--langs en,de``), or repeated
+(``--include '*mlp*' --include '*attn*'``) where the field says so.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import math
+import typing
+from pathlib import Path
+from types import NoneType, UnionType
+from typing import Any
+
+import typer
+
+from .errors import UserError, did_you_mean
+
+
+def setting(default: Any = None, help: str = "", *, flag: str | None = None, repeat: bool = False,
+            argument: bool = False, cli: bool = True, required: bool = False) -> Any:  # fmt: skip
+    """A settings field: ``flag`` renames its option, ``repeat`` takes a list as repeated options, ``argument``
+    makes it positional, ``cli=False`` keeps it off the command line (set by the command itself)."""
+    metadata = {"help": help, "flag": flag, "repeat": repeat, "argument": argument, "cli": cli, "required": required}
+    if isinstance(default, (list, tuple, dict)):
+        return dataclasses.field(default_factory=lambda: type(default)(default), metadata=metadata)
+    if required:
+        return dataclasses.field(metadata=metadata)
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+def fields(cls) -> dict[str, tuple[dataclasses.Field, Any]]:
+    """Each field of a settings class with its resolved type."""
+    hints = typing.get_type_hints(cls)
+    return {f.name: (f, hints[f.name]) for f in dataclasses.fields(cls)}
+
+
+def _unwrap(kind) -> tuple[Any, bool]:
+    """(type, optional) of ``X | None``."""
+    if isinstance(kind, UnionType) or typing.get_origin(kind) is typing.Union:
+        members = [k for k in typing.get_args(kind) if k is not NoneType]
+        return members[0], True
+    return kind, False
+
+
+def _element(kind) -> Any | None:
+    """The element type of ``tuple[X, ...]``, else None."""
+    if typing.get_origin(kind) is tuple:
+        return typing.get_args(kind)[0]
+    return None
+
+
+def flag_of(name: str, field: dataclasses.Field) -> str:
+    return "--" + (field.metadata.get("flag") or name.replace("_", "-"))
+
+
+def _parameter(name: str, field: dataclasses.Field, kind) -> inspect.Parameter:
+    """The typer parameter of one field: its CLI type, default and help."""
+    meta = field.metadata
+    base, optional = _unwrap(kind)
+    element = _element(base)
+    default = field.default if field.default is not dataclasses.MISSING else None
+    if field.default_factory is not dataclasses.MISSING:
+        default = field.default_factory()
+    if element is not None and (meta["repeat"] or meta["argument"] or element is Path):
+        annotation, default = list[element], list(default or [])
+    elif element is not None:  # comma-separated on the command line
+        annotation, default = str | None, ",".join(map(str, default)) if default else None
+    else:
+        annotation = base | None if optional else base
+    if meta["required"] and not meta["argument"]:
+        default = ...
+    if meta["argument"]:
+        info = typer.Argument(... if meta["required"] else default, help=meta["help"], show_default=False)
+    else:
+        info = typer.Option(default, flag_of(name, field), help=meta["help"])
+    return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=info, annotation=annotation)
+
+
+def _convert(name: str, field: dataclasses.Field, kind, value):
+    """A CLI value as the field holds it: comma lists as tuples (ints checked), lists as tuples."""
+    base, _ = _unwrap(kind)
+    element = _element(base)
+    if element is None or value is None:
+        return value
+    if isinstance(value, str):
+        items = [item.strip() for item in value.split(",") if item.strip()]
+        if element is int:
+            try:
+                return tuple(int(item) for item in items)
+            except ValueError:
+                raise UserError(
+                    f"{flag_of(name, field)} takes comma-separated integers, e.g. 9,17; not {value!r}"
+                ) from None
+        return tuple(element(item) for item in items)
+    return tuple(value)
+
+
+def command(cls, run, **fixed):
+    """A typer command function whose options are ``cls``'s CLI fields; it builds ``cls`` and calls ``run(settings)``.
+
+    ``fixed`` gives fields their values without an option. Extra options
+    of the command itself (``--json``) are declared by ``run``'s own keyword
+    parameters after the first, as typer parameters.
+    """
+    declared = {n: (f, k) for n, (f, k) in fields(cls).items() if f.metadata.get("cli", True) and n not in fixed}
+    extra = list(inspect.signature(run).parameters.values())[1:]
+    ordered = sorted(declared.items(), key=lambda item: not item[1][0].metadata.get("argument"))
+    parameters = [_parameter(name, field, kind) for name, (field, kind) in ordered] + [
+        p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in extra
+    ]
+
+    def invoke(**values):
+        own = {p.name: values.pop(p.name) for p in extra}
+        converted = {name: _convert(name, *declared[name], value) for name, value in values.items()}
+        return run(cls(**fixed, **converted), **own)
+
+    invoke.__signature__ = inspect.Signature(parameters)
+    invoke.__doc__ = (cls.__doc__ or "").strip().split("\n\n")[0]
+    return invoke
+
+
+def from_mapping(cls, values: dict, where: str, **fixed):
+    """Settings from a mapping (a grid's or a config file's keys): an unknown key is one clear error."""
+    known = fields(cls)
+    for key in values:
+        if key not in known:
+            raise UserError(
+                f"unknown key {key!r} in {where}{did_you_mean(str(key), known)}; known: {', '.join(sorted(known))}"
+            )
+    converted = {}
+    for key, value in values.items():
+        base, _ = _unwrap(known[key][1])
+        converted[key] = tuple(value) if _element(base) is not None and isinstance(value, list) else value
+    return cls(**fixed, **converted)
+
+
+def jsonable(value):
+    """Settings as JSON: paths as strings, tuples as lists, no NaN."""
+    if isinstance(value, dict):
+        return {k: jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
