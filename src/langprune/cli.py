@@ -119,86 +119,10 @@ def _reporting(quiet: bool = False, transient: bool = False):
     reporter.close()
 
 
-@app.command("prune")
-def prune_command(
-    model: str = typer.Option("gemma-3-270m", help="Alias (gemma-3-270m, smollm2-135m), local folder or hub id."),
-    calib: str | None = typer.Option(
-        None,
-        help="Calibration recipe: mono:de, mix:en+de+zh, mt:fr-en, demo:fr, code, file:PATH; @CORPUS picks the corpus.",
-    ),
-    method: str = typer.Option("wanda", help="none, magnitude, random, wanda, ria, wanda-contrastive or sparsegpt."),
-    sparsity: str = typer.Option("0.5", help="Fraction to remove (0.5) or N:M (2:4); ignored by --method none."),
-    out: Path = typer.Option(..., help="Run folder to write (refused if it exists, unless --overwrite)."),
-    quantize: str | None = typer.Option(
-        None,
-        help="GPTQ to w<bits>[g<group>][,asym][,actorder], e.g. w4g128 or w8; saved in the compressed-tensors format.",
-    ),
-    profile: str = typer.Option(
-        "uniform", help="Sparsity per block: uniform, or owl (outlier-weighted, Yin et al. 2024)."
-    ),
-    owl_m: float = typer.Option(5.0, help="OWL: scores above M times the block mean are outliers."),
-    owl_lambda: float = typer.Option(0.08, help="OWL: block sparsities range over target ± up to 2λ."),
-    mask_selection: str | None = typer.Option(
-        None,
-        help="sparsegpt: 'row' (default, exact share per row) or 'block' (the reference's threshold per 128 columns).",
-    ),
-    ria_alpha: float | None = typer.Option(None, help="ria: exponent a of the activation norm (default 0.5)."),
-    nsamples: int | None = typer.Option(None, help="Calibration sequences (default: 128, or 100 demonstrations)."),
-    shots: int = typer.Option(4, help="Shots per demonstration for mt: and demo: recipes."),
-    contrast: str | None = typer.Option(
-        None, help="Contrast recipe Z for wanda's Eq. 4 score, e.g. code: features strong on Z are pruned."
-    ),
-    tokens: Path | None = typer.Option(
-        None,
-        help="Pre-tokenized calibration instead of --calib: a torch-saved ids tensor (n x seqlen) or dict with input_ids/attention_mask.",
-    ),
-    seqlen: int = typer.Option(512, help="Tokens per calibration sequence."),
-    seed: int = typer.Option(0, help="Seed for calibration sampling and random pruning (0 to 2^64 - 1)."),
-    batch_size: int = typer.Option(8, help="Calibration sequences per forward pass."),
-    propagate: str = typer.Option("pruned", help="Feed later blocks the 'pruned' (default) or 'dense' outputs."),
-    include: list[str] = typer.Option([], help="Only prune layers matching this glob (repeatable), e.g. '*mlp*'."),
-    exclude: list[str] = typer.Option([], help="Skip layers matching this glob (repeatable)."),
-    eval_langs: str | None = typer.Option(
-        None, help="Comma-separated languages: perplexity before and after on held-out text."
-    ),
-    eval_corpus: str = typer.Option("udhr", help="Corpus whose evaluation part --eval-langs reads."),
-    overwrite: bool = typer.Option(False, help="Replace an existing --out run folder."),
-    device: str = typer.Option("auto", help=DEVICE_HELP),
-    dtype: str = typer.Option("auto", help=DTYPE_HELP),
-    offload: str = typer.Option("auto", help=OFFLOAD_HELP),
-):
-    """Prune a model block by block and save a Hugging Face checkpoint with masks and a report."""
-    from .runs import PruneSettings, run_prune
+def _prune(settings) -> None:
+    """Run a prune from its settings and print what it did."""
+    from .runs import run_prune
 
-    settings = PruneSettings(
-        out=out,
-        model=model,
-        calib=calib,
-        method=method,
-        sparsity=sparsity,
-        nsamples=nsamples,
-        shots=shots,
-        contrast=contrast,
-        tokens=tokens,
-        seqlen=seqlen,
-        seed=seed,
-        batch_size=batch_size,
-        propagate=propagate,
-        include=tuple(include),
-        exclude=tuple(exclude),
-        eval_langs=tuple(_list(eval_langs)),
-        eval_corpus=eval_corpus,
-        overwrite=overwrite,
-        device=device,
-        dtype=dtype,
-        offload=offload,
-        quantize=quantize,
-        profile=profile,
-        owl_m=owl_m,
-        owl_lambda=owl_lambda,
-        mask_selection=mask_selection,
-        ria_alpha=ria_alpha,
-    )
     with _reporting() as reporter:
         report = run_prune(settings, reporter)
     console.print(
@@ -239,7 +163,7 @@ def prune_command(
                 f"{p['bits_per_byte']:.3f}",
             )
         console.print(table)
-    console.print(f"wrote {out}")
+    console.print(f"wrote {settings.out}")
 
 
 @app.command("inspect")
@@ -570,7 +494,7 @@ def calib_show_command(
     console.print(tokenizer.decode(first), highlight=False, markup=False)
 
 
-def _analysis_command(cls) -> None:
+def _analysis_command(cls, typer_app: typer.Typer) -> None:
     """``langprune analyze NAME``: options made from the analysis' settings, its summary printed after it runs."""
     from . import settings as settings_module
     from .analysis import run_analysis
@@ -583,23 +507,37 @@ def _analysis_command(cls) -> None:
         console.print(f"wrote {analysis.out} ({result['seconds']:.1f} s)")
 
     help_text = (cls.__doc__ or "").strip().split("\n\n")[0]
-    analyze_app.command(cls.name, help=help_text)(settings_module.command(cls, run))
+    typer_app.command(cls.name, help=help_text)(settings_module.command(cls, run))
 
 
-_ANALYSIS_COMMANDS: set[str] = set()
+def _place(typer_app: typer.Typer, name: str, make, first: bool = False) -> None:
+    """Register (or register again, in the same place) the command ``name`` that ``make(typer_app)`` adds."""
+    commands = typer_app.registered_commands
+    old = next((i for i, c in enumerate(commands) if c.name == name), None)
+    make(typer_app)
+    if old is not None:
+        commands[old] = commands.pop()
+    elif first:
+        commands.insert(0, commands.pop())
 
 
-def _register_analyses() -> None:
-    """A command for every registered analysis (run again by ``main``: analyses registered by plugins get theirs)."""
+def _build_commands() -> None:
+    """The commands made from registries: ``prune`` (its options from PruneSettings and every method's options) and one
+    ``analyze`` command per analysis. Run at import and again by ``main``, so methods and analyses registered by
+    plugins get their options and commands."""
+    from . import settings as settings_module
     from .analysis import ANALYSES
+    from .compress.methods import method_options
+    from .runs import PruneSettings
 
+    prune = settings_module.command(PruneSettings, _prune, grouped={"method_options": method_options()})
+    help_text = "Prune a model block by block and save a Hugging Face checkpoint with masks and a report."
+    _place(app, "prune", lambda a: a.command("prune", help=help_text)(prune), first=True)
     for name, cls in ANALYSES.items():
-        if name not in _ANALYSIS_COMMANDS:
-            _ANALYSIS_COMMANDS.add(name)
-            _analysis_command(cls)
+        _place(analyze_app, name, lambda a, cls=cls: _analysis_command(cls, a))
 
 
-_register_analyses()
+_build_commands()
 
 
 @analyze_app.command("plot")
@@ -753,7 +691,7 @@ def main() -> None:
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()
     warnings.showwarning = lambda message, *args, **kwargs: err_console.print(f"warning: {message}", highlight=False)
-    _register_analyses()
+    _build_commands()
     try:
         code = app(standalone_mode=False)
     except UserError as exc:

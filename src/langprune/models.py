@@ -14,10 +14,12 @@ import os
 import pickle
 import re
 import shutil
+import socket
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlparse
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -105,23 +107,65 @@ def _convert(alias: str, target: Path) -> None:
         raise
 
 
-def resolve_model_path(name: str) -> str:
-    """Map an alias, local folder or hub id to what ``from_pretrained`` takes."""
+HUB_ID = re.compile(r"[\w.-]+/[\w.-]+")
+
+
+def model_kind(name: str) -> str:
+    """``alias``, ``folder`` or ``hub`` for a name ``--model`` takes; anything else is one clear error."""
     if name in ALIASES:
-        return str(converted_alias_dir(name))
+        return "alias"
     path = Path(name).expanduser()
     if path.is_dir():
         if not (path / "config.json").exists():
             raise UserError(
                 f"model folder {name} has no config.json: point --model at a Hugging Face checkpoint folder"
             )
-        return str(path)
-    if re.fullmatch(r"[\w.-]+/[\w.-]+", name):
-        return name
+        return "folder"
+    if HUB_ID.fullmatch(name):
+        return "hub"
     raise UserError(
         f"unknown model {name!r}{did_you_mean(name, ALIASES)}: not an alias "
         f"({', '.join(ALIASES)}), a local folder, nor a hub id like org/name"
     )
+
+
+def resolve_model_path(name: str) -> str:
+    """Map an alias, local folder or hub id to what ``from_pretrained`` takes."""
+    kind = model_kind(name)
+    if kind == "alias":
+        return str(converted_alias_dir(name))
+    return str(Path(name).expanduser()) if kind == "folder" else name
+
+
+def check_model(name: str) -> None:
+    """Refuse, before anything loads, a model that cannot be had: no such folder, nor a hub model cached or reachable.
+
+    A hub id is accepted when its config is in the Hugging Face cache, or
+    when the hub answers that it exists; offline (``HF_HUB_OFFLINE=1``, or
+    the hub's host does not resolve) an uncached hub id is refused at once,
+    without the hub client's minute of retries.
+    """
+    if model_kind(name) != "hub":
+        return
+    from huggingface_hub import constants, model_info, try_to_load_from_cache
+    from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError
+
+    if isinstance(try_to_load_from_cache(name, "config.json"), str):
+        return
+    host = urlparse(constants.ENDPOINT).hostname or constants.ENDPOINT
+    where = f"{name!r} is not a local folder, an alias ({', '.join(ALIASES)}) or a model in the Hugging Face cache"
+    try:
+        if constants.HF_HUB_OFFLINE:
+            raise OSError("HF_HUB_OFFLINE is set")
+        socket.getaddrinfo(host, 443)
+    except OSError:
+        raise UserError(f"{where}, and the hub ({host}) is unreachable: give a local checkpoint folder") from None
+    try:
+        model_info(name, timeout=10)
+    except RepositoryNotFoundError:
+        raise UserError(f"{where}, and the hub has no model {name}: check the name") from None
+    except (HfHubHTTPError, OSError) as exc:
+        raise UserError(f"{where}, and the hub did not answer ({type(exc).__name__}): try again later") from None
 
 
 def _loading(name: str, load):

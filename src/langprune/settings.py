@@ -89,8 +89,10 @@ def _convert(name: str, field: dataclasses.Field, kind, value):
     """A CLI value as the field holds it: comma lists as tuples (ints checked), lists as tuples."""
     base, _ = _unwrap(kind)
     element = _element(base)
-    if element is None or value is None:
+    if element is None:
         return value
+    if value is None:
+        return ()
     if isinstance(value, str):
         items = [item.strip() for item in value.split(",") if item.strip()]
         if element is int:
@@ -104,24 +106,42 @@ def _convert(name: str, field: dataclasses.Field, kind, value):
     return tuple(value)
 
 
-def command(cls, run, **fixed):
+def command(cls, run, grouped: dict[str, dict[str, tuple[dataclasses.Field, Any]]] | None = None, **fixed):
     """A typer command function whose options are ``cls``'s CLI fields; it builds ``cls`` and calls ``run(settings)``.
 
-    ``fixed`` gives fields their values without an option. Extra options
-    of the command itself (``--json``) are declared by ``run``'s own keyword
-    parameters after the first, as typer parameters.
+    ``fixed`` gives fields their values without an option. ``grouped`` adds
+    options gathered into one dict field (``{"method_options": {key: (field,
+    type)}}``): each is optional, and only those given land in the dict.
+    Extra options of the command itself (``--json``) are declared by
+    ``run``'s own keyword parameters after the first, as typer parameters.
     """
     declared = {n: (f, k) for n, (f, k) in fields(cls).items() if f.metadata.get("cli", True) and n not in fixed}
+    members = {
+        key: (target, field, kind) for target, group in (grouped or {}).items() for key, (field, kind) in group.items()
+    }
     extra = list(inspect.signature(run).parameters.values())[1:]
     ordered = sorted(declared.items(), key=lambda item: not item[1][0].metadata.get("argument"))
-    parameters = [_parameter(name, field, kind) for name, (field, kind) in ordered] + [
-        p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in extra
+    parameters = [_parameter(name, field, kind) for name, (field, kind) in ordered]
+    parameters += [
+        inspect.Parameter(
+            key,
+            inspect.Parameter.KEYWORD_ONLY,
+            default=typer.Option(None, flag_of(key, field), help=field.metadata["help"]),
+            annotation=_unwrap(kind)[0] | None,
+        )
+        for key, (_, field, kind) in members.items()
     ]
+    parameters += [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in extra]
 
     def invoke(**values):
         own = {p.name: values.pop(p.name) for p in extra}
+        groups: dict[str, dict] = {target: {} for target in grouped or {}}
+        for key, (target, _, _) in members.items():
+            if values.get(key) is not None:
+                groups[target][key] = values[key]
+            values.pop(key)
         converted = {name: _convert(name, *declared[name], value) for name, value in values.items()}
-        return run(cls(**fixed, **converted), **own)
+        return run(cls(**fixed, **converted, **groups), **own)
 
     invoke.__signature__ = inspect.Signature(parameters)
     invoke.__doc__ = (cls.__doc__ or "").strip().split("\n\n")[0]

@@ -24,9 +24,9 @@ from ..engine import BlockEngine, LayerFilter, find_blocks, prunable_layers, wei
 from ..engine.architecture import is_conv1d
 from ..engine.memory import return_freed_memory
 from ..engine.placement import outside_blocks, placement_of
-from ..engine.statistics import CONTRAST, ContrastedNorms, Hessian
+from ..engine.statistics import CONTRAST, Hessian
 from ..errors import UserError, check_at_least
-from .methods import GPTQ, ContrastiveWanda, Method, get_method
+from .methods import GPTQ, Method, get_method
 from .profiles import Profile, owl_ratios, owl_sparsities
 from .quantization import QuantSpec
 from .result import LayerChange, SparsityTally, zeros
@@ -88,6 +88,55 @@ def check_finite(layers: dict[str, nn.Module]) -> None:
             )
 
 
+@dataclass
+class Plan:
+    """A run's choices resolved and checked together, before any work: the one place every pairing rule runs."""
+
+    method: Method
+    sparsity: Sparsity
+    quant: QuantSpec | None
+    profile: Profile
+    propagate: str
+
+    @property
+    def needs_calibration(self) -> bool:
+        return self.method.statistic is not None or self.quant is not None or self.profile.name != "uniform"
+
+
+def resolve(
+    method: str | Method,
+    sparsity: str | float | Sparsity,
+    *,
+    quantize: str | QuantSpec | None = None,
+    profile: str | Profile = "uniform",
+    propagate: str = "pruned",
+    batch_size: int = 8,
+    has_calibration: bool,
+    has_contrast: bool = False,
+    method_options: dict | None = None,
+) -> Plan:
+    """Resolve the method (with its options and a contrast set), target, quantization and profile; refuse what cannot work.
+
+    ``run_prune`` calls this from settings before loading anything, and
+    ``prune_model`` with the objects themselves: each check has one place
+    and one message.
+    """
+    chosen = get_method(method, **(method_options or {})).with_contrast(has_contrast)
+    target = Sparsity.parse(sparsity) if chosen.prunes else Sparsity(0.0)  # a method that does not prune ignores it
+    quant = QuantSpec.parse(quantize)
+    profile = profile if isinstance(profile, Profile) else Profile(profile)
+    chosen.check(quant, target)
+    profile.check(target, has_calibration)
+    if propagate not in PROPAGATE:
+        raise UserError(f"--propagate must be one of {', '.join(PROPAGATE)}, not {propagate!r}")
+    check_at_least("--batch-size", batch_size, 1)
+    plan = Plan(chosen, target, quant, profile, propagate)
+    if plan.needs_calibration and not has_calibration:
+        why = chosen.name if chosen.statistic is not None else "--quantize (GPTQ)" if quant else "--profile owl"
+        raise UserError(f"{why} needs calibration text: pass --calib, e.g. --calib mix:en+de")
+    return plan
+
+
 def prune_model(
     model: nn.Module,
     calibration: CalibrationSet | torch.Tensor | None,
@@ -125,54 +174,79 @@ def prune_model(
     mask fixed, so pruned weights stay zero. ``profile`` spreads the target
     over the blocks (``"owl"``: outlier-weighted, from a dense pass first).
 
-    Shapes are checked before any work (a selection without layers, an N:M
-    that does not divide a layer). NaN or infinite weights are refused per
-    block, just before that block is pruned, so no extra pass reads every
-    weight up front; the blocks before it are then already pruned in place
-    (the run cell writes nothing).
+    Three steps: ``resolve`` (every check that needs no weights), the block
+    loop (``_compress_blocks``), and the summary (``_summary``). Shapes are
+    checked before any work (a selection without layers, an N:M that does
+    not divide a layer). NaN or infinite weights are refused per block, just
+    before that block is pruned, so no extra pass reads every weight up
+    front; the blocks before it are then already pruned in place (the run
+    cell writes nothing).
     """
     if isinstance(contrast, torch.Tensor):
         contrast = CalibrationSet.from_tokens(contrast)
-    method = method_for_contrast(get_method(method), contrast is not None)
-    sparsity = Sparsity.parse(sparsity) if method.name != "none" else Sparsity(0.0)  # none ignores the target
-    quant = QuantSpec.parse(quantize)
-    profile = profile if isinstance(profile, Profile) else Profile(profile)
-    if propagate not in PROPAGATE:
-        raise UserError(f"propagate must be one of {', '.join(PROPAGATE)}, not {propagate!r}")
-    check_at_least("batch size", batch_size, 1)
     if isinstance(calibration, torch.Tensor):
         calibration = CalibrationSet.from_tokens(calibration)
-    check_method(method, quant, sparsity)
-    profile.check(sparsity, calibration is not None)
+    plan = resolve(
+        method,
+        sparsity,
+        quantize=quantize,
+        profile=profile,
+        propagate=propagate,
+        batch_size=batch_size,
+        has_calibration=calibration is not None,
+        has_contrast=contrast is not None,
+    )
     layer_filter = LayerFilter(tuple(include), tuple(exclude))
     blocks_name, blocks = find_blocks(model)
-    check_shapes(blocks_name, blocks, sparsity, layer_filter, quant)
+    check_shapes(blocks_name, blocks, plan.sparsity, layer_filter, plan.quant)
     started = time.perf_counter()
-    kept: dict[str, LayerChange] = {}
-    records: dict[str, dict] = {}
     engine = None
-    needs_calibration = method.statistic is not None or quant is not None or profile.name != "uniform"
-    if needs_calibration:
-        if calibration is None:
-            why = method.name if method.statistic is not None else "--quantize (GPTQ)" if quant else "--profile owl"
-            raise UserError(f"{why} needs calibration text: pass --calib")
+    if plan.needs_calibration:
         batches = calibration.batches(batch_size)
         if contrast is not None:
             batches += contrast.batches(batch_size, role=CONTRAST)
         engine = BlockEngine(model, batches, layer_filter)
-    per_block, profile_summary = [sparsity] * len(blocks), profile.record()
-    if profile.name == "owl":
-        engine.capture()
-        ratios = owl_ratios(engine, profile.m)
-        engine.release()
-        targets = owl_sparsities(ratios, sparsity.ratio, profile.lam)
-        per_block = [Sparsity(ratio=value) for value in targets]
-        profile_summary.update(outlier_ratios=ratios, block_sparsity=targets)
+    per_block, profile_summary = _block_targets(plan, engine, len(blocks))
+    kept, records, tally = _compress_blocks(model, plan, engine, per_block, layer_filter, seed, progress, on_block)
+    summary = {
+        "method": plan.method.name,
+        "sparsity": str(plan.sparsity),
+        "profile": profile_summary,
+        "quantization": plan.quant.record() if plan.quant else None,
+        "propagate": plan.propagate,
+        "seed": seed,
+        "include": list(include),
+        "exclude": list(exclude),
+        "calibration": calibration.summary() if calibration is not None and engine is not None else None,
+        **({"contrast": contrast.summary(), "roles": {"X": "calibration", "Z": "contrast"}} if contrast else {}),
+        **_measured(model, blocks_name, tally, records, started),
+    }
+    return PruneResult(kept, summary)
+
+
+def _block_targets(plan: Plan, engine, count: int) -> tuple[list[Sparsity], dict]:
+    """Each block's target: the plan's, or OWL's spread from one dense pass; and the profile's record."""
+    record = plan.profile.record()
+    if plan.profile.name != "owl":
+        return [plan.sparsity] * count, record
+    engine.capture()
+    ratios = owl_ratios(engine, plan.profile.m)
+    engine.release()
+    targets = owl_sparsities(ratios, plan.sparsity.ratio, plan.profile.lam)
+    record.update(outlier_ratios=ratios, block_sparsity=targets)
+    return [Sparsity(ratio=value) for value in targets], record
+
+
+def _compress_blocks(model, plan: Plan, engine, per_block, layer_filter, seed, progress, on_block):
+    """The block loop: statistics, compression and propagation per block; changes handed on or kept."""
+    blocks_name, blocks = find_blocks(model)
     placement = placement_of(model)
-    compressor = Compressor.for_run(method, quant, placement.save_dtype)
+    compressor = Compressor.for_run(plan.method, plan.quant, placement.save_dtype)
+    kept: dict[str, LayerChange] = {}
+    records: dict[str, dict] = {}
+    tally = SparsityTally()
     if engine is not None:
         engine.capture()
-    tally = SparsityTally()
     with torch.no_grad():
         for index in range(len(blocks)):
             with placement.hold(index):
@@ -181,12 +255,14 @@ def prune_model(
                 if engine is None:
                     changes = {}
                     for name, layer in layers.items():
-                        changes.update(method.prune_group({name: weight_matrix(layer)}, None, per_block[index], seed))
+                        changes.update(
+                            plan.method.prune_group({name: weight_matrix(layer)}, None, per_block[index], seed)
+                        )
                 else:
-                    changes = _prune_block(engine, index, layers, compressor, per_block[index], seed, propagate)
+                    changes = _prune_block(engine, index, layers, compressor, per_block[index], seed, plan.propagate)
                 for name in changes:
                     tally.layer(name, weight_matrix(layers[name]))
-                    if profile.name != "uniform":
+                    if plan.profile.name != "uniform":
                         changes[name].target_sparsity = per_block[index].ratio
                 tally.tensors(blocks[index].parameters())
                 records.update({name: change.record() for name, change in changes.items()})
@@ -198,52 +274,19 @@ def prune_model(
                 progress(index + 1, len(blocks))
     if engine is not None:
         engine.release()
-    for name, param in outside_blocks(model, blocks_name):  # untouched by pruning: counted in the source file if known
+    return kept, records, tally
+
+
+def _measured(model, blocks_name: str, tally: SparsityTally, records: dict, started: float) -> dict:
+    """The measured sparsity (tensors outside the blocks counted from the source file when known) and timing."""
+    placement = placement_of(model)
+    for name, param in outside_blocks(model, blocks_name):
         key = placement.key(name)
         tally.tensor(param.numel(), placement.checkpoint.count_zeros(key) if key else zeros(param))
     measured = tally.summary()
     for name, record in records.items():
         measured["layers"][name].update(record)
-    summary = {
-        "method": method.name,
-        "sparsity": str(sparsity),
-        "profile": profile_summary,
-        "quantization": quant.record() if quant else None,
-        "propagate": propagate,
-        "seed": seed,
-        "include": list(include),
-        "exclude": list(exclude),
-        "calibration": calibration.summary() if calibration is not None and engine is not None else None,
-        **({"contrast": contrast.summary(), "roles": {"X": "calibration", "Z": "contrast"}} if contrast else {}),
-        "placement": placement.describe(),
-        "seconds": round(time.perf_counter() - started, 3),
-        **measured,
-    }
-    return PruneResult(kept, summary)
-
-
-def method_for_contrast(method: Method, has_contrast: bool) -> Method:
-    """Wanda with a contrast set is the contrastive score; every other pairing is a user error."""
-    if has_contrast and method.name == "wanda":
-        return ContrastiveWanda()
-    if has_contrast and method.statistic is not ContrastedNorms:
-        raise UserError(f"a contrast set (--contrast) works with wanda only, not {method.name}")
-    if not has_contrast and method.statistic is ContrastedNorms:
-        raise UserError(f"{method.name} needs a contrast set: pass --contrast, e.g. --contrast code")
-    return method
-
-
-def check_method(method: Method, quant: QuantSpec | None, sparsity: Sparsity) -> None:
-    """Refuse pairings of method, sparsity and quantization that cannot work, before anything loads."""
-    if method.name == "none" and quant is None:
-        raise UserError("--method none prunes nothing: add --quantize (e.g. w4g128), or choose a pruning method")
-    joint = quant is not None and method.jointly_quantizing(quant, torch.float32) is not None
-    if joint and quant.act_order and (sparsity.structured or getattr(method, "selection", "row") == "block"):
-        raise UserError(
-            f"actorder visits columns out of order, which {sparsity} sparsity with "
-            f"{'N:M groups' if sparsity.structured else 'block mask selection'} in the same sweep does "
-            "not allow: drop actorder"
-        )
+    return {"placement": placement.describe(), "seconds": round(time.perf_counter() - started, 3), **measured}
 
 
 @dataclass

@@ -1,26 +1,41 @@
-"""Pruning methods: which statistic each needs and how it compresses a group of layers.
+"""Pruning methods: which statistic each needs, which options it takes, what it pairs with, how it compresses.
 
 A method prunes a *group* of layers that read the same input, so statistics
 are shared and SparseGPT can stack their rows into one solve. Weights are
 edited in place through ``(out, in)`` views; what was done to each layer
 comes back as a ``LayerChange`` (keep mask in the same orientation, whether
 surviving weights moved).
+
+A method is one class: its user options are dataclass fields made with
+``option`` (the field carries its CLI flag and help, from which the
+``prune`` command, the grid keys and the config keys are made), its pairing
+rules are ``check`` (quantization, N:M, mask selection) and
+``with_contrast`` (a contrast set Z), and ``register`` adds it to
+``METHODS``. Nothing outside its module names it.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import typing
 import zlib
 from dataclasses import dataclass, replace
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 
 from ..engine.statistics import ContrastedNorms, Hessian, InputStatistic, SquaredNorms
-from ..errors import UserError
+from ..errors import UserError, did_you_mean
+from ..settings import setting
 from . import kernels
 from .quantization import QuantSpec
 from .result import LayerChange
 from .sparsity import Sparsity
+
+
+def option(default: Any, flag: str, help: str) -> Any:
+    """A method field the user sets: ``--FLAG`` on ``prune``, ``FLAG_WITH_UNDERSCORES`` in grid and config files."""
+    return setting(default, help, flag=flag)
 
 
 @dataclass
@@ -29,7 +44,21 @@ class Method:
 
     name: ClassVar[str] = ""
     statistic: ClassVar[type[InputStatistic] | None] = None
-    options: ClassVar[tuple[str, ...]] = ()  # the fields a user may set (``--mask-selection``, ``--ria-alpha``)
+    prunes: ClassVar[bool] = True  # False: the sparsity target is ignored (quantization alone)
+
+    def check(self, quant: QuantSpec | None, sparsity: Sparsity) -> None:
+        """Refuse, before anything loads, a pairing with quantization or a sparsity pattern this method cannot do."""
+
+    def with_contrast(self, has_contrast: bool) -> Method:
+        """The method to run with (or without) a contrast set Z; a pairing that cannot work is a user error."""
+        if has_contrast:
+            takers = [  # methods that turn into a contrastive score, not those that are one already
+                n
+                for n, cls in METHODS.items()
+                if cls.with_contrast is not Method.with_contrast and cls.statistic is not ContrastedNorms
+            ]
+            raise UserError(f"a contrast set (--contrast) works with {' or '.join(takers)} only, not {self.name}")
+        return self
 
     def jointly_quantizing(self, spec: QuantSpec, scale_dtype: torch.dtype) -> Method | None:
         """A copy that prunes and quantizes in one sweep, or None when quantization must follow pruning."""
@@ -53,6 +82,11 @@ class NoPruning(Method):
     """Prune nothing: for quantization alone (``--method none --quantize w4g128``)."""
 
     name = "none"
+    prunes = False
+
+    def check(self, quant, sparsity):
+        if quant is None:
+            raise UserError("--method none prunes nothing: add --quantize (e.g. w4g128), or choose a pruning method")
 
     def prune_group(self, weights, statistic, sparsity, seed):
         return {name: LayerChange(None) for name in weights}
@@ -81,6 +115,10 @@ class Wanda(Method):
     name = "wanda"
     statistic = SquaredNorms
 
+    def with_contrast(self, has_contrast):
+        """With a contrast set, Wanda becomes the translation-feature paper's contrastive score."""
+        return ContrastiveWanda() if has_contrast else self
+
     def scores(self, layer_name, weight, statistic, seed):
         return kernels.wanda_scores(weight, statistic.value)
 
@@ -91,8 +129,7 @@ class RIA(Method):
 
     name = "ria"
     statistic = SquaredNorms
-    options = ("alpha",)
-    alpha: float = 0.5
+    alpha: float = option(0.5, "ria-alpha", "ria: exponent a of the activation norm (default 0.5).")
 
     def __post_init__(self):
         if not 0 <= self.alpha <= 4:
@@ -113,6 +150,11 @@ class ContrastiveWanda(Method):
     statistic = ContrastedNorms
     eps: float = 1e-8
 
+    def with_contrast(self, has_contrast):
+        if not has_contrast:
+            raise UserError(f"{self.name} needs a contrast set: pass --contrast, e.g. --contrast code")
+        return self
+
     def scores(self, layer_name, weight, statistic, seed):
         x, z = statistic.value
         return kernels.contrastive_wanda_scores(weight, x, z, self.eps)
@@ -130,10 +172,13 @@ class SparseGPT(Method):
 
     name = "sparsegpt"
     statistic = Hessian
-    options = ("selection",)
     blocksize: int = 128
     percdamp: float = 0.01
-    selection: str = "row"
+    selection: str = option(
+        "row",
+        "mask-selection",
+        "sparsegpt: 'row' (default, exact share per row) or 'block' (the reference's threshold per 128 columns).",
+    )
     quant: QuantSpec | None = None
     scale_dtype: torch.dtype = torch.float32
 
@@ -141,6 +186,14 @@ class SparseGPT(Method):
         if self.selection not in kernels.MASK_SELECTIONS:
             raise UserError(
                 f"--mask-selection must be one of {', '.join(kernels.MASK_SELECTIONS)}, not {self.selection!r}"
+            )
+
+    def check(self, quant, sparsity):
+        if quant is not None and quant.act_order and (sparsity.structured or self.selection == "block"):
+            raise UserError(
+                f"actorder visits columns out of order, which {sparsity} sparsity with "
+                f"{'N:M groups' if sparsity.structured else 'block mask selection'} in the same sweep does "
+                "not allow: drop actorder"
             )
 
     def jointly_quantizing(self, spec, scale_dtype):
@@ -228,27 +281,55 @@ class GPTQ:
         return changes
 
 
-METHODS: dict[str, type[Method]] = {
-    cls.name: cls for cls in (NoPruning, Magnitude, Random, Wanda, RIA, ContrastiveWanda, SparseGPT)
-}
+METHODS: dict[str, type[Method]] = {}
+
+
+def register(cls: type[Method]) -> type[Method]:
+    """Add a method class under its ``name``; its ``option`` fields become ``prune`` flags and grid keys."""
+    if not cls.name:
+        raise ValueError(f"{cls.__name__} has no name")
+    METHODS[cls.name] = cls
+    return cls
+
+
+for _cls in (NoPruning, Magnitude, Random, Wanda, RIA, ContrastiveWanda, SparseGPT):
+    register(_cls)
+
+
+def option_fields(cls: type[Method]) -> dict[str, dataclasses.Field]:
+    """A method's user options: ``{setting key: field}``, the key being the flag with underscores (``ria_alpha``)."""
+    if not dataclasses.is_dataclass(cls):
+        return {}
+    return {f.metadata["flag"].replace("-", "_"): f for f in dataclasses.fields(cls) if f.metadata.get("flag")}
+
+
+def method_options() -> dict[str, tuple[dataclasses.Field, type]]:
+    """Every registered method's options by setting key, with their types (methods may share a key)."""
+    found: dict[str, tuple[dataclasses.Field, type]] = {}
+    for cls in METHODS.values():
+        hints = typing.get_type_hints(cls)
+        for key, field in option_fields(cls).items():
+            found.setdefault(key, (field, hints[field.name]))
+    return found
 
 
 def get_method(method: str | Method, **options) -> Method:
-    """A method by name, with the options the user set (None: left at its default); refuses options it does not take."""
+    """A method by name, with the options the user set by setting key (None: left at its default).
+
+    An option the method does not take is refused, naming the methods that do.
+    """
     if isinstance(method, Method):
         return method
     if method not in METHODS:
-        raise UserError(f"unknown method {method!r}: choose one of {', '.join(METHODS)}")
+        raise UserError(f"unknown method {method!r}{did_you_mean(method, METHODS)}: choose one of {', '.join(METHODS)}")
     cls = METHODS[method]
-    given = {key: value for key, value in options.items() if value is not None}
-    for key in given:
-        if key not in cls.options:
-            raise UserError(f"--{OPTION_FLAGS.get(key, key)} applies to {_taker(key)}, not {method}")
+    own = option_fields(cls)
+    given = {}
+    for key, value in options.items():
+        if value is None:
+            continue
+        if key not in own:
+            takers = " or ".join(name for name, other in METHODS.items() if key in option_fields(other))
+            raise UserError(f"--{key.replace('_', '-')} applies to {takers or 'no method'}, not {method}")
+        given[own[key].name] = value
     return cls(**given)
-
-
-OPTION_FLAGS = {"selection": "mask-selection", "alpha": "ria-alpha"}
-
-
-def _taker(option: str) -> str:
-    return " or ".join(name for name, cls in METHODS.items() if option in cls.options)

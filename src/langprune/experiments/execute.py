@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import time
 import traceback
 from collections.abc import Iterator
@@ -116,10 +115,8 @@ def _run_claimed_cell(cell: Cell, folder: Path, failure: Path, reporter: Reporte
                 **placement,
             )
         else:
-            if not (folder / REPORT_FILE).is_file():
-                for stale in folder.parent.glob(f"{folder.name}.partial-*"):  # left by a killed run
-                    shutil.rmtree(stale, ignore_errors=True)
-                run_prune(PruneSettings(out=folder, overwrite=True, **cell.prune), reporter)
+            if not (folder / REPORT_FILE).is_file():  # the run writer removes what a killed run left
+                run_prune(PruneSettings.from_mapping(cell.prune, "a grid cell", out=folder, overwrite=True), reporter)
             settings = EvalSettings(
                 run=folder,
                 tasks=tuple(evaluation["tasks"]),

@@ -4,12 +4,18 @@ A grid is YAML. The axes ``models``, ``methods``, ``sparsities``,
 ``calibration`` (recipes) and ``seeds`` multiply; ``exclude`` drops the
 combinations that match every key it names, ``include`` adds combinations
 (after exclusion), each naming every axis and optionally its own
-``settings`` (e.g. a ``contrast`` recipe for wanda-contrastive). ``evaluation`` names tasks, languages and evaluation
-options, ``settings`` the options every pruning run shares (nsamples,
-seqlen, batch_size, shots, device, dtype, offload). Each model also gets a
-dense cell (method ``dense``): the baseline, evaluated once. ``profiles``
-name overrides of any top-level key (``--profile quick``). ``verdict``
-names the paper finding checked from the table.
+``settings`` (e.g. a ``contrast`` recipe for wanda-contrastive).
+``evaluation`` names tasks, languages and any option of
+``evaluation.Settings`` (``EVAL_KEYS``). ``settings`` holds the options
+every pruning run shares: any ``langprune prune`` option by its name with
+underscores (``setting_keys()``: nsamples, seqlen, batch_size, shots,
+contrast, tokens, propagate, include, exclude, quantize, profile, owl_m,
+owl_lambda, device, dtype, offload) and every registered method's options
+(ria_alpha, mask_selection...). Each model also gets a dense cell (method
+``dense``): the baseline, evaluated once. ``profiles`` name overrides of
+any top-level key (``--profile quick``). ``verdict`` names the paper
+finding checked from the table. ``out`` is the grid's folder, relative to
+the grid file's own folder.
 
 A cell's folder is ``<out>/cells/<key>``, the key a SHA-256 of the
 canonical JSON of its resolved settings: the same settings give the same
@@ -19,6 +25,7 @@ found before anything runs and reported in one line.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import itertools
 import json
@@ -28,13 +35,15 @@ from pathlib import Path
 import yaml
 
 from .. import calibration
-from ..compress.methods import get_method
+from ..compress.methods import get_method, method_options
 from ..compress.sparsity import Sparsity
+from ..engine.placement import check_placement
 from ..errors import UserError, did_you_mean
 from ..evaluation import Settings as EvalOptions
 from ..evaluation.runner import plan
 from ..languages import check_language
-from ..runs.cell import PruneSettings, check_placement
+from ..models import check_model
+from ..runs.cell import PruneSettings
 
 AXES = {"models": "model", "methods": "method", "sparsities": "sparsity", "calibration": "calib", "seeds": "seed"}
 TOP_KEYS = set(AXES) | {
@@ -48,24 +57,17 @@ TOP_KEYS = set(AXES) | {
     "verdict",
     "out",
 }
-SETTING_KEYS = {
-    "nsamples",
-    "seqlen",
-    "batch_size",
-    "shots",
-    "device",
-    "dtype",
-    "offload",
-    "propagate",
-    "contrast",
-    "quantize",
-    "profile",
-    "owl_m",
-    "owl_lambda",
-    "mask_selection",
-    "ria_alpha",
-}
-EVAL_KEYS = {"tasks", "langs", "limit", "seqlen", "batch_size", "corpus", "translation_corpus", "seed", "skip_missing"}
+# Keys of a grid's ``settings`` (and of an include entry's): every ``prune`` option but the axes, the run folder
+# and its pruning-time perplexity (the grid evaluates through ``evaluation``), plus every method's options.
+NOT_SETTINGS = {"out", "overwrite", "method_options", "eval_langs", "eval_corpus", *AXES.values()}
+EVAL_KEYS = {"tasks", "langs", *(f.name for f in dataclasses.fields(EvalOptions))}
+
+
+def setting_keys() -> set[str]:
+    """The keys a grid's ``settings`` accept, read from ``PruneSettings`` and the registered methods."""
+    return {f.name for f in dataclasses.fields(PruneSettings) if f.name not in NOT_SETTINGS} | set(method_options())
+
+
 DENSE = "dense"
 KEY_VERSION = 1  # bump when a cell's meaning changes, so old folders are not mistaken for new cells
 
@@ -142,7 +144,7 @@ def load_grid(path: Path, profile: str | None = None, out: Path | None = None) -
         _unknown(path, profiles[profile], TOP_KEYS - {"profiles"}, f"profile {profile!r}")
         spec = {**spec, **profiles[profile]}
     settings = spec.get("settings") or {}
-    _unknown(path, settings, SETTING_KEYS, "settings")
+    _unknown(path, settings, setting_keys(), "settings")
     evaluation = spec.get("evaluation") or {}
     _unknown(path, evaluation, EVAL_KEYS, "evaluation")
     values = {
@@ -165,7 +167,7 @@ def load_grid(path: Path, profile: str | None = None, out: Path | None = None) -
         if missing:
             raise _mistake(path, f"an include entry must name every axis; missing: {', '.join(missing)}")
         own = rule.get("settings") or {}
-        _unknown(path, own, SETTING_KEYS, "an include entry's settings")
+        _unknown(path, own, setting_keys(), "an include entry's settings")
         axes = {k: (str(v) if k == "sparsity" else v) for k, v in rule.items() if k != "settings"}
         _check_axes(path, {k: [v] for k, v in axes.items()}, {**settings, **own})
         combos.append({**axes, "settings": own} if own else axes)
@@ -193,12 +195,16 @@ def load_grid(path: Path, profile: str | None = None, out: Path | None = None) -
             seen.add(cell.key)
             cells.append(cell)
     name = str(spec.get("name") or path.stem)
-    root = Path(out) if out else Path(spec.get("out") or Path("runs") / "grids" / name)
+    # An out: written in the file resolves against the file's folder, so every command finds the same cells from any
+    # working folder; without one (or with --out) the folder is relative to the current one, like every CLI path.
+    root = Path(out) if out else path.parent / spec["out"] if spec.get("out") else Path("runs") / "grids" / name
     grid = Grid(path, name, root, cells, spec.get("verdict"))
     for cell in cells:  # every pairing a run would refuse (a method and its contrast set, say) is refused now
         if not cell.dense:
             try:
-                PruneSettings(out=grid.folder(cell), overwrite=True, **cell.prune).validate()
+                PruneSettings.from_mapping(
+                    cell.prune, f"{path}: settings", out=grid.folder(cell), overwrite=True
+                ).validate()
             except UserError as exc:
                 raise _mistake(path, f"cell {cell.label()}: {exc}") from None
     return grid
@@ -215,6 +221,8 @@ def _as_rules(path: Path, rules, name: str, extra: frozenset | set = frozenset()
 
 def _check_axes(path: Path, values: dict, settings: dict) -> None:
     try:
+        for model in values.get("model", []):
+            check_model(str(model))
         for method in values.get("method", []):
             get_method(method)
         for sparsity in values.get("sparsity", []):

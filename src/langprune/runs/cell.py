@@ -15,20 +15,20 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .. import calibration as calibration_module
-from ..compress import get_method, prune_model
-from ..compress.loop import PROPAGATE, check_method, method_for_contrast
+from ..compress import prune_model
+from ..compress.loop import Plan, resolve
+from ..compress.methods import method_options
 from ..compress.profiles import OWL_LAMBDA, OWL_M, Profile
-from ..compress.quantization import QuantSpec
-from ..compress.sparsity import Sparsity
 from ..data import get_corpus
-from ..engine.placement import check_placement
+from ..engine.placement import DEVICE_HELP, DTYPE_HELP, OFFLOAD_HELP, check_placement
 from ..errors import UserError, check_at_least
 from ..evaluation import Settings as EvalOptions
 from ..evaluation import evaluate, perplexity
 from ..evaluation.runner import plan
 from ..languages import check_language
-from ..models import load_model, safetensors_folder
-from ..settings import jsonable
+from ..models import check_model, load_model, safetensors_folder
+from ..settings import from_mapping as settings_from_mapping
+from ..settings import jsonable, setting
 from ..storage import write_json_atomic
 from .folder import EVAL_FILE, RunWriter, check_out, load_eval, load_report
 from .provenance import provenance
@@ -54,68 +54,96 @@ class Reporter:
         pass
 
 
-@dataclass
+@dataclass(kw_only=True)
 class PruneSettings:
-    """Everything a pruning run needs; the CLI's options, the API's arguments and a grid cell's axes map onto it."""
+    """Everything a pruning run needs, declared once: the ``prune`` options, the grid's and config files' keys.
 
-    out: Path
-    model: str = "gemma-3-270m"
-    calib: str | None = None
-    method: str = "wanda"
-    sparsity: str = "0.5"
-    nsamples: int | None = None
-    shots: int = 4
-    contrast: str | None = None
-    tokens: Path | None = None
-    seqlen: int = 512
-    seed: int = 0
-    batch_size: int = 8
-    propagate: str = "pruned"
-    include: tuple[str, ...] = ()
-    exclude: tuple[str, ...] = ()
-    eval_langs: tuple[str, ...] = ()
-    eval_corpus: str = "udhr"
-    overwrite: bool = False
-    device: str = "auto"
-    dtype: str = "auto"
-    offload: str = "auto"
-    quantize: str | None = None
-    profile: str = "uniform"
-    owl_m: float = OWL_M
-    owl_lambda: float = OWL_LAMBDA
-    mask_selection: str | None = None
-    ria_alpha: float | None = None
+    Each field carries its help text; ``langprune prune`` is made from these
+    fields and from every registered method's options (``method_options``,
+    e.g. ``ria_alpha``), and a grid's ``settings`` accept the same keys.
+    """
 
-    def chosen_method(self):
-        """The method with the options this run sets."""
-        return get_method(self.method, selection=self.mask_selection, alpha=self.ria_alpha)
+    out: Path = setting(help="Run folder to write (refused if it exists, unless --overwrite).", required=True)
+    model: str = setting("gemma-3-270m", "Alias (gemma-3-270m, smollm2-135m), local folder or hub id.")
+    calib: str | None = setting(
+        None, "Calibration recipe: mono:de, mix:en+de+zh, mt:fr-en, demo:fr, code, file:PATH; @CORPUS picks the corpus."
+    )
+    method: str = setting("wanda", "none, magnitude, random, wanda, ria, wanda-contrastive or sparsegpt.")
+    sparsity: str = setting("0.5", "Fraction to remove (0.5) or N:M (2:4); ignored by --method none.")
+    quantize: str | None = setting(
+        None, "GPTQ to w<bits>[g<group>][,asym][,actorder], e.g. w4g128 or w8; saved in the compressed-tensors format."
+    )
+    profile: str = setting("uniform", "Sparsity per block: uniform, or owl (outlier-weighted, Yin et al. 2024).")
+    owl_m: float = setting(OWL_M, "OWL: scores above M times the block mean are outliers.")
+    owl_lambda: float = setting(OWL_LAMBDA, "OWL: block sparsities range over target ± up to 2λ.")
+    nsamples: int | None = setting(None, "Calibration sequences (default: 128, or 100 demonstrations).")
+    shots: int = setting(4, "Shots per demonstration for mt: and demo: recipes.")
+    contrast: str | None = setting(
+        None, "Contrast recipe Z for wanda's Eq. 4 score, e.g. code: features strong on Z are pruned."
+    )
+    tokens: Path | None = setting(
+        None,
+        "Pre-tokenized calibration instead of --calib: a torch-saved ids tensor (n x seqlen) or dict with "
+        "input_ids/attention_mask.",
+    )
+    seqlen: int = setting(512, "Tokens per calibration sequence.")
+    seed: int = setting(0, "Seed for calibration sampling and random pruning (0 to 2^64 - 1).")
+    batch_size: int = setting(8, "Calibration sequences per forward pass.")
+    propagate: str = setting("pruned", "Feed later blocks the 'pruned' (default) or 'dense' outputs.")
+    include: tuple[str, ...] = setting(
+        (), "Only prune layers matching this glob (repeatable), e.g. '*mlp*'.", repeat=True
+    )
+    exclude: tuple[str, ...] = setting((), "Skip layers matching this glob (repeatable).", repeat=True)
+    eval_langs: tuple[str, ...] = setting(
+        (), "Comma-separated languages: perplexity before and after on held-out text."
+    )
+    eval_corpus: str = setting("udhr", "Corpus whose evaluation part --eval-langs reads.")
+    overwrite: bool = setting(False, "Replace an existing --out run folder.")
+    device: str = setting("auto", DEVICE_HELP)
+    dtype: str = setting("auto", DTYPE_HELP)
+    offload: str = setting("auto", OFFLOAD_HELP)
+    method_options: dict = setting({}, "Options of the method by key (ria_alpha, mask_selection...).", cli=False)
 
-    def chosen_profile(self) -> Profile:
-        return Profile(self.profile, self.owl_m, self.owl_lambda)
+    @classmethod
+    def from_mapping(cls, values: dict, where: str = "settings", **fixed) -> PruneSettings:
+        """Settings from flat keys (a grid cell, a config file, a report): method options by their own keys."""
+        options = method_options()
+        own = {k: v for k, v in values.items() if k not in options}
+        chosen = {k: v for k, v in values.items() if k in options}
+        return settings_from_mapping(cls, {**own, "method_options": chosen}, where, **fixed)
+
+    def record(self) -> dict:
+        """The settings as flat JSON (method options beside the rest), as a grid or a config file writes them."""
+        flat = {k: v for k, v in asdict(self).items() if k != "method_options"}
+        return jsonable({**flat, **dict.fromkeys(method_options()), **self.method_options})
+
+    def plan(self) -> Plan:
+        """The method, target, quantization and profile resolved, every pairing rule checked."""
+        return resolve(
+            self.method,
+            self.sparsity,
+            quantize=self.quantize,
+            profile=Profile(self.profile, self.owl_m, self.owl_lambda),
+            propagate=self.propagate,
+            batch_size=self.batch_size,
+            has_calibration=bool(self.calib or self.tokens),
+            has_contrast=bool(self.contrast),
+            method_options=self.method_options,
+        )
 
     def validate(self) -> None:
         """Every check that needs no model: one clear error for the first mistake found."""
-        target = Sparsity.parse(self.sparsity)
         check_placement(self.device, self.dtype, self.offload)
-        chosen = self.chosen_method()
-        quant = QuantSpec.parse(self.quantize)
-        check_method(chosen, quant, target)
-        self.chosen_profile().check(target, bool(self.calib or self.tokens))
+        self.plan()
+        check_model(self.model)
         check_not_quantized(self.model)
         check_at_least("--seqlen", self.seqlen, 2)
-        check_at_least("--batch-size", self.batch_size, 1)
         check_at_least("--shots", self.shots, 1)
         check_at_least("--nsamples", self.nsamples, 1)
         if not 0 <= self.seed <= MAX_SEED:
             raise UserError(f"--seed {self.seed} is outside [0, 2^64 - 1]: give a non-negative 64-bit integer")
-        if self.propagate not in PROPAGATE:
-            raise UserError(f"--propagate must be one of {', '.join(PROPAGATE)}, not {self.propagate!r}")
         if self.calib and self.tokens:
             raise UserError("give either --calib or --tokens, not both")
-        method_for_contrast(chosen, bool(self.contrast))  # refuse a bad pairing before loading anything
-        if (chosen.statistic is not None or quant is not None) and not (self.calib or self.tokens):
-            why = self.method if chosen.statistic is not None else "--quantize (GPTQ)"
-            raise UserError(f"{why} needs calibration text: pass --calib, e.g. --calib mix:en+de")
         for recipe in (self.calib, self.contrast):
             if recipe:
                 calibration_module.check_recipe(recipe)
@@ -140,7 +168,7 @@ def run_prune(settings: PruneSettings, reporter: Reporter | None = None) -> dict
     """Validate, load, build calibration, prune, measure, write the run folder; returns the report."""
     reporter = reporter or Reporter()
     settings.validate()
-    target = Sparsity.parse(settings.sparsity)
+    plan = settings.plan()
     pretokenized = calibration_module.load_tokens(settings.tokens) if settings.tokens else None
     languages = list(settings.eval_langs)
     with RunWriter(Path(settings.out), settings.overwrite) as run:  # a folder that cannot be written fails here, early
@@ -149,12 +177,7 @@ def run_prune(settings: PruneSettings, reporter: Reporter | None = None) -> dict
         if settings.calib or settings.contrast:
             calibration_module.check_seqlen(settings.seqlen, lm)
         build = lambda recipe: calibration_module.build(
-            recipe,
-            tokenizer,
-            settings.nsamples,
-            settings.seqlen,  # noqa: E731
-            settings.seed,
-            settings.shots,
+            recipe, tokenizer, settings.nsamples, settings.seqlen, settings.seed, settings.shots
         )
         calibration = build(settings.calib) if settings.calib else pretokenized
         contrast = build(settings.contrast) if settings.contrast else None
@@ -169,8 +192,8 @@ def run_prune(settings: PruneSettings, reporter: Reporter | None = None) -> dict
         result = prune_model(
             lm,
             calibration,
-            settings.chosen_method(),
-            target,
+            plan.method,
+            plan.sparsity,
             propagate=settings.propagate,
             include=tuple(settings.include),
             exclude=tuple(settings.exclude),
@@ -180,13 +203,13 @@ def run_prune(settings: PruneSettings, reporter: Reporter | None = None) -> dict
             progress=reporter.blocks,
             on_block=lambda index, changes: run.add_block(lm, index, changes),
             quantize=settings.quantize,
-            profile=settings.chosen_profile(),
+            profile=plan.profile,
         )
         after = perplexity(lm, tokenizer, languages, corpus=settings.eval_corpus) if languages else {}
         report = {
             "model": settings.model,
             **result.summary,
-            "settings": jsonable(asdict(settings)),
+            "settings": settings.record(),
             "provenance": provenance(),
         }
         if languages:
