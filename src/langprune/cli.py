@@ -637,7 +637,10 @@ def _counts_line(counts: dict[str, int]) -> str:
 @grid_app.command("table")
 def grid_table_command(
     grid_file: Path = _GRID_FILE,
-    metric: str = typer.Option("ppl", help="ppl, bpb, snr, error, or a task name (accuracy) / TASK:chrf."),
+    metric: str = typer.Option(
+        "ppl",
+        help="ppl, bpb, snr, error, a task name (its headline metric, e.g. multiemo), or TASK:METRIC (translation:chrf).",
+    ),
     rows: str = typer.Option("calib", help="Axis of the rows: calib, method, sparsity, model, seed or eval."),
     cols: str = typer.Option("eval", help="Axis of the columns (eval: the evaluation language)."),
     baseline: str | None = typer.Option(
@@ -651,11 +654,14 @@ def grid_table_command(
 ):
     """The grid's results as a table of any two axes; missing cells show as –."""
     from .experiments import build_table, load_grid, render
+    from .experiments.render import missing_note
     from .storage import partial_path
 
     grid = load_grid(grid_file, _profile(profile, quick), grid_out)
     table = build_table(grid, metric, rows, cols, baseline)
     text = render(table, format, out)
+    if format in ("csv", "png") and missing_note(table):  # md and tex carry the note in their text
+        err_console.print(f"note: {missing_note(table)}", highlight=False)
     if format == "png":
         console.print(f"wrote {text}")
         return

@@ -14,14 +14,12 @@ from dataclasses import asdict, dataclass
 
 from ..errors import UserError, check_at_least
 from ..languages import check_language
-from .choice import evaluate_choices
-from .fidelity import evaluate_fidelity
 from .harness import harness_evaluate
 from .lrp2 import language_projection, projected, search_layers
-from .perplexity import evaluate_perplexity
 from .rankc import rankc, rankings_of
 from .tasks import GROUPS, TaskSpec, catalog, select, with_overrides
-from .translation import directions, evaluate_translation
+from .translation import directions
+from .types import TASK_TYPES
 
 
 @dataclass
@@ -104,27 +102,8 @@ def plan(names: list[str], languages: list[str], settings: Settings) -> tuple[li
 
 
 def run_job(job: Job, model, tokenizer, dense, settings: Settings) -> dict:
-    task = job.task
-    if task.type == "perplexity":
-        return evaluate_perplexity(model, tokenizer, job.corpus, job.key, settings.seqlen, settings.batch_size)
-    if task.type == "fidelity":
-        if dense is None:
-            raise UserError("fidelity compares with the dense model: evaluate a run folder, or pass the dense model")
-        return evaluate_fidelity(dense, model, tokenizer, job.corpus, job.key, settings.seqlen, settings.batch_size)
-    if task.type in ("cloze", "choice"):
-        return evaluate_choices(model, tokenizer, task, job.corpus, job.key, settings.limit, settings.batch_size)
-    return evaluate_translation(
-        model,
-        tokenizer,
-        task,
-        job.corpus,
-        job.source,
-        job.target,
-        settings.limit,
-        settings.seed,
-        settings.sample,
-        settings.batch_size,
-    )
+    """One (task, language) job, run by its task type's runner."""
+    return TASK_TYPES[job.task.type].run(job, model, tokenizer, dense, settings)
 
 
 def evaluate(

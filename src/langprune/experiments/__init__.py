@@ -3,7 +3,9 @@ and rendered into the papers' tables with a verdict on their headline finding.""
 
 from .execute import EXECUTORS, cell_state, run_cell, run_grid, status_counts
 from .grid import Cell, Grid, load_grid
-from .tables import FORMATS, build_table, render, verdict
+from .render import FORMATS, render
+from .tables import build_table
+from .verdicts import verdict
 
 __all__ = [
     "EXECUTORS",
