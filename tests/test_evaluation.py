@@ -8,7 +8,7 @@ from conftest import VOCAB, tiny_model, tiny_tokenizer, token_ids
 
 from langprune.data import Example
 from langprune.errors import UserError
-from langprune.evaluation import Settings, evaluate, text_nll
+from langprune.evaluation import EvalOptions, evaluate, text_nll
 from langprune.evaluation.choice import choice_prompt, cloze_prompt, requests_for
 from langprune.evaluation.fidelity import compare_hidden_states
 from langprune.evaluation.rankc import consistency, rankc
@@ -153,7 +153,7 @@ def test_greedy_translation_does_not_depend_on_batching(tok):
 
 def test_evaluate_end_to_end_on_tiny_corpora(tiny_corpora, tok):
     model = tiny_model("llama")
-    settings = Settings(seqlen=16, batch_size=3, limit=12, translation_corpus="udhr")
+    settings = EvalOptions(seqlen=16, batch_size=3, limit=12, translation_corpus="udhr")
     results = evaluate(
         model, tok, ["ppl", "fidelity", "cloze", "translation", "rankc"], ["fr", "de"], settings, dense=model
     )
@@ -167,7 +167,7 @@ def test_evaluate_end_to_end_on_tiny_corpora(tiny_corpora, tok):
     assert set(tasks["translation"]) == {"fr-en", "en-fr", "de-en", "en-de"}
     assert tasks["translation"]["fr-en"]["n"] == 12
     assert 0 <= tasks["rankc"]["multiemo"]["fr"]["rankc"] <= 1 and tasks["rankc"]["multiemo"]["fr"]["n"] == 12
-    again = evaluate(model, tok, ["ppl", "cloze"], ["fr"], Settings(seqlen=16, batch_size=1, limit=12))
+    again = evaluate(model, tok, ["ppl", "cloze"], ["fr"], EvalOptions(seqlen=16, batch_size=1, limit=12))
     assert again["tasks"]["ppl"]["fr"]["nll"] == pytest.approx(tasks["ppl"]["fr"]["nll"], rel=1e-6)
     assert [i["predicted"] for i in again["tasks"]["multiemo"]["fr"]["items"]] == [
         i["predicted"] for i in tasks["multiemo"]["fr"]["items"]
@@ -183,7 +183,7 @@ def test_tasks_without_data_are_refused_or_skipped(tiny_corpora, tok):
         evaluate(model, tok, ["mmlu"], ["sw"])
     with pytest.raises(UserError, match="unknown task 'clozz'.*cloze"):
         evaluate(model, tok, ["clozz"], ["fr"])
-    skipped = evaluate(model, tok, ["cloze"], ["fr", "sw"], Settings(seqlen=16, limit=4, skip_missing=True))
+    skipped = evaluate(model, tok, ["cloze"], ["fr", "sw"], EvalOptions(seqlen=16, limit=4, skip_missing=True))
     assert set(skipped["tasks"]["multiemo"]) == {"fr"} and any("sw" in s for s in skipped["skipped"])
 
 
@@ -240,7 +240,7 @@ def test_lrp2_shifts_block_a_towards_english_and_back_at_block_b(tiny_corpora, t
 def test_evaluate_with_lrp2_records_the_searched_blocks(tiny_corpora, tok):
     model = tiny_model("llama")
     results = evaluate(
-        model, tok, ["cloze"], ["fr"], Settings(seqlen=16, limit=6, lrp2=True, lrp2_stride=1, lrp2_dev=6)
+        model, tok, ["cloze"], ["fr"], EvalOptions(seqlen=16, limit=6, lrp2=True, lrp2_stride=1, lrp2_dev=6)
     )
     chosen = results["lrp2"]["fr"]
     assert chosen["a"] < chosen["b"] and chosen["dev_task"] == "multiemo" and len(chosen["search"]) == 3

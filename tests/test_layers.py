@@ -7,7 +7,7 @@ import langprune
 
 LAYERS = [
     {"errors"},
-    {"storage", "languages"},
+    {"storage", "languages", "settings"},
     {"text"},
     {"data", "engine"},
     {"models"},

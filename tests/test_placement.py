@@ -278,7 +278,7 @@ def test_auto_offload_follows_free_memory(monkeypatch):
 def test_evaluation_is_the_same_offloaded_and_reads_the_dense_model_from_disk(
     checkpoints, tiny_corpora, tmp_path, monkeypatch
 ):
-    from langprune.evaluation import Settings
+    from langprune.evaluation import EvalOptions
     from langprune.runs import EvalSettings, cell, run_eval
 
     folder = checkpoints[("llama", "float32")]
@@ -293,7 +293,7 @@ def test_evaluation_is_the_same_offloaded_and_reads_the_dense_model_from_disk(
             tasks=("ppl", "fidelity"),
             langs=("en",),
             offload=offload,
-            options=Settings(corpus="udhr", limit=2, seqlen=16),
+            options=EvalOptions(corpus="udhr", limit=2, seqlen=16),
             out=tmp_path / offload,
         )
         results[offload] = run_eval(settings)["tasks"]

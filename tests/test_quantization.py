@@ -8,10 +8,11 @@ import pytest
 import torch
 import transformers as tf
 from conftest import save_checkpoint, tiny_model, token_ids
+from helpers import round_to_nearest, sparsegpt_prune
 
 from langprune.compress import kernels, prune_model
 from langprune.compress.profiles import outlier_ratio, owl_sparsities
-from langprune.compress.quantization import QuantSpec, round_to_nearest
+from langprune.compress.quantization import QuantSpec
 from langprune.compress.sparsity import Sparsity
 from langprune.errors import UserError
 
@@ -228,7 +229,7 @@ def brute_force_block_selection(w, hessian, ratio, blocksize):
 def test_block_mask_selection_equals_the_reference_rule():
     w, x = layer_problem(seed=7, rows=6, cols=32)
     hessian = 2 * x.T @ x / x.shape[0]
-    _, keep = kernels.sparsegpt_prune(w, hessian, Sparsity.parse("0.5"), blocksize=16, inner=4, selection="block")
+    _, keep = sparsegpt_prune(w, hessian, Sparsity.parse("0.5"), blocksize=16, inner=4, selection="block")
     assert torch.equal(keep, brute_force_block_selection(w, hessian, 0.5, 16))
     per_row = (~keep).sum(1)
     assert per_row.min() < per_row.max()  # rows end up unequally sparse, unlike the default
@@ -251,9 +252,10 @@ def llama_folder(tmp_path_factory):
 def test_quantized_checkpoint_loads_with_from_pretrained_and_gives_the_same_logits(
     llama_folder, tmp_path, method, sparsity, spec
 ):
+    from helpers import save_run
+
     from langprune.models import load_model
     from langprune.runs import load_masks, remeasure
-    from langprune.runs.folder import save_run
 
     model, tokenizer = load_model(str(llama_folder))
     result = prune_model(model, token_ids(8, 16), method, sparsity, quantize=spec)

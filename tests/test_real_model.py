@@ -26,11 +26,11 @@ def test_alias_loads_a_real_multilingual_model(gemma):
 
 
 def test_wanda_on_udhr_prunes_gemma_and_keeps_it_a_language_model(gemma, tmp_path):
+    from helpers import save_run
     from transformers import AutoModelForCausalLM
 
     from langprune import calibration, prune
     from langprune.evaluation import perplexity
-    from langprune.runs.folder import save_run
 
     model, tokenizer = gemma
     state = {k: v.clone() for k, v in model.state_dict().items()}
@@ -57,10 +57,10 @@ def test_wanda_on_udhr_prunes_gemma_and_keeps_it_a_language_model(gemma, tmp_pat
 def test_gemma_evaluation_on_real_data(gemma):
     """Every task kind on real corpora: numbers in plausible ranges, fidelity against a magnitude-pruned copy."""
     from langprune import load_model, prune_model
-    from langprune.evaluation import Settings, evaluate
+    from langprune.evaluation import EvalOptions, evaluate
 
     model, tokenizer = gemma
-    settings = Settings(seqlen=256, batch_size=4, limit=8, translation_corpus="udhr")
+    settings = EvalOptions(seqlen=256, batch_size=4, limit=8, translation_corpus="udhr")
     dense = evaluate(model, tokenizer, ["ppl", "cloze", "mcq", "translation", "rankc"], ["fr"], settings)["tasks"]
     assert 3 < dense["ppl"]["fr"]["ppl"] < 40 and 0.3 < dense["ppl"]["fr"]["bits_per_byte"] < 2
     assert dense["multiemo"]["fr"]["n"] == 8 and dense["mmlu"]["fr"]["n"] == 8
@@ -126,10 +126,11 @@ def test_every_analysis_on_gemma_with_real_text(tmp_path):
 
 def test_gptq_on_gemma_beats_round_to_nearest_and_its_checkpoint_loads(tmp_path):
     """Joint sparsegpt + GPTQ w4g128 through the run cell; the compressed-tensors folder loads in transformers and langprune."""
+    from helpers import round_to_nearest
     from transformers import AutoModelForCausalLM
 
     from langprune import PruneSettings, load_model, run_prune
-    from langprune.compress.quantization import QuantSpec, round_to_nearest
+    from langprune.compress.quantization import QuantSpec
     from langprune.engine import LayerFilter, find_blocks, prunable_layers, weight_matrix
     from langprune.evaluation import perplexity
 

@@ -375,7 +375,7 @@ def test_tables_say_identical_only_for_an_undefined_snr():
 
 def test_eval_writes_each_finished_task_and_a_rerun_keeps_them(checkpoint, tiny_corpora, tmp_path, monkeypatch):
     import langprune.evaluation.runner as runner
-    from langprune.evaluation import Settings
+    from langprune.evaluation import EvalOptions
     from langprune.runs import EvalSettings, run_eval
 
     real = runner.run_job
@@ -392,7 +392,7 @@ def test_eval_writes_each_finished_task_and_a_rerun_keeps_them(checkpoint, tiny_
         model=str(checkpoint),
         tasks=("ppl", "cloze"),
         langs=("en", "fr"),
-        options=Settings(seqlen=16, batch_size=4, limit=4),
+        options=EvalOptions(seqlen=16, batch_size=4, limit=4),
         out=tmp_path,
     )
     with pytest.raises(UserError, match="1 evaluation\\(s\\) failed .*multiemo fr: the corpus went away"):

@@ -263,10 +263,10 @@ def eval_command(
     as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
 ):
     """Evaluate a pruned run (or a dense model) per language; writes eval.json as each task finishes and prints a table."""
-    from .evaluation import Settings
+    from .evaluation import EvalOptions
     from .runs import EvalSettings, run_eval
 
-    options = Settings(
+    options = EvalOptions(
         seqlen=seqlen,
         batch_size=batch_size,
         limit=limit,

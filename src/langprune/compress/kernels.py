@@ -309,30 +309,6 @@ def _group_index(cols: int, quant: QuantSpec | None, perm: torch.Tensor | None) 
     return [column // size for column in order]
 
 
-def sparsegpt_prune(
-    weight,
-    hessian,
-    sparsity: Sparsity,
-    blocksize: int = 128,
-    percdamp: float = 0.01,
-    name: str = "layer",
-    inner: int = 16,
-    selection: str = "row",
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """SparseGPT (Frantar & Alistarh, 2023): ``obs_sweep`` pruning only; returns the float32 weight and keep mask."""
-    result = obs_sweep(
-        weight,
-        hessian,
-        sparsity=sparsity,
-        selection=selection,
-        blocksize=blocksize,
-        percdamp=percdamp,
-        name=name,
-        inner=inner,
-    )
-    return result.weight, result.keep
-
-
 def relative_output_error(before: torch.Tensor, after: torch.Tensor, hessian: torch.Tensor, chunk: int = 4096) -> float:
     """||(W_before - W_after) X||² / ||W_before X||² on the calibration inputs, from H = 2XXᵀ/T alone.
 

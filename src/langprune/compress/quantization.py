@@ -128,13 +128,3 @@ def snap_to_grid(weight: torch.Tensor, scale: torch.Tensor, zero_point: torch.Te
     """Round a whole weight to its per-group grid (scale and zero point (rows, groups) expanded along the columns)."""
     size = weight.shape[1] // scale.shape[1]
     return fake_quantize(weight, scale.repeat_interleave(size, 1), zero_point.repeat_interleave(size, 1), maxq)
-
-
-def round_to_nearest(weight: torch.Tensor, spec: QuantSpec, keep: torch.Tensor | None = None):
-    """Plain round-to-nearest on the same grid (no error feedback): the baseline GPTQ must beat.
-
-    Returns the dequantized weight, scales and zero points (rows, groups).
-    """
-    w = weight.detach().float() * (keep if keep is not None else 1)
-    scale, zero_point = group_grid(w, spec)
-    return snap_to_grid(w, scale, zero_point, spec.maxq), scale, zero_point

@@ -220,6 +220,3 @@ class Belebele(_HubCorpus):
             }
             for row in rows
         ]
-
-
-HUB_CORPORA = (Flores(), MC4(), XNLI(), MARC(), Belebele())

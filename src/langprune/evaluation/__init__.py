@@ -7,6 +7,6 @@ each task and language, scores through one batched likelihood engine
 """
 
 from .perplexity import perplexity, text_nll
-from .runner import Settings, evaluate
+from .runner import EvalOptions, evaluate
 
-__all__ = ["Settings", "evaluate", "perplexity", "text_nll"]
+__all__ = ["EvalOptions", "evaluate", "perplexity", "text_nll"]

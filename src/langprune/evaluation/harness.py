@@ -15,10 +15,11 @@ fails at once instead of hanging, and the rest of the process is unaffected.
 from __future__ import annotations
 
 from contextlib import ExitStack, contextmanager
+from functools import cache
 from pathlib import Path
 from unittest import mock
 
-from ..errors import UserError
+from ..errors import UserError, did_you_mean
 
 # (module, attribute) switches that the hub and datasets clients read when they decide to go online.
 OFFLINE_SWITCHES = (
@@ -55,6 +56,31 @@ def _data_unavailable_errors() -> tuple[type[BaseException], ...]:
     )
 
 
+@cache
+def _task_manager(include: str | None):
+    from lm_eval.tasks import TaskManager
+
+    return TaskManager(include_path=include)
+
+
+def check_harness_tasks(tasks: list[str], include: Path | str | None = None):
+    """Refuse, before any model loads, harness task names that lm-eval does not know; returns its task manager."""
+    try:
+        import lm_eval  # noqa: F401
+    except ImportError:
+        raise UserError("the harness bridge needs lm-eval: pip install 'langprune[harness]'") from None
+    if include is not None and not Path(include).is_dir():
+        raise UserError(f"--harness-include {include} is not a folder of harness task files")
+    manager = _task_manager(str(Path(include).resolve()) if include else None)
+    unknown = [task for task in tasks if task not in manager.all_tasks]
+    if unknown:
+        suggestion = did_you_mean(unknown[0], manager.all_tasks)
+        raise UserError(
+            f"lm-eval knows no task {', '.join(unknown)}{suggestion}: check the name or pass --harness-include FOLDER"
+        )
+    return manager
+
+
 def harness_evaluate(
     model,
     tokenizer,
@@ -66,18 +92,10 @@ def harness_evaluate(
     seed: int = 0,
 ) -> dict:
     """Harness metrics per task (``results`` of ``lm_eval.simple_evaluate``), with the sample counts."""
-    try:
-        from lm_eval import simple_evaluate
-        from lm_eval.models.huggingface import HFLM
-        from lm_eval.tasks import TaskManager
-    except ImportError:
-        raise UserError("the harness bridge needs lm-eval: pip install 'langprune[harness]'") from None
-    if include is not None and not Path(include).is_dir():
-        raise UserError(f"--harness-include {include} is not a folder of harness task files")
-    manager = TaskManager(include_path=str(include) if include else None)
-    unknown = [task for task in tasks if task not in manager.all_tasks]
-    if unknown:
-        raise UserError(f"lm-eval knows no task {', '.join(unknown)}: check the name or pass --harness-include FOLDER")
+    from lm_eval import simple_evaluate
+    from lm_eval.models.huggingface import HFLM
+
+    manager = check_harness_tasks(tasks, include)
     wrapped = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, device=str(model.device))
     with offline():
         try:

@@ -23,7 +23,7 @@ from .types import TASK_TYPES
 
 
 @dataclass
-class Settings:
+class EvalOptions:
     """Evaluation options; out-of-range values are refused when the settings are made."""
 
     seqlen: int = 512
@@ -60,7 +60,7 @@ class Job:
     target: str | None = None
 
 
-def plan(names: list[str], languages: list[str], settings: Settings) -> tuple[list[Job], list[str]]:
+def plan(names: list[str], languages: list[str], settings: EvalOptions) -> tuple[list[Job], list[str]]:
     """Jobs for every task and language that has data; the rest is an error, or skipped with ``skip_missing``."""
     for language in languages:
         check_language(language)
@@ -101,7 +101,7 @@ def plan(names: list[str], languages: list[str], settings: Settings) -> tuple[li
     return jobs, missing
 
 
-def run_job(job: Job, model, tokenizer, dense, settings: Settings) -> dict:
+def run_job(job: Job, model, tokenizer, dense, settings: EvalOptions) -> dict:
     """One (task, language) job, run by its task type's runner."""
     return TASK_TYPES[job.task.type].run(job, model, tokenizer, dense, settings)
 
@@ -111,7 +111,7 @@ def evaluate(
     tokenizer,
     tasks: list[str],
     languages: list[str],
-    settings: Settings | None = None,
+    settings: EvalOptions | None = None,
     dense=None,
     progress=None,
     finished: dict | None = None,
@@ -127,7 +127,7 @@ def evaluate(
     goes. A job that fails with a user-fixable error is recorded under
     ``failed`` and the others go on; a bug still raises.
     """
-    settings = settings or Settings()
+    settings = settings or EvalOptions()
     jobs, skipped = plan(tasks, languages, settings)
     results: dict[str, dict] = {name: dict(per_key) for name, per_key in (finished or {}).items()}
     jobs = [job for job in jobs if job.key not in results.get(job.task.name, {})]
@@ -183,7 +183,7 @@ def evaluate(
     return out
 
 
-def lrp2_projections(model, tokenizer, languages: list[str], settings: Settings, progress=None) -> dict:
+def lrp2_projections(model, tokenizer, languages: list[str], settings: EvalOptions, progress=None) -> dict:
     """For each non-English language: mean vectors, then (a, b) searched on a cloze task's development split."""
     projections = {}
     cloze = [t for t in catalog().values() if t.type == "cloze"]

@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 
 from ..errors import UserError
-from ..evaluation import Settings as EvalOptions
+from ..evaluation import EvalOptions
 from ..runs import EvalSettings, PruneSettings, Reporter, run_eval, run_prune
 from ..runs.folder import REPORT_FILE
 from ..storage import write_json_atomic

@@ -6,7 +6,7 @@ combinations that match every key it names, ``include`` adds combinations
 (after exclusion), each naming every axis and optionally its own
 ``settings`` (e.g. a ``contrast`` recipe for wanda-contrastive).
 ``evaluation`` names tasks, languages and any option of
-``evaluation.Settings`` (``EVAL_KEYS``). ``settings`` holds the options
+``evaluation.EvalOptions`` (``EVAL_KEYS``). ``settings`` holds the options
 every pruning run shares: any ``langprune prune`` option by its name with
 underscores (``setting_keys()``: nsamples, seqlen, batch_size, shots,
 contrast, tokens, propagate, include, exclude, quantize, profile, owl_m,
@@ -39,7 +39,8 @@ from ..compress.methods import get_method, method_options
 from ..compress.sparsity import Sparsity
 from ..engine.placement import check_placement
 from ..errors import UserError, did_you_mean
-from ..evaluation import Settings as EvalOptions
+from ..evaluation import EvalOptions
+from ..evaluation.harness import check_harness_tasks
 from ..evaluation.runner import plan
 from ..languages import check_language
 from ..models import check_model
@@ -246,7 +247,10 @@ def _evaluation(path: Path, evaluation: dict, settings: dict) -> dict:
     try:
         for language in langs:
             check_language(language)
-        plan(list(tasks), list(langs), EvalOptions(**options))
+        chosen = EvalOptions(**options)
+        plan(list(tasks), list(langs), chosen)
+        if chosen.harness:
+            check_harness_tasks(list(chosen.harness), chosen.harness_include)
     except (UserError, TypeError) as exc:
         raise _mistake(path, str(exc)) from None
     placement = {k: settings.get(k, "auto") for k in ("device", "dtype", "offload")}

@@ -22,8 +22,8 @@ from ..compress.profiles import OWL_LAMBDA, OWL_M, Profile
 from ..data import get_corpus
 from ..engine.placement import DEVICE_HELP, DTYPE_HELP, OFFLOAD_HELP, check_placement
 from ..errors import UserError, check_at_least
-from ..evaluation import Settings as EvalOptions
-from ..evaluation import evaluate, perplexity
+from ..evaluation import EvalOptions, evaluate, perplexity
+from ..evaluation.harness import check_harness_tasks
 from ..evaluation.runner import plan
 from ..languages import check_language
 from ..models import check_model, load_model, safetensors_folder
@@ -237,6 +237,8 @@ class EvalSettings:
         if (self.run is None) == (self.model is None):
             raise UserError("give a run folder or --model, not both and not neither")
         plan(list(self.tasks), list(self.langs), self.options)  # refuse a task without data before loading anything
+        if self.options.harness:
+            check_harness_tasks(list(self.options.harness), self.options.harness_include)
         if self.run is not None:
             load_report(self.run)
             if not (Path(self.run) / "config.json").is_file():

@@ -248,19 +248,6 @@ def _disk_errors(where: Path):
         ) from None
 
 
-def save_run(
-    out: Path, model, tokenizer, changes: dict[str, LayerChange], report: dict, overwrite: bool = False
-) -> Path:
-    """Write checkpoint, changes held in memory and report in one go."""
-    placement = placement_of(model)
-    with RunWriter(out, overwrite) as run:
-        for index in range(len(placement.blocks)):
-            prefix = placement.block_prefix(index) + "."
-            with placement.hold(index):
-                run.add_block(model, index, {n: c for n, c in changes.items() if n.startswith(prefix)})
-        return run.finish(model, tokenizer, report)
-
-
 class SavedMasks:
     """A run's keep masks, read one shard (one block) at a time: a 70B model's masks never sit in memory together."""
 
