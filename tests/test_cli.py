@@ -12,6 +12,7 @@ from langprune.runs import load_masks
 
 
 def langprune(*args, cwd=None):
+    """The real entry point in a fresh interpreter (``python -m langprune``); most tests use the in-process ``cli``."""
     return subprocess.run([sys.executable, "-m", "langprune", *map(str, args)], capture_output=True, text=True, cwd=cwd)
 
 
@@ -94,13 +95,13 @@ def test_bad_input_is_one_line_exit_2_and_nothing_written(checkpoint, tmp_path, 
     assert not out.exists() and not (tmp_path / "out.partial").exists()
 
 
-def test_existing_output_is_refused_unless_overwrite(checkpoint, tmp_path):
+def test_existing_output_is_refused_unless_overwrite(checkpoint, tmp_path, cli):
     out = tmp_path / "run"
     out.mkdir()
     (out / "keep.txt").write_text("x")
-    done = langprune("prune", "--model", checkpoint, "--method", "magnitude", "--out", out)
+    done = cli("prune", "--model", checkpoint, "--method", "magnitude", "--out", out)
     assert done.returncode == 2 and "--overwrite" in done.stderr and (out / "keep.txt").exists()
-    done = langprune("prune", "--model", checkpoint, "--method", "magnitude", "--out", out, "--overwrite")
+    done = cli("prune", "--model", checkpoint, "--method", "magnitude", "--out", out, "--overwrite")
     assert done.returncode == 0 and not (out / "keep.txt").exists() and (out / "report.json").exists()
 
 
@@ -123,11 +124,11 @@ def test_hub_id_offline_fails_with_a_clear_message(monkeypatch):
         load_model("someorg/some-model")
 
 
-def test_pretokenized_calibration_and_contrast_from_the_cli(checkpoint, tmp_path):
+def test_pretokenized_calibration_and_contrast_from_the_cli(checkpoint, tmp_path, cli):
     ids = torch.randint(3, 30, (4, 12))
     torch.save({"input_ids": ids, "attention_mask": torch.ones_like(ids)}, tmp_path / "ids.pt")
     out = tmp_path / "run"
-    done = langprune(
+    done = cli(
         "prune",
         "--model",
         checkpoint,
@@ -146,13 +147,13 @@ def test_pretokenized_calibration_and_contrast_from_the_cli(checkpoint, tmp_path
     report = json.loads((out / "report.json").read_text())
     assert report["method"] == "wanda-contrastive" and report["calibration"]["tokens"] == 48
     assert report["contrast"]["recipe"].startswith("file:") and report["roles"]["Z"] == "contrast"
-    missing = langprune("prune", "--model", checkpoint, "--tokens", tmp_path / "none.pt", "--out", tmp_path / "r2")
+    missing = cli("prune", "--model", checkpoint, "--tokens", tmp_path / "none.pt", "--out", tmp_path / "r2")
     assert missing.returncode == 2 and "does not exist" in missing.stderr
 
 
-def test_eval_writes_eval_json_and_compare_prints_p_values(checkpoint, tiny_corpora, tmp_path):
+def test_eval_writes_eval_json_and_compare_prints_p_values(checkpoint, tiny_corpora, tmp_path, cli):
     run = tmp_path / "run"
-    done = langprune(
+    done = cli(
         "prune",
         "--model",
         checkpoint,
@@ -169,15 +170,15 @@ def test_eval_writes_eval_json_and_compare_prints_p_values(checkpoint, tiny_corp
     )
     assert done.returncode == 0, done.stderr
     common = ("--langs", "en,fr", "--limit", "10", "--seqlen", "16", "--batch-size", "4")
-    done = langprune("eval", run, "--tasks", "ppl,fidelity,cloze,rankc", *common)
+    done = cli("eval", run, "--tasks", "ppl,fidelity,cloze,rankc", *common)
     assert done.returncode == 0, done.stderr
     results = json.loads((run / "eval.json").read_text())
     assert results["tasks"]["fidelity"]["fr"]["snr_db"] > 0 and results["tasks"]["multiemo"]["en"]["n"] == 10
     assert results["dense_model"] == str(checkpoint) and results["provenance"]["versions"]["torch"]
     assert "SNR dB" in done.stdout and "RankC" in done.stdout
-    dense = langprune("eval", "--model", checkpoint, "--tasks", "ppl", *common, "--out", tmp_path / "dense")
+    dense = cli("eval", "--model", checkpoint, "--tasks", "ppl", *common, "--out", tmp_path / "dense")
     assert dense.returncode == 0, dense.stderr
-    compared = langprune("compare", tmp_path / "dense", run, "--samples", "200")
+    compared = cli("compare", tmp_path / "dense", run, "--samples", "200")
     assert compared.returncode == 0, compared.stderr
     assert "ppl" in compared.stdout and "paired bootstrap" in compared.stdout
     assert json.loads((tmp_path / "dense" / "eval.json").read_text())["dense_model"] is None
@@ -197,8 +198,8 @@ def test_eval_bad_input_is_one_line_exit_2(checkpoint, tiny_corpora, cli, args, 
     assert done.returncode == 2 and len(lines) == 1 and message in lines[0], done.stderr
 
 
-def test_eval_of_a_run_folder_without_a_model_is_refused(tmp_path):
+def test_eval_of_a_run_folder_without_a_model_is_refused(tmp_path, cli):
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "report.json").write_text('{"model": "gemma-3-270m"}')
-    done = langprune("eval", tmp_path / "run", "--tasks", "ppl", "--langs", "en")
+    done = cli("eval", tmp_path / "run", "--tasks", "ppl", "--langs", "en")
     assert done.returncode == 2 and "has no model" in done.stderr

@@ -264,6 +264,7 @@ metric_list:
 """
 
 
+@pytest.mark.slow  # lm-eval indexes its task registry (about 20 s)
 def test_harness_bridge_runs_a_local_task_file_on_the_model_in_memory(tmp_path, tok):
     pytest.importorskip("lm_eval")
     import json
