@@ -178,5 +178,14 @@ def test_the_prune_command_and_grid_keys_come_from_the_one_settings_list():
         if field.metadata.get("cli", True):
             assert "--" + field.name.replace("_", "-") in help_text, field.name
     assert "--ria-alpha" in help_text and "--mask-selection" in help_text
+    from langprune.evaluation import EvalOptions
+    from langprune.runs import EvalSettings
+
+    eval_help = CliRunner().invoke(app, ["eval", "--help"], env={"COLUMNS": "200"}).output
+    for cls in (EvalSettings, EvalOptions):
+        for field in dataclasses.fields(cls):
+            if field.name != "options":
+                flag = field.metadata.get("flag") or field.name.replace("_", "-")
+                assert f"--{flag}" in eval_help or field.metadata.get("argument"), field.name
     assert {"include", "exclude", "tokens", "ria_alpha", "mask_selection"} <= setting_keys()
     assert not {"out", "overwrite", "model", "method"} & setting_keys()

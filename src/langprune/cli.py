@@ -26,7 +26,6 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from .engine.placement import DEVICE_HELP, DTYPE_HELP, OFFLOAD_HELP
 from .errors import UserError, check_at_least
 
 app = typer.Typer(
@@ -217,81 +216,10 @@ def inspect_command(
     console.print(f"versions: {prov.get('versions')}  git: {prov.get('git_commit')}")
 
 
-@app.command("eval")
-def eval_command(
-    run: Path | None = typer.Argument(None, help="A run folder written by langprune prune (or use --model)."),
-    model: str | None = typer.Option(None, help="Evaluate this dense model instead (alias, folder or hub id)."),
-    tasks: str = typer.Option(
-        "ppl,fidelity,cloze,mcq",
-        help="Tasks or groups: ppl, fidelity, cloze, mcq, translation, rankc, or task names (xnli, multiemo, mmlu...).",
-    ),
-    langs: str = typer.Option("en,de,fr", help="Comma-separated evaluation languages."),
-    limit: int | None = typer.Option(
-        None,
-        help="At most this many examples (or sentences) per task and language (1 or more); ppl and fidelity always read the whole held-out part.",
-    ),
-    corpus: str | None = typer.Option(None, help="Corpus for ppl and fidelity (default: udhr)."),
-    mt_corpus: str | None = typer.Option(
-        None, help="Parallel corpus for translation (default: flores if fetched, else libreoffice-help)."
-    ),
-    seqlen: int = typer.Option(512, help="Tokens per perplexity/fidelity window."),
-    batch_size: int = typer.Option(8, help="Sequences per forward pass."),
-    seed: int = typer.Option(0, help="Seed for translation shots and sampling."),
-    sample: bool = typer.Option(False, help="Translation: sample with the paper's Table 5 settings instead of greedy."),
-    skip_missing: bool = typer.Option(
-        False, help="Skip (and record) tasks without data for a language instead of failing."
-    ),
-    lrp2: bool = typer.Option(
-        False, help="The LRP2 baseline: project non-English hidden states towards English at searched blocks (a, b)."
-    ),
-    lrp2_corpus: str = typer.Option(
-        "udhr", help="LRP2: corpus whose calibration part gives the mean vectors per language."
-    ),
-    lrp2_stride: int = typer.Option(3, help="LRP2: step of the (a, b) search grid, in blocks."),
-    harness: str | None = typer.Option(
-        None, help="lm-evaluation-harness tasks, comma-separated (e.g. arc_easy), run on the model in memory."
-    ),
-    harness_include: Path | None = typer.Option(
-        None, help="A folder of harness task YAML files (local data; no network)."
-    ),
-    out: Path | None = typer.Option(
-        None, help="Folder for eval.json (default: the run folder; runs/<model>-dense with --model)."
-    ),
-    device: str = typer.Option("auto", help=DEVICE_HELP),
-    dtype: str = typer.Option("auto", help=DTYPE_HELP),
-    offload: str = typer.Option("auto", help=OFFLOAD_HELP),
-    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
-):
-    """Evaluate a pruned run (or a dense model) per language; writes eval.json as each task finishes and prints a table."""
-    from .evaluation import EvalOptions
-    from .runs import EvalSettings, run_eval
+def _eval(settings, as_json: bool = typer.Option(False, "--json", help=JSON_HELP)) -> None:
+    """Run an evaluation from its settings and print its table."""
+    from .runs import run_eval
 
-    options = EvalOptions(
-        seqlen=seqlen,
-        batch_size=batch_size,
-        limit=limit,
-        seed=seed,
-        sample=sample,
-        corpus=corpus,
-        translation_corpus=mt_corpus,
-        skip_missing=skip_missing,
-        lrp2=lrp2,
-        lrp2_corpus=lrp2_corpus,
-        lrp2_stride=lrp2_stride,
-        harness=tuple(_list(harness)),
-        harness_include=str(harness_include) if harness_include else None,
-    )
-    settings = EvalSettings(
-        run=run,
-        model=model,
-        tasks=tuple(_list(tasks)),
-        langs=tuple(_list(langs)),
-        options=options,
-        out=out,
-        device=device,
-        dtype=dtype,
-        offload=offload,
-    )
     with _reporting(quiet=as_json) as reporter:
         results = run_eval(settings, reporter)
     if as_json:
@@ -510,15 +438,16 @@ def _analysis_command(cls, typer_app: typer.Typer) -> None:
     typer_app.command(cls.name, help=help_text)(settings_module.command(cls, run))
 
 
-def _place(typer_app: typer.Typer, name: str, make, first: bool = False) -> None:
+COMMAND_ORDER = ("prune", "inspect", "eval", "compare", "clean")  # as `langprune --help` lists them
+
+
+def _place(typer_app: typer.Typer, name: str, make) -> None:
     """Register (or register again, in the same place) the command ``name`` that ``make(typer_app)`` adds."""
     commands = typer_app.registered_commands
     old = next((i for i, c in enumerate(commands) if c.name == name), None)
     make(typer_app)
     if old is not None:
         commands[old] = commands.pop()
-    elif first:
-        commands.insert(0, commands.pop())
 
 
 def _build_commands() -> None:
@@ -528,13 +457,18 @@ def _build_commands() -> None:
     from . import settings as settings_module
     from .analysis import ANALYSES
     from .compress.methods import method_options
-    from .runs import PruneSettings
+    from .runs import EvalSettings, PruneSettings
 
     prune = settings_module.command(PruneSettings, _prune, grouped={"method_options": method_options()})
+    evaluate = settings_module.command(EvalSettings, _eval)
+    help_eval = "Evaluate a pruned run (or a dense model) per language; writes eval.json as each task finishes and prints a table."
+    _place(app, "eval", lambda a: a.command("eval", help=help_eval)(evaluate))
     help_text = "Prune a model block by block and save a Hugging Face checkpoint with masks and a report."
-    _place(app, "prune", lambda a: a.command("prune", help=help_text)(prune), first=True)
+    _place(app, "prune", lambda a: a.command("prune", help=help_text)(prune))
     for name, cls in ANALYSES.items():
         _place(analyze_app, name, lambda a, cls=cls: _analysis_command(cls, a))
+    rank = {name: i for i, name in enumerate(COMMAND_ORDER)}
+    app.registered_commands.sort(key=lambda c: rank.get(c.name, len(rank)))
 
 
 _build_commands()

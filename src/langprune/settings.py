@@ -16,6 +16,7 @@ import dataclasses
 import inspect
 import math
 import typing
+from collections.abc import Callable
 from pathlib import Path
 from types import NoneType, UnionType
 from typing import Any
@@ -25,10 +26,19 @@ import typer
 from .errors import UserError, did_you_mean
 
 
-def setting(default: Any = None, help: str = "", *, flag: str | None = None, repeat: bool = False,
-            argument: bool = False, cli: bool = True, required: bool = False) -> Any:  # fmt: skip
+def setting(
+    default: Any = None,
+    help: str | Callable[[], str] = "",
+    *,
+    flag: str | None = None,
+    repeat: bool = False,
+    argument: bool = False,
+    cli: bool = True,
+    required: bool = False,
+) -> Any:
     """A settings field: ``flag`` renames its option, ``repeat`` takes a list as repeated options, ``argument``
-    makes it positional, ``cli=False`` keeps it off the command line (set by the command itself)."""
+    makes it positional, ``cli=False`` keeps it off the command line (set by the command itself). ``help`` may be
+    a function, called when the command is made (a list read from a registry)."""
     metadata = {"help": help, "flag": flag, "repeat": repeat, "argument": argument, "cli": cli, "required": required}
     if isinstance(default, (list, tuple, dict)):
         return dataclasses.field(default_factory=lambda: type(default)(default), metadata=metadata)
@@ -78,10 +88,11 @@ def _parameter(name: str, field: dataclasses.Field, kind) -> inspect.Parameter:
         annotation = base | None if optional else base
     if meta["required"] and not meta["argument"]:
         default = ...
+    text = meta["help"]() if callable(meta["help"]) else meta["help"]
     if meta["argument"]:
-        info = typer.Argument(... if meta["required"] else default, help=meta["help"], show_default=False)
+        info = typer.Argument(... if meta["required"] else default, help=text, show_default=False)
     else:
-        info = typer.Option(default, flag_of(name, field), help=meta["help"])
+        info = typer.Option(default, flag_of(name, field), help=text)
     return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=info, annotation=annotation)
 
 
@@ -109,13 +120,24 @@ def _convert(name: str, field: dataclasses.Field, kind, value):
 def command(cls, run, grouped: dict[str, dict[str, tuple[dataclasses.Field, Any]]] | None = None, **fixed):
     """A typer command function whose options are ``cls``'s CLI fields; it builds ``cls`` and calls ``run(settings)``.
 
-    ``fixed`` gives fields their values without an option. ``grouped`` adds
+    ``fixed`` gives fields their values without an option. A field whose
+    type is itself a settings dataclass (``EvalSettings.options``) adds that
+    class' fields as options and is built from them. ``grouped`` adds
     options gathered into one dict field (``{"method_options": {key: (field,
     type)}}``): each is optional, and only those given land in the dict.
     Extra options of the command itself (``--json``) are declared by
     ``run``'s own keyword parameters after the first, as typer parameters.
     """
-    declared = {n: (f, k) for n, (f, k) in fields(cls).items() if f.metadata.get("cli", True) and n not in fixed}
+    declared, nested = {}, {}  # option name -> (field, type); nested field -> (class, its option names)
+    for name, (field, kind) in fields(cls).items():
+        if not field.metadata.get("cli", True) or name in fixed:
+            continue
+        if dataclasses.is_dataclass(kind):
+            own = {n: fk for n, fk in fields(kind).items() if fk[0].metadata.get("cli", True)}
+            nested[name] = (kind, list(own))
+            declared.update(own)
+        else:
+            declared[name] = (field, kind)
     members = {
         key: (target, field, kind) for target, group in (grouped or {}).items() for key, (field, kind) in group.items()
     }
@@ -141,7 +163,8 @@ def command(cls, run, grouped: dict[str, dict[str, tuple[dataclasses.Field, Any]
                 groups[target][key] = values[key]
             values.pop(key)
         converted = {name: _convert(name, *declared[name], value) for name, value in values.items()}
-        return run(cls(**fixed, **converted, **groups), **own)
+        built = {target: kind(**{n: converted.pop(n) for n in names}) for target, (kind, names) in nested.items()}
+        return run(cls(**fixed, **converted, **built, **groups), **own)
 
     invoke.__signature__ = inspect.Signature(parameters)
     invoke.__doc__ = (cls.__doc__ or "").strip().split("\n\n")[0]

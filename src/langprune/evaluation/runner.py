@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass
 
 from ..errors import UserError, check_at_least
 from ..languages import check_language
+from ..settings import setting
 from .harness import harness_evaluate
 from .lrp2 import language_projection, projected, search_layers
 from .rankc import rankc, rankings_of
@@ -24,22 +25,32 @@ from .types import TASK_TYPES
 
 @dataclass
 class EvalOptions:
-    """Evaluation options; out-of-range values are refused when the settings are made."""
+    """Evaluation options (the ``eval`` command's, a grid's ``evaluation``); out-of-range values are refused when made."""
 
-    seqlen: int = 512
-    batch_size: int = 8
-    limit: int | None = None  # examples (or sentences) per task and language; None = all
-    seed: int = 0
-    sample: bool = False  # translation: the paper's sampling settings instead of greedy decoding
-    corpus: str | None = None  # overrides the corpus of ppl and fidelity
-    translation_corpus: str | None = None  # overrides the corpora of translation
-    skip_missing: bool = False
-    lrp2: bool = False  # the LRP2 baseline: project non-English hidden states towards English
-    lrp2_corpus: str = "udhr"  # whose calibration part gives the per-language mean vectors
-    lrp2_stride: int = 3  # (a, b) search grid step, in blocks
-    lrp2_dev: int = 32  # development examples per (a, b)
-    harness: tuple[str, ...] = ()  # lm-evaluation-harness tasks to run on the model in memory
-    harness_include: str | None = None  # a folder of harness task files (local data, no network)
+    seqlen: int = setting(512, "Tokens per perplexity/fidelity window.")
+    batch_size: int = setting(8, "Sequences per forward pass.")
+    limit: int | None = setting(
+        None,
+        "At most this many examples (or sentences) per task and language (1 or more); ppl and fidelity always "
+        "read the whole held-out part.",
+    )
+    seed: int = setting(0, "Seed for translation shots and sampling.")
+    sample: bool = setting(False, "Translation: sample with the paper's Table 5 settings instead of greedy.")
+    corpus: str | None = setting(None, "Corpus for ppl and fidelity (default: udhr).")
+    translation_corpus: str | None = setting(
+        None, "Parallel corpus for translation (default: flores if fetched, else libreoffice-help).", flag="mt-corpus"
+    )
+    skip_missing: bool = setting(False, "Skip (and record) tasks without data for a language instead of failing.")
+    lrp2: bool = setting(
+        False, "The LRP2 baseline: project non-English hidden states towards English at searched blocks (a, b)."
+    )
+    lrp2_corpus: str = setting("udhr", "LRP2: corpus whose calibration part gives the mean vectors per language.")
+    lrp2_stride: int = setting(3, "LRP2: step of the (a, b) search grid, in blocks.")
+    lrp2_dev: int = setting(32, "LRP2: development examples per (a, b).")
+    harness: tuple[str, ...] = setting(
+        (), "lm-evaluation-harness tasks, comma-separated (e.g. arc_easy), run on the model in memory."
+    )
+    harness_include: str | None = setting(None, "A folder of harness task YAML files (local data; no network).")
 
     def __post_init__(self):
         for option, value, minimum in (

@@ -17,7 +17,7 @@ from pathlib import Path
 from .. import calibration as calibration_module
 from ..compress import prune_model
 from ..compress.loop import Plan, resolve
-from ..compress.methods import method_options
+from ..compress.methods import METHODS, method_options
 from ..compress.profiles import OWL_LAMBDA, OWL_M, Profile
 from ..data import get_corpus
 from ..engine.placement import DEVICE_HELP, DTYPE_HELP, OFFLOAD_HELP, check_placement
@@ -68,7 +68,7 @@ class PruneSettings:
     calib: str | None = setting(
         None, "Calibration recipe: mono:de, mix:en+de+zh, mt:fr-en, demo:fr, code, file:PATH; @CORPUS picks the corpus."
     )
-    method: str = setting("wanda", "none, magnitude, random, wanda, ria, wanda-contrastive or sparsegpt.")
+    method: str = setting("wanda", lambda: f"One of {', '.join(METHODS)}.")
     sparsity: str = setting("0.5", "Fraction to remove (0.5) or N:M (2:4); ignored by --method none.")
     quantize: str | None = setting(
         None, "GPTQ to w<bits>[g<group>][,asym][,actorder], e.g. w4g128 or w8; saved in the compressed-tensors format."
@@ -220,17 +220,23 @@ def run_prune(settings: PruneSettings, reporter: Reporter | None = None) -> dict
 
 @dataclass
 class EvalSettings:
-    """An evaluation run: a run folder or a dense model, tasks, languages, options, and where eval.json goes."""
+    """An evaluation run: a run folder or a dense model, tasks, languages, options, and where eval.json goes.
 
-    run: Path | None = None
-    model: str | None = None
-    tasks: tuple[str, ...] = ("ppl", "fidelity", "cloze", "mcq")
-    langs: tuple[str, ...] = ("en", "de", "fr")
+    Declared once, like ``PruneSettings``: ``langprune eval`` is made from these fields and ``EvalOptions``'.
+    """
+
+    run: Path | None = setting(None, "A run folder written by langprune prune (or use --model).", argument=True)
+    model: str | None = setting(None, "Evaluate this dense model instead (alias, folder or hub id).")
+    tasks: tuple[str, ...] = setting(
+        ("ppl", "fidelity", "cloze", "mcq"),
+        "Tasks or groups: ppl, fidelity, cloze, mcq, translation, rankc, or task names (xnli, multiemo, mmlu...).",
+    )
+    langs: tuple[str, ...] = setting(("en", "de", "fr"), "Comma-separated evaluation languages.")
     options: EvalOptions = field(default_factory=EvalOptions)
-    out: Path | None = None
-    device: str = "auto"
-    dtype: str = "auto"
-    offload: str = "auto"
+    out: Path | None = setting(None, "Folder for eval.json (default: the run folder; runs/<model>-dense with --model).")
+    device: str = setting("auto", DEVICE_HELP)
+    dtype: str = setting("auto", DTYPE_HELP)
+    offload: str = setting("auto", OFFLOAD_HELP)
 
     def validate(self) -> None:
         check_placement(self.device, self.dtype, self.offload)
