@@ -54,7 +54,7 @@ def metric_spec(metric: str) -> tuple[TaskSpec, Metric]:
                 f"write TASK:{metric}, e.g. {owners[0].name}:{metric}"
             )
         if not owners:
-            shorts = sorted({m.name for t in TASK_TYPES.values() for m in t.metrics if m.better})
+            shorts = sorted({m.name for t in TASK_TYPES.values() if t.run for m in t.metrics if m.better})
             raise UserError(
                 f"unknown metric {metric!r}{did_you_mean(metric, [*tasks, *shorts])}: give a task name "
                 f"(headline metric), TASK:METRIC, or one of {', '.join(shorts)}"
