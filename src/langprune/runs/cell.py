@@ -71,7 +71,8 @@ class PruneSettings:
     method: str = setting("wanda", lambda: f"One of {', '.join(METHODS)}.")
     sparsity: str = setting("0.5", "Fraction to remove (0.5) or N:M (2:4); ignored by --method none.")
     quantize: str | None = setting(
-        None, "GPTQ to w<bits>[g<group>][,asym][,actorder], e.g. w4g128 or w8; saved in the compressed-tensors format."
+        None,
+        "GPTQ to w<bits>\\[g<group>][,asym][,actorder], e.g. w4g128 or w8; saved in the compressed-tensors format.",
     )
     profile: str = setting("uniform", "Sparsity per block: uniform, or owl (outlier-weighted, Yin et al. 2024).")
     owl_m: float = setting(OWL_M, "OWL: scores above M times the block mean are outliers.")
