@@ -189,3 +189,65 @@ def test_the_prune_command_and_grid_keys_come_from_the_one_settings_list():
                 assert f"--{flag}" in eval_help or field.metadata.get("argument"), field.name
     assert {"include", "exclude", "tokens", "ria_alpha", "mask_selection"} <= setting_keys()
     assert not {"out", "overwrite", "model", "method"} & setting_keys()
+
+
+def test_prune_replay_reproduces_a_run_bit_for_bit(checkpoint, cli, tmp_path):
+    from safetensors.torch import load_file
+
+    first, again = tmp_path / "first", tmp_path / "again"
+    calib = f"file:{checkpoint / 'calib.txt'}"
+    common = ("--calib", calib, "--nsamples", 4, "--seqlen", 16)
+    done = cli(
+        "prune", "--model", checkpoint, "--method", "sparsegpt", "--mask-selection", "block", *common, "--out", first
+    )
+    assert done.returncode == 0, done.stderr
+    done = cli("prune", "--replay", first, "--out", again)
+    assert done.returncode == 0, done.stderr
+    recorded = [{k: v for k, v in load_report(run)["settings"].items() if k != "out"} for run in (first, again)]
+    assert recorded[0] == recorded[1] and recorded[0]["mask_selection"] == "block"
+    for shard in sorted(first.glob("*.safetensors")) + sorted((first / "masks").glob("*.safetensors")):
+        left, right = load_file(shard), load_file(again / shard.relative_to(first))
+        assert left.keys() == right.keys() and all(torch.equal(left[k], right[k]) for k in left), shard.name
+
+
+def test_prune_config_file_takes_grid_keys_and_the_command_line_overrides_it(checkpoint, cli, tmp_path):
+    config = tmp_path / "prune.yaml"
+    config.write_text(
+        yaml.safe_dump({"model": str(checkpoint), "method": "magnitude", "sparsity": 0.3, "include": ["*mlp*"]})
+    )
+    out = tmp_path / "run"
+    done = cli("prune", "--config", config, "--sparsity", "0.5", "--out", out)
+    assert done.returncode == 0, done.stderr
+    report = load_report(out)
+    assert report["method"] == "magnitude" and report["sparsity"] == "0.5" and report["include"] == ["*mlp*"]
+    assert all("mlp" in name for name in report["layers"])
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ({"nsample": 3}, "unknown key 'nsample'"),
+        ({"nsamples": "many"}, "nsamples in config file"),
+        ({"include": "*mlp*"}, "must be a list"),
+        ({"ria_alpha": "high", "method": "ria"}, "ria_alpha in config file"),
+        ({"out": "x"}, "give --out on the command line"),
+        ("- a list", "must be a mapping"),
+    ],
+)
+def test_bad_config_files_are_one_line(checkpoint, cli, tmp_path, content, message):
+    config = tmp_path / "prune.yaml"
+    config.write_text(content if isinstance(content, str) else yaml.safe_dump(content))
+    done = cli("prune", "--model", checkpoint, "--config", config, "--out", tmp_path / "run")
+    assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert message in done.stderr and not (tmp_path / "run").exists()
+
+
+def test_replay_of_a_folder_that_is_not_a_run_and_config_with_replay_are_one_line(checkpoint, cli, tmp_path):
+    done = cli("prune", "--replay", tmp_path, "--out", tmp_path / "run")
+    assert done.returncode == 2 and "not a langprune run folder" in done.stderr
+    config = tmp_path / "c.yaml"
+    config.write_text("method: magnitude\n")
+    both = cli("prune", "--config", config, "--replay", tmp_path, "--out", tmp_path / "run")
+    assert both.returncode == 2 and "not both" in both.stderr
+    version = cli("--version")
+    assert version.returncode == 0 and version.stdout.startswith("langprune ")

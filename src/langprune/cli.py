@@ -31,6 +31,25 @@ from .errors import UserError, check_at_least
 app = typer.Typer(
     add_completion=False, no_args_is_help=True, help="Prune multilingual LLMs with language-aware calibration."
 )
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        console.print(f"langprune {version('langprune')}", highlight=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(
+        False, "--version", callback=_show_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
+    """Prune multilingual LLMs with language-aware calibration."""
+
+
 data_app = typer.Typer(no_args_is_help=True, help="The corpus catalog: list and fetch corpora.")
 calib_app = typer.Typer(no_args_is_help=True, help="Inspect calibration recipes.")
 app.add_typer(data_app, name="data")
@@ -118,7 +137,18 @@ def _reporting(quiet: bool = False, transient: bool = False):
     reporter.close()
 
 
-def _prune(settings) -> None:
+def _prune(
+    settings,
+    config: Path | None = typer.Option(
+        None,
+        "--config",
+        help="A YAML file of prune settings: any option by its name with underscores (the keys of a grid's settings, "
+        "plus model, method, sparsity, calib, seed); options given on the command line override it.",
+    ),
+    replay: Path | None = typer.Option(
+        None, "--replay", help="Run again exactly what this run folder's report.json recorded, into a new --out."
+    ),
+) -> None:
     """Run a prune from its settings and print what it did."""
     from .runs import run_prune
 
@@ -441,6 +471,17 @@ def _analysis_command(cls, typer_app: typer.Typer) -> None:
 COMMAND_ORDER = ("prune", "inspect", "eval", "compare", "clean")  # as `langprune --help` lists them
 
 
+def _prune_base(config: Path | None = None, replay: Path | None = None) -> dict:
+    """Where ``prune`` settings start: a config file, a run's recorded settings, or nothing (the defaults)."""
+    from .runs import PruneSettings
+
+    if config is not None and replay is not None:
+        raise UserError("give --config or --replay, not both")
+    if config is not None:
+        return PruneSettings.from_config_file(config)
+    return PruneSettings.from_run(replay) if replay is not None else {}
+
+
 def _place(typer_app: typer.Typer, name: str, make) -> None:
     """Register (or register again, in the same place) the command ``name`` that ``make(typer_app)`` adds."""
     commands = typer_app.registered_commands
@@ -459,7 +500,9 @@ def _build_commands() -> None:
     from .compress.methods import method_options
     from .runs import EvalSettings, PruneSettings
 
-    prune = settings_module.command(PruneSettings, _prune, grouped={"method_options": method_options()})
+    prune = settings_module.command(
+        PruneSettings, _prune, grouped={"method_options": method_options()}, base=_prune_base
+    )
     evaluate = settings_module.command(EvalSettings, _eval)
     help_eval = "Evaluate a pruned run (or a dense model) per language; writes eval.json as each task finishes and prints a table."
     _place(app, "eval", lambda a: a.command("eval", help=help_eval)(evaluate))
@@ -622,8 +665,9 @@ def _fail(message: str, code: int = 2) -> None:
 
 def main() -> None:
     """Entry point: user mistakes print one ``error:`` line and exit 2; Ctrl-C exits 130; bugs keep their traceback."""
-    from typer._click.exceptions import ClickException
-    from typer.exceptions import Abort
+    # click's exception base, found through typer's public API (typer vendors click from 0.26 on)
+    ClickException = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+    Abort = typer.Abort
 
     warnings.filterwarnings("ignore", module="transformers")
     from transformers.utils import logging as hf_logging

@@ -117,7 +117,13 @@ def _convert(name: str, field: dataclasses.Field, kind, value):
     return tuple(value)
 
 
-def command(cls, run, grouped: dict[str, dict[str, tuple[dataclasses.Field, Any]]] | None = None, **fixed):
+def command(
+    cls,
+    run,
+    grouped: dict[str, dict[str, tuple[dataclasses.Field, Any]]] | None = None,
+    base: Callable[..., dict] | None = None,
+    **fixed,
+):
     """A typer command function whose options are ``cls``'s CLI fields; it builds ``cls`` and calls ``run(settings)``.
 
     ``fixed`` gives fields their values without an option. A field whose
@@ -127,6 +133,10 @@ def command(cls, run, grouped: dict[str, dict[str, tuple[dataclasses.Field, Any]
     type)}}``): each is optional, and only those given land in the dict.
     Extra options of the command itself (``--json``) are declared by
     ``run``'s own keyword parameters after the first, as typer parameters.
+    With ``base`` (called with those extra options), the settings start from
+    the flat mapping it returns (a config file, a run's report) and only the
+    options given on the command line override it; ``cls.from_mapping``
+    builds them, so the mapping's keys and types are checked.
     """
     declared, nested = {}, {}  # option name -> (field, type); nested field -> (class, its option names)
     for name, (field, kind) in fields(cls).items():
@@ -153,10 +163,26 @@ def command(cls, run, grouped: dict[str, dict[str, tuple[dataclasses.Field, Any]
         )
         for key, (_, field, kind) in members.items()
     ]
-    parameters += [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in extra]
+    hints = typing.get_type_hints(run)
+    parameters += [
+        p.replace(kind=inspect.Parameter.KEYWORD_ONLY, annotation=hints.get(p.name, p.annotation)) for p in extra
+    ]
+    if base is not None:
+        parameters.append(inspect.Parameter("ctx", inspect.Parameter.KEYWORD_ONLY, annotation=typer.Context))
 
     def invoke(**values):
+        ctx = values.pop("ctx", None)
         own = {p.name: values.pop(p.name) for p in extra}
+        start = base(**own) if base is not None else None
+        if start:
+            given = {n for n in values if ctx.get_parameter_source(n).name in ("COMMANDLINE", "ENVIRONMENT")}
+            flat = {**start}
+            for name in given:
+                if name in members:
+                    flat[name] = values[name]
+                else:
+                    flat[name] = _convert(name, *declared[name], values[name])
+            return run(cls.from_mapping(flat, "the command line", **fixed), **own)
         groups: dict[str, dict] = {target: {} for target in grouped or {}}
         for key, (target, _, _) in members.items():
             if values.get(key) is not None:
@@ -179,11 +205,49 @@ def from_mapping(cls, values: dict, where: str, **fixed):
             raise UserError(
                 f"unknown key {key!r} in {where}{did_you_mean(str(key), known)}; known: {', '.join(sorted(known))}"
             )
-    converted = {}
-    for key, value in values.items():
-        base, _ = _unwrap(known[key][1])
-        converted[key] = tuple(value) if _element(base) is not None and isinstance(value, list) else value
+    converted = {key: typed(key, value, known[key][1], where) for key, value in values.items()}
     return cls(**fixed, **converted)
+
+
+TYPE_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false", Path: "a path"}
+
+
+def typed(key: str, value, kind, where: str):
+    """``value`` as field ``key`` holds it (lists as tuples, paths from strings), or one clear error for a wrong type."""
+    base, optional = _unwrap(kind)
+    element = _element(base)
+    if value is None and (optional or element is not None):
+        return () if element is not None else None
+    if element is not None:
+        items = value if isinstance(value, (list, tuple)) else None
+        if items is None or not all(_fits(item, element) for item in items):
+            raise UserError(f"{key} in {where} must be a list of {TYPE_NAMES.get(element, element)}s, not {value!r}")
+        return tuple(Path(item) if element is Path else item for item in items)
+    if dataclasses.is_dataclass(base) or base is dict:
+        if isinstance(value, dict):
+            return base(**value) if dataclasses.is_dataclass(base) else value
+        raise UserError(f"{key} in {where} must be a mapping, not {value!r}")
+    if not _fits(value, base):
+        raise UserError(f"{key} in {where} must be {TYPE_NAMES.get(base, base)}, not {value!r}")
+    if base is Path:
+        return Path(value)
+    if base is float:
+        return float(value)
+    return str(value) if base is str else value
+
+
+def _fits(value, kind) -> bool:
+    if kind is bool:
+        return isinstance(value, bool)
+    if kind is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if kind is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if kind is Path:
+        return isinstance(value, (str, Path))
+    if kind is str:  # numbers are fine where text is expected (sparsity: 0.5 in YAML)
+        return isinstance(value, (str, int, float)) and not isinstance(value, bool)
+    return True
 
 
 def jsonable(value):

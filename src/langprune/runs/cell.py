@@ -14,6 +14,8 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import yaml
+
 from .. import calibration as calibration_module
 from ..compress import prune_model
 from ..compress.loop import Plan, resolve
@@ -28,7 +30,7 @@ from ..evaluation.runner import plan
 from ..languages import check_language
 from ..models import check_model, load_model, safetensors_folder
 from ..settings import from_mapping as settings_from_mapping
-from ..settings import jsonable, setting
+from ..settings import jsonable, setting, typed
 from ..storage import write_json_atomic
 from .folder import EVAL_FILE, RunWriter, check_out, load_eval, load_report
 from .provenance import provenance
@@ -110,8 +112,35 @@ class PruneSettings:
         """Settings from flat keys (a grid cell, a config file, a report): method options by their own keys."""
         options = method_options()
         own = {k: v for k, v in values.items() if k not in options}
-        chosen = {k: v for k, v in values.items() if k in options}
+        chosen = {k: typed(k, v, options[k][1], where) for k, v in values.items() if k in options and v is not None}
         return settings_from_mapping(cls, {**own, "method_options": chosen}, where, **fixed)
+
+    @staticmethod
+    def from_config_file(path: Path) -> dict:
+        """The flat settings of a ``prune --config`` YAML file: any prune option by its name with underscores, and
+        method options (``ria_alpha``); ``out`` and ``overwrite`` belong on the command line."""
+        path = Path(path)
+        try:
+            values = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise UserError(f"config file {path} does not exist") from None
+        except (yaml.YAMLError, UnicodeDecodeError) as exc:
+            raise UserError(f"config file {path} is not valid YAML ({str(exc).splitlines()[0]})") from None
+        if not isinstance(values, dict):
+            raise UserError(f"config file {path} must be a mapping of prune settings, e.g. method: sparsegpt")
+        for key in ("out", "overwrite", "method_options"):
+            if key in values:
+                raise UserError(f"config file {path}: {key!r} is not a config key; give --{key} on the command line")
+        PruneSettings.from_mapping(values, f"config file {path}", out=Path("."))  # keys and types, checked now
+        return values
+
+    @staticmethod
+    def from_run(run: Path) -> dict:
+        """The flat settings a run's ``report.json`` recorded, for ``prune --replay`` (its folder is not reused)."""
+        recorded = load_report(run).get("settings")
+        if not isinstance(recorded, dict):
+            raise UserError(f"{run}/report.json records no settings: it was written by an older langprune")
+        return {k: v for k, v in recorded.items() if k not in ("out", "overwrite")}
 
     def record(self) -> dict:
         """The settings as flat JSON (method options beside the rest), as a grid or a config file writes them."""
