@@ -43,6 +43,9 @@ def test_grid_table_shows_unfinished_rows_as_dashes_and_counts_them(tmp_path):
     text = render(table, "md")
     assert "| mono:de | – | – |" in text and "| mono:en | **20.00** | **20.00** |" in text
     assert "1 of 3 cells are not finished" in text
+    png = tmp_path / "t.png"  # every finished value equal and one row missing: drawn, not a crash
+    render(table, "png", png)
+    assert png.read_bytes()[:4] == b"\x89PNG"
     nothing = render(build_table(known_grid(tmp_path / "empty", set()), "ppl", "calib", "eval"), "md")
     assert "| dense | – | – |" in nothing and "| mono:en | – | – |" in nothing
     assert "3 of 3 cells are not finished" in nothing

@@ -56,13 +56,12 @@ class LayerCount(Analysis):
 
     @staticmethod
     def draw(result: dict, folder: Path) -> list[Path]:
-        import matplotlib.pyplot as plt
+        from langprune.analysis.figures import subplots
 
-        figure, axis = plt.subplots()
+        figure, axis = subplots()
         axis.bar(list(result["counts"]), list(result["counts"].values()))
         path = folder / "toy-layers.png"
         figure.savefig(path)
-        plt.close(figure)
         return [path]
 
     @staticmethod
@@ -251,3 +250,20 @@ def test_replay_of_a_folder_that_is_not_a_run_and_config_with_replay_are_one_lin
     assert both.returncode == 2 and "not both" in both.stderr
     version = cli("--version")
     assert version.returncode == 0 and version.stdout.startswith("langprune ")
+
+
+def test_placement_options_read_the_environment_and_the_cache_honours_xdg(checkpoint, cli, tmp_path, monkeypatch):
+    from langprune.storage import cache_dir
+
+    monkeypatch.setenv("LANGPRUNE_DTYPE", "float64")
+    done = cli("prune", "--model", checkpoint, "--method", "magnitude", "--out", tmp_path / "run")
+    assert done.returncode == 2 and "float64" in done.stderr and not (tmp_path / "run").exists()
+    given = cli(
+        "prune", "--model", checkpoint, "--method", "magnitude", "--dtype", "float32", "--out", tmp_path / "run"
+    )
+    assert given.returncode == 0, given.stderr  # the command line wins over the environment
+    monkeypatch.delenv("LANGPRUNE_CACHE", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert cache_dir() == tmp_path / "xdg" / "langprune"
+    monkeypatch.setenv("LANGPRUNE_CACHE", str(tmp_path / "own"))
+    assert cache_dir() == tmp_path / "own"

@@ -29,7 +29,7 @@ from rich.table import Table
 from .errors import UserError, check_at_least
 
 app = typer.Typer(
-    add_completion=False, no_args_is_help=True, help="Prune multilingual LLMs with language-aware calibration."
+    add_completion=True, no_args_is_help=True, help="Prune multilingual LLMs with language-aware calibration."
 )
 
 

@@ -35,11 +35,20 @@ def setting(
     argument: bool = False,
     cli: bool = True,
     required: bool = False,
+    envvar: str | None = None,
 ) -> Any:
     """A settings field: ``flag`` renames its option, ``repeat`` takes a list as repeated options, ``argument``
     makes it positional, ``cli=False`` keeps it off the command line (set by the command itself). ``help`` may be
     a function, called when the command is made (a list read from a registry)."""
-    metadata = {"help": help, "flag": flag, "repeat": repeat, "argument": argument, "cli": cli, "required": required}
+    metadata = {
+        "help": help,
+        "flag": flag,
+        "repeat": repeat,
+        "argument": argument,
+        "cli": cli,
+        "required": required,
+        "envvar": envvar,
+    }
     if isinstance(default, (list, tuple, dict)):
         return dataclasses.field(default_factory=lambda: type(default)(default), metadata=metadata)
     if required:
@@ -92,7 +101,7 @@ def _parameter(name: str, field: dataclasses.Field, kind) -> inspect.Parameter:
     if meta["argument"]:
         info = typer.Argument(... if meta["required"] else default, help=text, show_default=False)
     else:
-        info = typer.Option(default, flag_of(name, field), help=text)
+        info = typer.Option(default, flag_of(name, field), help=text, envvar=meta.get("envvar"))
     return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=info, annotation=annotation)
 
 

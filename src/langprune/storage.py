@@ -31,8 +31,10 @@ _PARTIAL = re.compile(r"\.partial-(\d+)-[^/]*$")
 
 
 def cache_dir() -> Path:
-    """Root of langprune's caches: ``$LANGPRUNE_CACHE`` or ``~/.cache/langprune``."""
-    return Path(os.environ.get("LANGPRUNE_CACHE", Path.home() / ".cache" / "langprune"))
+    """Root of langprune's caches: ``$LANGPRUNE_CACHE``, else ``$XDG_CACHE_HOME/langprune``, else ``~/.cache/langprune``."""
+    if os.environ.get("LANGPRUNE_CACHE"):
+        return Path(os.environ["LANGPRUNE_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "langprune"
 
 
 def partial_path(target: Path) -> Path:

@@ -27,7 +27,7 @@ from typing import ClassVar
 
 from .. import calibration
 from ..data import get_corpus
-from ..engine.placement import DEVICE_HELP, DTYPE_HELP, OFFLOAD_HELP, check_placement
+from ..engine.placement import PlacementSettings
 from ..errors import UserError, check_at_least
 from ..languages import check_language
 from ..models import load_model
@@ -75,15 +75,11 @@ class Analysis:
 
 
 @dataclass(kw_only=True)
-class ModelAnalysis(Analysis):
+class ModelAnalysis(PlacementSettings, Analysis):
     """An analysis that runs a model: where and in which dtype."""
 
-    device: str = setting("auto", DEVICE_HELP)
-    dtype: str = setting("auto", DTYPE_HELP)
-    offload: str = setting("auto", OFFLOAD_HELP)
-
     def validate(self) -> None:
-        check_placement(self.device, self.dtype, self.offload)
+        self.check_placement()
         super().validate()
 
 

@@ -2,7 +2,7 @@
 
 Each ``draw_*`` takes the result dictionary and a folder and returns the PNG
 files it wrote, named after the paper figure they mirror. matplotlib runs
-headless (Agg); every PNG is written to a temporary name and renamed.
+without pyplot (no backend is chosen or forced); every PNG is written to a temporary name and renamed.
 """
 
 from __future__ import annotations
@@ -10,21 +10,29 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
-
-from ..storage import partial_path  # noqa: E402
+from ..storage import partial_path
 
 DPI = 130
+
+
+def subplots(nrows: int = 1, ncols: int = 1, *, figsize=None, layout=None, **options):
+    """A figure and its axes, like ``pyplot.subplots`` but without pyplot: no backend is chosen or forced, nothing
+    global is kept, and matplotlib is imported only when something is drawn."""
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=figsize, layout=layout)
+    return figure, figure.subplots(nrows, ncols, **options)
+
+
+def integer_ticks(axis) -> None:
+    from matplotlib.ticker import MaxNLocator
+
+    axis.xaxis.set_major_locator(MaxNLocator(integer=True))
 
 
 def _save(figure, path: Path) -> Path:
     partial = partial_path(path.with_suffix(".png"))
     figure.savefig(partial, format="png", dpi=DPI, bbox_inches="tight")
-    plt.close(figure)
     partial.replace(path)
     return path
 
@@ -60,7 +68,7 @@ def draw_features(result: dict, folder: Path) -> list[Path]:
     written = []
     split = sum(1 for s in result["sets"] if s["kind"] == "monolingual") - 0.5
     for number, layer in zip((1, 3), result["figure_layers"]):
-        figure, axis = plt.subplots(figsize=(1.2 + 0.6 * len(names), 0.9 + 0.55 * len(names)))
+        figure, axis = subplots(figsize=(1.2 + 0.6 * len(names), 0.9 + 0.55 * len(names)))
         image = _heatmap(
             axis,
             result["overlap"][layer],
@@ -75,7 +83,7 @@ def draw_features(result: dict, folder: Path) -> list[Path]:
         axis.set_ylabel("set whose top features are taken")
         figure.colorbar(image, ax=axis, label="overlap ratio")
         written.append(_save(figure, folder / f"figure{number}-overlap-block{layer}.png"))
-    figure, axis = plt.subplots(figsize=(7, 4))
+    figure, axis = subplots(figsize=(7, 4))
     for label, values in result["quadrants"].items():
         if any(v is not None for v in values):
             axis.plot(
@@ -86,13 +94,13 @@ def draw_features(result: dict, folder: Path) -> list[Path]:
                 label=label,
             )
     axis.set_xlabel("decoder block")
-    axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+    integer_ticks(axis)
     axis.set_ylabel("mean overlap ratio (off-diagonal)")
     axis.set_title(f"Figure 4: quadrant averages of the top/bottom-{result['beta']:g}% overlap (rows x columns)")
     axis.legend(fontsize=8)
     written.append(_save(figure, folder / "figure4-quadrants.png"))
     for entry in result["top_features"]:
-        figure, axis = plt.subplots(figsize=(9, 3.5))
+        figure, axis = subplots(figsize=(9, 3.5))
         count, width = len(entry["features"]), 0.8 / len(entry["norms"])
         for k, (name, values) in enumerate(entry["norms"].items()):
             axis.bar([i + k * width for i in range(count)], values, width=width, label=_short(name))
@@ -115,7 +123,7 @@ def draw_masks(result: dict, folder: Path) -> list[Path]:
     rows = math.ceil(len(panels) / columns)
     known = [v for _, per in panels for m in modules for v in per[m] if v is not None]
     low = math.floor(min(known, default=0.0) * 10) / 10  # the colour scale starts near the data, as in the paper
-    figure, axes = plt.subplots(
+    figure, axes = subplots(
         rows,
         columns,
         figsize=(0.22 * blocks * columns + 2.8, 0.32 * len(modules) * rows + 1.0 * rows),
@@ -137,9 +145,7 @@ def draw_masks(result: dict, folder: Path) -> list[Path]:
     figure.colorbar(image, ax=axes, label="share of pruned weights")
     written.append(_save(figure, folder / "figure2-mask-iou.png"))
     labels = [g["label"] for g in result["groups"]]
-    figure, axes = plt.subplots(
-        1, len(modules), figsize=(2.2 * len(modules) + 1, 2.8), squeeze=False, layout="constrained"
-    )
+    figure, axes = subplots(1, len(modules), figsize=(2.2 * len(modules) + 1, 2.8), squeeze=False, layout="constrained")
     for axis, module in zip(axes.flat, modules):
         matrix = [[1.0 if a == b else _pair(result, a, b, module) for b in labels] for a in labels]
         image = _heatmap(axis, matrix, labels, labels, module, vmin=low)
@@ -158,11 +164,13 @@ def _pair(result: dict, a: str, b: str, module: str):
 def draw_lape(result: dict, folder: Path) -> list[Path]:
     models, focus = result["models"], result["focus_language"]
     shown = max(1, round(result["plot_share"] / result["group_share"]))
-    figure, axes = plt.subplots(
+    figure, axes = subplots(
         3, 1, figsize=(max(8, 0.7 * shown * len(models) / 2 + 4), 10), sharex=True, layout="constrained"
     )
     width = 0.8 / len(models)
-    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    from matplotlib import rcParams
+
+    colours = rcParams["axes.prop_cycle"].by_key()["color"]
     for k, label in enumerate(models):
         per = result["per_model"][label]
         stats = [dict(s, label="") for s in per["lape_box"][:shown] if s["n"]]
@@ -203,7 +211,7 @@ def draw_lsar(result: dict, folder: Path) -> list[Path]:
     languages, blocks, pruned = result["languages"], result["blocks"], result["models"][1:]
     chosen = sorted({round(i * (blocks - 1) / 3) for i in range(4)})
     written = []
-    figure, axes = plt.subplots(
+    figure, axes = subplots(
         2, len(chosen), figsize=(3.2 * len(chosen), 6.5), sharey="row", squeeze=False, layout="constrained"
     )
     for row, part in enumerate(("agnostic", "specific")):
@@ -219,7 +227,7 @@ def draw_lsar(result: dict, folder: Path) -> list[Path]:
     axes[0][-1].legend(fontsize=7)
     figure.suptitle("Figure 1: change of language-agnostic and language-specific features after pruning (LSAR)")
     written.append(_save(figure, folder / "figure1-lsar.png"))
-    figure, axes = plt.subplots(1, 2, figsize=(11, 4), squeeze=False, layout="constrained")
+    figure, axes = subplots(1, 2, figsize=(11, 4), squeeze=False, layout="constrained")
     for column, part in enumerate(("agnostic", "specific")):
         axis = axes[0][column]
         for label in pruned:
@@ -232,7 +240,7 @@ def draw_lsar(result: dict, folder: Path) -> list[Path]:
                 label=label,
             )
         axis.set_xlabel("decoder block")
-        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+        integer_ticks(axis)
         axis.set_ylabel(f"Δ {part} / dense {part} norm (mean over languages)")
         axis.set_title(f"{part} features, all blocks")
     axes[0][1].legend(fontsize=7)

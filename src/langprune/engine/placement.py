@@ -20,11 +20,13 @@ from __future__ import annotations
 
 import re
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from ..errors import UserError
+from ..settings import setting
 from .architecture import find_blocks
 from .checkpoint import Checkpoint
 
@@ -297,3 +299,16 @@ def check_placement(device: str, dtype: str, offload: str) -> None:
     resolve_device(device)
     check_dtype(dtype)
     check_offload(offload)
+
+
+@dataclass(kw_only=True)
+class PlacementSettings:
+    """Where a model runs: the options every command that loads a model shares. On the command line each may also
+    come from the environment (``LANGPRUNE_DEVICE``, ``LANGPRUNE_DTYPE``, ``LANGPRUNE_OFFLOAD``)."""
+
+    device: str = setting("auto", DEVICE_HELP, envvar="LANGPRUNE_DEVICE")
+    dtype: str = setting("auto", DTYPE_HELP, envvar="LANGPRUNE_DTYPE")
+    offload: str = setting("auto", OFFLOAD_HELP, envvar="LANGPRUNE_OFFLOAD")
+
+    def check_placement(self) -> None:
+        check_placement(self.device, self.dtype, self.offload)

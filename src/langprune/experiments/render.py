@@ -79,12 +79,10 @@ def render(table: dict, fmt: str, png: Path | None = None) -> str:
 
 
 def _heatmap(table: dict, png: Path | None) -> str:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import numpy as np
     from matplotlib.colors import LogNorm
 
+    from ..analysis.figures import subplots
     from ..storage import partial_path
 
     if png is None:
@@ -92,7 +90,7 @@ def _heatmap(table: dict, png: Path | None) -> str:
     sections = table["sections"]
     if not any(cell for section in sections for cell in section["cells"].values()):
         raise UserError("no finished cells to draw yet: run the grid first")
-    figure, axes = plt.subplots(
+    figure, axes = subplots(
         1,
         len(sections),
         figsize=(
@@ -121,14 +119,16 @@ def _heatmap(table: dict, png: Path | None) -> str:
         for i, row in enumerate(values):
             for j, value in enumerate(row):
                 if not math.isnan(value):
-                    shade = image.cmap(image.norm(value))
+                    # flattened: with every value equal, the norm returns a one-element array, not a scalar
+                    shade = np.asarray(image.cmap(image.norm(value)), dtype=float).reshape(-1)
                     dark = 0.299 * shade[0] + 0.587 * shade[1] + 0.114 * shade[2] < 0.5
                     axis.text(
                         j, i, f"{value:.1f}", ha="center", va="center", fontsize=7, color="white" if dark else "black"
                     )
+                else:  # not finished yet
+                    axis.text(j, i, "–", ha="center", va="center", fontsize=7, color="grey")
         figure.colorbar(image, ax=axis, label=table["metric"])
     partial = partial_path(Path(png))
     figure.savefig(partial, format="png", dpi=130)
-    plt.close(figure)
     partial.replace(png)
     return str(png)

@@ -22,7 +22,7 @@ from ..compress.loop import Plan, resolve
 from ..compress.methods import METHODS, method_options
 from ..compress.profiles import OWL_LAMBDA, OWL_M, Profile
 from ..data import get_corpus
-from ..engine.placement import DEVICE_HELP, DTYPE_HELP, OFFLOAD_HELP, check_placement
+from ..engine.placement import PlacementSettings
 from ..errors import UserError, check_at_least
 from ..evaluation import EvalOptions, evaluate, perplexity
 from ..evaluation.harness import check_harness_tasks
@@ -57,7 +57,7 @@ class Reporter:
 
 
 @dataclass(kw_only=True)
-class PruneSettings:
+class PruneSettings(PlacementSettings):
     """Everything a pruning run needs, declared once: the ``prune`` options, the grid's and config files' keys.
 
     Each field carries its help text; ``langprune prune`` is made from these
@@ -102,9 +102,6 @@ class PruneSettings:
     )
     eval_corpus: str = setting("udhr", "Corpus whose evaluation part --eval-langs reads.")
     overwrite: bool = setting(False, "Replace an existing --out run folder.")
-    device: str = setting("auto", DEVICE_HELP)
-    dtype: str = setting("auto", DTYPE_HELP)
-    offload: str = setting("auto", OFFLOAD_HELP)
     method_options: dict = setting({}, "Options of the method by key (ria_alpha, mask_selection...).", cli=False)
 
     @classmethod
@@ -163,7 +160,7 @@ class PruneSettings:
 
     def validate(self) -> None:
         """Every check that needs no model: one clear error for the first mistake found."""
-        check_placement(self.device, self.dtype, self.offload)
+        self.check_placement()
         self.plan()
         check_model(self.model)
         check_not_quantized(self.model)
@@ -248,8 +245,8 @@ def run_prune(settings: PruneSettings, reporter: Reporter | None = None) -> dict
     return report
 
 
-@dataclass
-class EvalSettings:
+@dataclass(kw_only=True)
+class EvalSettings(PlacementSettings):
     """An evaluation run: a run folder or a dense model, tasks, languages, options, and where eval.json goes.
 
     Declared once, like ``PruneSettings``: ``langprune eval`` is made from these fields and ``EvalOptions``'.
@@ -264,12 +261,9 @@ class EvalSettings:
     langs: tuple[str, ...] = setting(("en", "de", "fr"), "Comma-separated evaluation languages.")
     options: EvalOptions = field(default_factory=EvalOptions)
     out: Path | None = setting(None, "Folder for eval.json (default: the run folder; runs/<model>-dense with --model).")
-    device: str = setting("auto", DEVICE_HELP)
-    dtype: str = setting("auto", DTYPE_HELP)
-    offload: str = setting("auto", OFFLOAD_HELP)
 
     def validate(self) -> None:
-        check_placement(self.device, self.dtype, self.offload)
+        self.check_placement()
         if (self.run is None) == (self.model is None):
             raise UserError("give a run folder or --model, not both and not neither")
         plan(list(self.tasks), list(self.langs), self.options)  # refuse a task without data before loading anything
