@@ -73,10 +73,6 @@ err_console = _console(stderr=True)
 JSON_HELP = "Print the result as JSON (for scripts) instead of tables."
 
 
-def _list(text: str | None) -> list[str]:
-    return [item.strip() for item in text.split(",") if item.strip()] if text else []
-
-
 def _print_json(value) -> None:
     sys.stdout.write(json.dumps(value, indent=1, ensure_ascii=False) + "\n")
 
@@ -649,13 +645,6 @@ def grid_table_command(
         console.print(f"wrote {out}")
     else:
         sys.stdout.write(text + "\n")
-
-
-def _ints(option: str, text: str | None) -> tuple[int, ...]:
-    try:
-        return tuple(int(item) for item in _list(text))
-    except ValueError:
-        raise UserError(f"{option} takes comma-separated integers, e.g. 9,17; not {text!r}") from None
 
 
 def _fail(message: str, code: int = 2) -> None:
