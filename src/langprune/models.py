@@ -18,6 +18,7 @@ import socket
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -147,6 +148,11 @@ def check_model(name: str) -> None:
     """
     if model_kind(name) != "hub":
         return
+    _check_hub_model(name)
+
+
+@cache  # a grid checks each cell's model: ask the hub once per name (failures raise and are not kept)
+def _check_hub_model(name: str) -> None:
     from huggingface_hub import constants, model_info, try_to_load_from_cache
     from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError
 

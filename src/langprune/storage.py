@@ -208,6 +208,23 @@ def write_json_atomic(path: Path, value) -> Path:
     return path
 
 
+def read_yaml_mapping(path: Path, what: str, shape: str) -> dict:
+    """A YAML mapping from ``path`` (a grid or config file); one clear line when it is missing, invalid or not a
+    mapping, ``shape`` saying what the mapping should hold."""
+    import yaml
+
+    path = Path(path)
+    try:
+        value = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserError(f"{what} {path} does not exist") from None
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path} is not valid YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(value, dict):
+        raise UserError(f"{path}: a {what} {shape}")
+    return value
+
+
 def read_json_object(path: Path, what: str) -> dict:
     """A JSON object from ``path``; one clear line when the file is missing, unreadable, corrupt or not an object."""
     path = Path(path)

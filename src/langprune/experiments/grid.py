@@ -32,8 +32,6 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
 from .. import calibration
 from ..compress.methods import get_method, method_options
 from ..compress.sparsity import Sparsity
@@ -45,6 +43,7 @@ from ..evaluation.runner import plan
 from ..languages import check_language
 from ..models import check_model
 from ..runs.cell import PruneSettings
+from ..storage import read_yaml_mapping
 
 AXES = {"models": "model", "methods": "method", "sparsities": "sparsity", "calibration": "calib", "seeds": "seed"}
 TOP_KEYS = set(AXES) | {
@@ -129,14 +128,7 @@ def _as_list(path: Path, value, name: str) -> list:
 def load_grid(path: Path, profile: str | None = None, out: Path | None = None) -> Grid:
     """Read, validate and expand a grid file; one clear line for the first mistake."""
     path = Path(path)
-    try:
-        spec = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise UserError(f"grid file {path} does not exist") from None
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise UserError(f"{path} is not valid YAML ({str(exc).splitlines()[0]})") from None
-    if not isinstance(spec, dict):
-        raise _mistake(path, "a grid file is a mapping of keys (models, methods, calibration, ...)")
+    spec = read_yaml_mapping(path, "grid file", "is a mapping of keys (models, methods, calibration, ...)")
     _unknown(path, spec, TOP_KEYS, "the grid")
     profiles = spec.get("profiles") or {}
     if profile is not None:

@@ -14,8 +14,6 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import yaml
-
 from .. import calibration as calibration_module
 from ..compress import prune_model
 from ..compress.loop import Plan, resolve
@@ -31,7 +29,7 @@ from ..languages import check_language
 from ..models import check_model, load_model, safetensors_folder
 from ..settings import from_mapping as settings_from_mapping
 from ..settings import jsonable, setting, typed
-from ..storage import write_json_atomic
+from ..storage import read_yaml_mapping, write_json_atomic
 from .folder import EVAL_FILE, RunWriter, check_out, load_eval, load_report
 from .provenance import provenance
 from .quantized import saved_spec
@@ -117,14 +115,7 @@ class PruneSettings(PlacementSettings):
         """The flat settings of a ``prune --config`` YAML file: any prune option by its name with underscores, and
         method options (``ria_alpha``); ``out`` and ``overwrite`` belong on the command line."""
         path = Path(path)
-        try:
-            values = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise UserError(f"config file {path} does not exist") from None
-        except (yaml.YAMLError, UnicodeDecodeError) as exc:
-            raise UserError(f"config file {path} is not valid YAML ({str(exc).splitlines()[0]})") from None
-        if not isinstance(values, dict):
-            raise UserError(f"config file {path} must be a mapping of prune settings, e.g. method: sparsegpt")
+        values = read_yaml_mapping(path, "config file", "must be a mapping of prune settings, e.g. method: sparsegpt")
         for key in ("out", "overwrite", "method_options"):
             if key in values:
                 raise UserError(f"config file {path}: {key!r} is not a config key; give --{key} on the command line")
