@@ -213,8 +213,11 @@ def cli(capsys, monkeypatch):
     interpreter's start-up): returns a CompletedProcess with the exit code and captured output."""
     import subprocess
     import sys
+    import warnings
 
     from langprune.cli import main
+
+    monkeypatch.setattr(warnings, "showwarning", warnings.showwarning)  # the CLI routes warnings into logging
 
     def run(*args) -> subprocess.CompletedProcess:
         monkeypatch.setattr(sys, "argv", ["langprune", *map(str, args)])

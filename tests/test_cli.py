@@ -203,3 +203,38 @@ def test_eval_of_a_run_folder_without_a_model_is_refused(tmp_path, cli):
     (tmp_path / "run" / "report.json").write_text('{"model": "gemma-3-270m"}')
     done = cli("eval", tmp_path / "run", "--tasks", "ppl", "--langs", "en")
     assert done.returncode == 2 and "has no model" in done.stderr
+
+
+def test_verbosity_flags_choose_what_reaches_stderr(checkpoint, tmp_path, cli):
+    args = ["prune", "--model", checkpoint, "--method", "wanda", "--calib", f"file:{checkpoint / 'calib.txt'}"]
+    quiet = cli("-q", *args, "--nsamples", "2", "--seqlen", "8", "--out", tmp_path / "q")
+    assert quiet.returncode == 0 and quiet.stderr == "" and "calibration" not in quiet.stdout
+    assert "pruned" in quiet.stdout  # results still print
+    verbose = cli("-vv", *args, "--nsamples", "2", "--seqlen", "8", "--out", tmp_path / "v")
+    assert verbose.returncode == 0 and "calibration" in verbose.stdout
+    assert "info: loaded" in verbose.stderr and "debug: block 1/" in verbose.stderr, verbose.stderr
+
+
+def test_library_warnings_are_shown_as_one_line_unless_quiet(capsys, monkeypatch):
+    import logging
+    import warnings
+
+    from transformers.utils import logging as hf_logging
+
+    from langprune.cli import configure_logging
+
+    monkeypatch.setattr(warnings, "showwarning", warnings.showwarning)
+    try:
+        configure_logging(0)
+        hf_logging.get_logger("transformers.modeling_utils").warning("odd checkpoint")  # no longer silenced
+        warnings.warn("ran out of text", UserWarning, stacklevel=1)
+        logging.getLogger("langprune.runs").info("hidden by default")
+        err = capsys.readouterr().err
+        assert "warning: odd checkpoint" in err and "warning: ran out of text" in err and "hidden" not in err, err
+        assert len(err.strip().splitlines()) == 2
+        configure_logging(-1)
+        hf_logging.get_logger("transformers.modeling_utils").warning("odd checkpoint")
+        warnings.warn("ran out of text", UserWarning, stacklevel=1)
+        assert capsys.readouterr().err == ""
+    finally:
+        configure_logging(0)

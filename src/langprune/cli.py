@@ -7,6 +7,7 @@ is ever cut; ``--json`` gives scripts the numbers themselves.
 from __future__ import annotations
 
 import json
+import logging
 import sys
 import warnings
 from contextlib import contextmanager
@@ -46,8 +47,85 @@ def _root(
     version: bool = typer.Option(
         False, "--version", callback=_show_version, is_eager=True, help="Print the version and exit."
     ),
+    verbose: int = typer.Option(
+        0, "--verbose", "-v", count=True, help="More log output: -v langprune's steps, -vv also debug details."
+    ),
+    quiet: int = typer.Option(
+        0,
+        "--quiet",
+        "-q",
+        count=True,
+        help="Less output: -q only errors and results (silences transformers' warnings).",
+    ),
 ) -> None:
     """Prune multilingual LLMs with language-aware calibration."""
+    configure_logging(verbose - quiet)
+
+
+# Log levels by verbosity (-v adds one, -q takes one away): (langprune, transformers and other libraries)
+_LEVELS = {
+    -1: (logging.ERROR, logging.ERROR),
+    0: (logging.WARNING, logging.WARNING),
+    1: (logging.INFO, logging.WARNING),
+    2: (logging.DEBUG, logging.INFO),
+}
+_verbosity = 0
+
+
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is now (a test's capture, a redirected stream), not the one at set-up."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
+class _PlainFormatter(logging.Formatter):
+    """``warning: message`` (lower-case level names, as langprune's own error lines)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return super().format(logging.makeLogRecord({**record.__dict__, "levelname": record.levelname.lower()}))
+
+
+def configure_logging(verbosity: int) -> None:
+    """Route langprune's, transformers' and Python's warnings through one rich handler on stderr.
+
+    The default shows warnings from every library (a user should see transformers telling them a
+    checkpoint is odd); ``-q`` keeps only errors, ``-v``/``-vv`` add langprune's steps and debug details.
+    """
+    global _verbosity
+    from rich.logging import RichHandler
+    from transformers.utils import logging as hf_logging
+
+    _verbosity = max(-1, min(2, verbosity))
+    ours, theirs = _LEVELS[_verbosity]
+    if sys.stderr.isatty():
+        handler = RichHandler(console=err_console, show_time=False, show_path=_verbosity >= 2, markup=False)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+    else:  # a log file or pipe gets one plain line per record, like the error: lines
+        handler = _StderrHandler()
+        handler.setFormatter(_PlainFormatter("%(levelname)s: %(message)s"))
+    handler.set_name("langprune")
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if h.get_name() == "langprune"]:
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(theirs)
+    logging.getLogger("langprune").setLevel(ours)
+    # warnings.warn from any library becomes one log record with just its message (no source line)
+    warnings.showwarning = lambda message, *args, **kwargs: logging.getLogger("py.warnings").warning("%s", message)
+    logging.getLogger("py.warnings").setLevel(ours)
+    hf_logging.disable_default_handler()  # transformers logs through the root handler above, once
+    hf_logging.enable_propagation()
+    hf_logging.set_verbosity(theirs)
+    if _verbosity < 1:
+        hf_logging.disable_progress_bar()  # langprune draws its own bars
+    else:
+        hf_logging.enable_progress_bar()
 
 
 data_app = typer.Typer(no_args_is_help=True, help="The corpus catalog: list and fetch corpora.")
@@ -81,7 +159,7 @@ class _CliReporter:
     """Shows a cell's progress: a spinner while loading, notes as lines, bars for blocks and evaluations."""
 
     def __init__(self, quiet: bool = False, transient: bool = False):
-        self.quiet = quiet
+        self.quiet = quiet or _verbosity < 0
         self.transient = transient  # bars vanish when closed: a grid leaves one line per cell
         self.bar: Progress | None = None
         self.task = None
@@ -97,6 +175,8 @@ class _CliReporter:
 
     def _bar(self):
         if self.bar is None:
+            if _verbosity < 0:  # -q: no bars either
+                return _NO_BAR
             self.bar = Progress(
                 TextColumn("{task.description}"),
                 BarColumn(),
@@ -120,6 +200,14 @@ class _CliReporter:
             self.bar.live.transient = failed or self.transient  # a failed run leaves only its error line
             self.bar.stop()
             self.bar = None
+
+
+class _NoBar:
+    def update(self, *args, **kwargs) -> None:
+        pass
+
+
+_NO_BAR = _NoBar()
 
 
 @contextmanager
@@ -658,12 +746,7 @@ def main() -> None:
     ClickException = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
     Abort = typer.Abort
 
-    warnings.filterwarnings("ignore", module="transformers")
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
-    hf_logging.set_verbosity_error()
-    warnings.showwarning = lambda message, *args, **kwargs: err_console.print(f"warning: {message}", highlight=False)
+    configure_logging(0)  # before any command runs; the root callback applies -v/-q
     _build_commands()
     try:
         code = app(standalone_mode=False)

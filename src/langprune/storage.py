@@ -19,12 +19,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from .errors import UserError
+from filelock import FileLock, Timeout
 
-try:
-    import fcntl
-except ImportError:  # Windows: no advisory locks; a writer is then known by its pid alone
-    fcntl = None
+from .errors import UserError
 
 WRITER_LOCK = ".langprune-writer.lock"  # inside a partial folder, locked by its writer while it lives
 _PARTIAL = re.compile(r"\.partial-(\d+)-[^/]*$")
@@ -48,18 +45,29 @@ def partial_path(target: Path) -> Path:
 
 
 @contextmanager
+def os_lock(path: Path, wait: bool = True) -> Iterator[bool]:
+    """Hold an operating-system lock on the file ``path`` for the block (``filelock``: flock on POSIX, msvcrt on
+    Windows); the system drops it when its holder dies, kill -9 included. With ``wait=False`` it yields False,
+    holding nothing, when another holder has it."""
+    lock = FileLock(path, timeout=-1 if wait else 0)
+    try:
+        lock.acquire()
+    except Timeout:
+        yield False
+        return
+    try:
+        yield True
+    finally:
+        lock.release()
+
+
+@contextmanager
 def locked(target: Path):
     """Hold an exclusive lock on ``<target>.lock`` (blocking): one builder of a cache entry at a time."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    with open(target.with_name(target.name + ".lock"), "a") as handle:
-        if fcntl is not None:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            if fcntl is not None:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+    with os_lock(target.with_name(target.name + ".lock")):
+        yield
 
 
 @contextmanager
@@ -75,9 +83,7 @@ def partial_folder(target: Path) -> Iterator[Path]:
     remove_stale_partials(target)
     partial = partial_path(target)
     partial.mkdir(parents=True)
-    with open(partial / WRITER_LOCK, "a") as handle:
-        if fcntl is not None:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    with os_lock(partial / WRITER_LOCK, wait=False):
         yield partial
         # Renamed into place by now, or about to be removed: the lock file goes with the writer.
         for folder in (partial, Path(target)):
@@ -88,23 +94,21 @@ def partial_folder(target: Path) -> Iterator[Path]:
 def _writer_gone(partial: Path) -> bool:
     """True when nobody writes ``partial`` any more: its lock can be taken, or (without one) its pid is dead."""
     lock = partial / WRITER_LOCK
-    if partial.is_dir() and lock.is_file() and fcntl is not None:
+    if partial.is_dir() and lock.is_file():
         try:
-            with open(lock, "a") as handle:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                return True
-        except (BlockingIOError, PermissionError):
+            with os_lock(lock, wait=False) as free:
+                return free
+        except PermissionError:
             return False
     match = _PARTIAL.search(partial.name)
     if match is None:
         return False
+    import psutil  # not os.kill(pid, 0): on Windows signal 0 is Ctrl-C
+
     try:
-        os.kill(int(match.group(1)), 0)
-    except ProcessLookupError:
-        return True
-    except (PermissionError, OverflowError):  # alive under another user, or not a pid
+        return not psutil.pid_exists(int(match.group(1)))
+    except (OverflowError, ValueError):  # not a pid
         return False
-    return False
 
 
 def stale_partials(folder: Path, name: str | None = None, recursive: bool = False) -> list[Path]:

@@ -12,6 +12,7 @@ pass itself writes the dense outputs, so there is a single pass per block.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -33,6 +34,8 @@ from .result import LayerChange, SparsityTally, zeros
 from .sparsity import Sparsity
 
 PROPAGATE = ("pruned", "dense")
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -249,6 +252,7 @@ def _compress_blocks(model, plan: Plan, engine, per_block, layer_filter, seed, p
         engine.capture()
     with torch.no_grad():
         for index in range(len(blocks)):
+            block_started = time.perf_counter()
             with placement.hold(index):
                 layers = prunable_layers(blocks[index], f"{blocks_name}.{index}", layer_filter)
                 check_finite(layers)
@@ -270,6 +274,13 @@ def _compress_blocks(model, plan: Plan, engine, per_block, layer_filter, seed, p
                     on_block(index, changes)
                 else:
                     kept.update(changes)
+            log.debug(
+                "block %d/%d: %d layers in %.2f s",
+                index + 1,
+                len(blocks),
+                len(changes),
+                time.perf_counter() - block_started,
+            )
             if progress:
                 progress(index + 1, len(blocks))
     if engine is not None:

@@ -33,13 +33,8 @@ from ..errors import UserError
 from ..evaluation import EvalOptions
 from ..runs import EvalSettings, PruneSettings, Reporter, run_eval, run_prune
 from ..runs.folder import REPORT_FILE
-from ..storage import write_json_atomic
+from ..storage import os_lock, write_json_atomic
 from .grid import Cell, Grid
-
-try:
-    import fcntl
-except ImportError:  # Windows has no advisory locks: there, run one `grid run` of a grid at a time
-    fcntl = None
 
 CELL_FILE = "cell.json"
 EXECUTORS = ("local", "ray")
@@ -63,17 +58,9 @@ def _lock_path(folder: Path) -> Path:
 @contextmanager
 def _claim(folder: Path) -> Iterator[bool]:
     """Hold the cell's lock for the duration of the block; yields False, holding nothing, when another process has it."""
-    if fcntl is None:
-        yield True
-        return
     folder.parent.mkdir(parents=True, exist_ok=True)
-    with open(_lock_path(folder), "a") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            yield False
-            return
-        yield True  # released when the file is closed, or when this process dies
+    with os_lock(_lock_path(folder), wait=False) as free:
+        yield free  # released at the end of the block, or when this process dies
 
 
 def _held_elsewhere(folder: Path) -> bool:

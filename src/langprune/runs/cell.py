@@ -10,6 +10,8 @@ its output atomically. What a cell has to say while it runs goes to a
 
 from __future__ import annotations
 
+import logging
+import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -33,6 +35,8 @@ from ..storage import read_yaml_mapping, write_json_atomic
 from .folder import EVAL_FILE, RunWriter, check_out, load_eval, load_report
 from .provenance import provenance
 from .quantized import saved_spec
+
+log = logging.getLogger(__name__)
 
 MAX_SEED = 2**64 - 1
 
@@ -190,8 +194,10 @@ def run_prune(settings: PruneSettings, reporter: Reporter | None = None) -> dict
     pretokenized = calibration_module.load_tokens(settings.tokens) if settings.tokens else None
     languages = list(settings.eval_langs)
     with RunWriter(Path(settings.out), settings.overwrite) as run:  # a folder that cannot be written fails here, early
+        started = time.perf_counter()
         with reporter.loading(settings.model):
             lm, tokenizer = load_model(settings.model, settings.dtype, settings.device, settings.offload)
+        log.info("loaded %s in %.1f s (%s)", settings.model, time.perf_counter() - started, settings.dtype)
         if settings.calib or settings.contrast:
             calibration_module.check_seqlen(settings.seqlen, lm)
         build = lambda recipe: calibration_module.build(
@@ -207,6 +213,9 @@ def run_prune(settings: PruneSettings, reporter: Reporter | None = None) -> dict
                     f"({chosen.tokens} real tokens)"
                 )
         before = perplexity(lm, tokenizer, languages, corpus=settings.eval_corpus) if languages else {}
+        log.info(
+            "compressing with %s (sparsity %s, quantize %s)", plan.method.name, settings.sparsity, settings.quantize
+        )
         result = prune_model(
             lm,
             calibration,
