@@ -352,6 +352,23 @@ def _eval(settings, as_json: bool = typer.Option(False, "--json", help=JSON_HELP
     console.print(f"wrote {settings.target}")
 
 
+@app.command("push")
+def push_command(
+    run: Path = typer.Argument(..., help="A run folder written by langprune prune."),
+    repo_id: str = typer.Option(..., "--repo-id", help="The hub repository to create or update: ORG/NAME."),
+    private: bool = typer.Option(False, "--private", help="Create the repository private (when it is new)."),
+):
+    """Upload a run folder (checkpoint, model card, masks, report) to the Hugging Face hub.
+
+    Uses huggingface_hub's endpoint and token: HF_ENDPOINT, HF_TOKEN or `hf auth login`.
+    """
+    from .runs.hub import push_run
+
+    with err_console.status(f"pushing {run} to {repo_id}"):
+        url = push_run(run, repo_id, private)
+    console.print(f"pushed {run} to {repo_id}: {url}", highlight=False)
+
+
 @app.command("clean")
 def clean_command(
     folders: list[Path] = typer.Argument(None, help="Folders to search, with everything under them (default: here)."),
@@ -552,7 +569,7 @@ def _analysis_command(cls, typer_app: typer.Typer) -> None:
     typer_app.command(cls.name, help=help_text)(settings_module.command(cls, run))
 
 
-COMMAND_ORDER = ("prune", "inspect", "eval", "compare", "clean")  # as `langprune --help` lists them
+COMMAND_ORDER = ("prune", "inspect", "eval", "compare", "push", "clean")  # as `langprune --help` lists them
 
 
 def _prune_base(config: Path | None = None, replay: Path | None = None) -> dict:

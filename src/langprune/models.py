@@ -63,15 +63,33 @@ class Alias:
     name: str
     description: str
     gguf: Callable[[], Path]
+    hub_id: str  # the model it was converted from, named on model cards as the base model
 
 
 ALIASES = {
     alias.name: alias
     for alias in (
-        Alias("gemma-3-270m", "Gemma 3 270M base, multilingual (GGUF Q4_K_M, de-quantised)", _gemma_gguf),
-        Alias("smollm2-135m", "SmolLM2 135M Instruct, English-centric (GGUF Q4_1, de-quantised)", _smollm2_gguf),
+        Alias(
+            "gemma-3-270m",
+            "Gemma 3 270M base, multilingual (GGUF Q4_K_M, de-quantised)",
+            _gemma_gguf,
+            "google/gemma-3-270m",
+        ),
+        Alias(
+            "smollm2-135m",
+            "SmolLM2 135M Instruct, English-centric (GGUF Q4_1, de-quantised)",
+            _smollm2_gguf,
+            "HuggingFaceTB/SmolLM2-135M-Instruct",
+        ),
     )
 }
+
+
+def hub_id_of(name: str) -> str | None:
+    """The hub id a ``--model`` value stands for: an alias' source model, a hub id itself, None for a folder."""
+    if name in ALIASES:
+        return ALIASES[name].hub_id
+    return name if HUB_ID.fullmatch(name) and not Path(name).expanduser().exists() else None
 
 
 def converted_alias_dir(alias: str) -> Path:
@@ -311,9 +329,11 @@ def load_model(name: str, dtype: str = "auto", device: str | torch.device = "aut
 
 
 def _is_compressed_tensors(config) -> bool:
+    """Quantized in the compressed-tensors format (a pruned checkpoint that only declares its sparsity is not)."""
     quant = getattr(config, "quantization_config", None)
-    method = quant.get("quant_method") if isinstance(quant, dict) else getattr(quant, "quant_method", None)
-    return str(getattr(method, "value", method)) == "compressed-tensors"
+    read = (lambda key: quant.get(key)) if isinstance(quant, dict) else (lambda key: getattr(quant, key, None))
+    method = read("quant_method")
+    return str(getattr(method, "value", method)) == "compressed-tensors" and bool(read("config_groups"))
 
 
 def _dequantizing() -> dict:

@@ -200,8 +200,12 @@ def write_json_atomic(path: Path, value) -> Path:
     NaN and infinity are refused (``allow_nan=False``): the caller must turn
     an undefined number into ``None`` and say why.
     """
+    return write_text_atomic(path, json.dumps(value, indent=1, ensure_ascii=False, allow_nan=False) + "\n")
+
+
+def write_text_atomic(path: Path, text: str) -> Path:
+    """Write text to a unique temporary name beside ``path``, then rename it into place."""
     path = Path(path)
-    text = json.dumps(value, indent=1, ensure_ascii=False, allow_nan=False) + "\n"
     partial = partial_path(path)
     try:
         partial.write_text(text, encoding="utf-8")

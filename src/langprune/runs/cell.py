@@ -32,6 +32,7 @@ from ..models import check_model, load_model, safetensors_folder
 from ..settings import from_mapping as settings_from_mapping
 from ..settings import jsonable, setting, typed
 from ..storage import read_yaml_mapping, write_json_atomic
+from .card import write_card
 from .folder import EVAL_FILE, RunWriter, check_out, load_eval, load_report
 from .provenance import provenance
 from .quantized import saved_spec
@@ -325,6 +326,8 @@ def run_eval(settings: EvalSettings, reporter: Reporter | None = None) -> dict:
     )
     results.update(header, provenance=provenance())
     write_json_atomic(target, results)
+    if settings.run is not None and target.parent.resolve() == Path(settings.run).resolve():
+        write_card(settings.run, load_report(settings.run), results)  # the card shows the new numbers
     if results["failed"]:
         failures = "; ".join(f"{job}: {why}" for job, why in results["failed"].items())
         raise UserError(

@@ -24,6 +24,7 @@ from safetensors.torch import save_file
 
 from ..compress.quantization import QuantSpec
 from ..compress.result import LayerChange, SparsityTally
+from ..compress.sparsity import Sparsity
 from ..engine.architecture import is_conv1d
 from ..engine.placement import placement_of
 from ..errors import UserError
@@ -36,6 +37,7 @@ from ..storage import (
     write_json_atomic,
 )
 from . import quantized
+from .card import write_card
 
 MASKS_DIR = "masks"
 MASKS_INDEX = "index.json"
@@ -175,8 +177,19 @@ class RunWriter:
             config = copy.deepcopy(model.config)
             config.dtype = placement.save_dtype
             config.architectures = [type(model).__name__]
-            if self.quantized:
-                config.quantization_config = quantized.quantization_config(self.quant_spec, model, self.quantized)
+            scheme = quantized.quantization_config(self.quant_spec, model, self.quantized) if self.quantized else None
+            sparsity = None
+            if report["method"] != "none":
+                pruned = set(report["layers"])
+                structure = Sparsity.parse(report["sparsity"])
+                sparsity = quantized.sparsity_config(
+                    model,
+                    pruned,
+                    str(structure) if structure.structured else "unstructured",
+                    report["sparsity_all_parameters"],
+                )
+            if scheme or sparsity:
+                config.quantization_config = quantized.compression_config(scheme, sparsity)
             config.save_pretrained(self.partial)
             if getattr(model, "generation_config", None) is not None:
                 model.generation_config.save_pretrained(self.partial)
@@ -184,6 +197,7 @@ class RunWriter:
                 tokenizer.save_pretrained(self.partial)
             (self.partial / MASKS_DIR / MASKS_INDEX).write_text(json.dumps(self.index, indent=1) + "\n")
             write_json_atomic(self.partial / REPORT_FILE, report)
+            write_card(self.partial, report)
             umask_permissions(self.partial)
         check_out(self.out, self.overwrite)  # nobody created it meanwhile
         final = replace_folder(self.partial, self.out)

@@ -8,6 +8,11 @@ Linear left out (the head, excluded layers). The packing itself is the
 compressed-tensors library's, so the files are what its readers expect.
 langprune's grid (codes in [0, 2^bits - 1], zero point z) maps onto the
 library's signed codes by subtracting 2^(bits-1) from both.
+
+A pruned checkpoint declares its sparsity the same way, in the
+``sparsity_config`` of that ``quantization_config`` (format ``dense``: the
+zeros are stored as they are), so other tools (vLLM, llm-compressor) see the
+structure, the layers left dense and the overall fraction of zeros.
 """
 
 from __future__ import annotations
@@ -96,11 +101,40 @@ def quantization_config(spec: QuantSpec, model: nn.Module, quantized: set[str]) 
     return config.model_dump(exclude_none=True)
 
 
+def sparsity_config(model: nn.Module, pruned: set[str], structure: str, global_sparsity: float) -> dict:
+    """The compressed-tensors ``sparsity_config`` of a pruned model: dense storage; the pruned layers' classes
+    as targets (Linear, or GPT-2's Conv1D) and every other layer of those classes ignored.
+
+    ``structure`` is ``unstructured`` or N:M (``2:4``), as compressed-tensors names it.
+    """
+    from compressed_tensors.config import DenseSparsityConfig
+
+    modules = dict(model.named_modules())
+    targets = sorted({type(modules[name]).__name__ for name in pruned})
+    ignore = sorted(name for name, module in modules.items() if type(module).__name__ in targets and name not in pruned)
+    config = DenseSparsityConfig(
+        targets=targets, ignore=ignore, global_sparsity=round(global_sparsity, 6), sparsity_structure=structure
+    )
+    return config.model_dump(exclude_none=True)
+
+
+def compression_config(quantization: dict | None, sparsity: dict | None) -> dict | None:
+    """config.json's ``quantization_config``: the quantization scheme and the sparsity, either or both."""
+    if sparsity is None:
+        return quantization
+    import compressed_tensors
+
+    base = quantization or {"quant_method": "compressed-tensors", "format": "dense"}
+    return {**base, "sparsity_config": sparsity, "version": compressed_tensors.__version__}
+
+
 def saved_spec(folder: Path) -> QuantSpec | None:
     """The spec of a checkpoint folder written in this format, or None for a plain checkpoint."""
     config = read_json_object(Path(folder) / "config.json", "model config")
     quant = config.get("quantization_config")
     if not isinstance(quant, dict) or quant.get("quant_method") != "compressed-tensors":
+        return None
+    if not quant.get("config_groups"):  # a pruned checkpoint that only declares its sparsity
         return None
     return spec_of(quant)
 
