@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 
 import torch
 
@@ -35,18 +34,9 @@ def main():
     parser.add_argument("--actorder", action="store_true", help="static activation order (llm-compressor's default)")
     args = parser.parse_args()
 
-    from datasets import Dataset
-    from llmcompressor import oneshot
     from llmcompressor.modifiers.quantization import GPTQModifier
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from llmcompressor_recipe import oneshot_on_tokens  # the same oneshot call, beside this script
 
-    torch.manual_seed(0)
-    saved = torch.load(args.tokens, weights_only=True)
-    ids, mask = saved["input_ids"], saved.get("attention_mask")
-    mask = torch.ones_like(ids) if mask is None else mask
-    dataset = Dataset.from_dict({"input_ids": ids.tolist(), "attention_mask": mask.tolist()})
-    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32)
-    tokenizer = AutoTokenizer.from_pretrained(args.model)
     recipe = GPTQModifier(
         targets="Linear",
         scheme="W4A16",
@@ -55,18 +45,8 @@ def main():
         dampening_frac=0.01,
         actorder="static" if args.actorder else None,
     )
-    start = time.perf_counter()
-    oneshot(
-        model=model,
-        dataset=dataset,
-        recipe=recipe,
-        num_calibration_samples=len(ids),
-        max_seq_length=ids.shape[1],
-        shuffle_calibration_samples=False,
-    )
-    seconds = time.perf_counter() - start
-    model.save_pretrained(args.out, save_compressed=True)
-    tokenizer.save_pretrained(args.out)
+    seconds = oneshot_on_tokens(args.model, args.tokens, recipe, args.out, compressed=True)
+    ids = torch.load(args.tokens, weights_only=True)["input_ids"]
     print(
         json.dumps(
             {

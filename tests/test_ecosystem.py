@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import torch
 from conftest import save_checkpoint, tiny_model
 from hub_standin import HubStandIn
 from transformers import AutoModelForCausalLM
@@ -135,3 +136,94 @@ def test_push_bad_input_is_one_line_exit_2(pruned_run, cli, monkeypatch, args, e
 def test_push_of_a_folder_that_is_not_a_run_is_refused(tmp_path, cli):
     done = cli("push", tmp_path, "--repo-id", "a/b")
     assert done.returncode == 2 and "not a run folder" in done.stderr
+
+
+def _prune(cli, checkpoint, out, *args):
+    calib = ["--calib", f"file:{checkpoint / 'calib.txt'}", "--nsamples", "4", "--seqlen", "12"]
+    done = cli("prune", "--model", checkpoint, *calib, *args, "--out", out)
+    assert done.returncode == 0, done.stderr
+    return json.loads((out / "report.json").read_text())["settings"]
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--method", "wanda", "--sparsity", "0.5", "--profile", "owl", "--owl-m", "3", "--owl-lambda", "0.05"],
+        ["--method", "sparsegpt", "--sparsity", "1:4", "--quantize", "w4g16,asym"],
+        ["--method", "none", "--quantize", "w8g16,actorder", "--exclude", "*.1.mlp.*"],
+    ],
+    ids=["wanda-owl", "sparsegpt-1:4-w4asym", "gptq-actorder-exclude"],
+)
+def test_a_runs_recipe_read_back_gives_the_same_settings_and_masks(tmp_path, cli, args):
+    from langprune.runs import load_masks
+    from langprune.runs.recipe import settings_from_recipe
+
+    checkpoint = save_checkpoint(tiny_model("llama"), tmp_path / "llama")
+    first = _prune(cli, checkpoint, tmp_path / "first", *args)
+    recipe = tmp_path / "first" / "recipe.yaml"
+    read = settings_from_recipe(recipe)
+    for key in ("method", "sparsity", "quantize", "profile", "owl_m", "owl_lambda"):
+        if key in read:
+            assert read[key] == first[key], key
+    assert read.get("quantize") == first["quantize"] and read["method"] == first["method"]
+    again = _prune(cli, checkpoint, tmp_path / "again", "--recipe", recipe)
+    ours, theirs = load_masks(tmp_path / "first"), load_masks(tmp_path / "again")
+    assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
+    assert again["quantize"] == first["quantize"] and again["profile"] == first["profile"]
+    layers = [json.loads((tmp_path / run / "report.json").read_text())["layers"] for run in ("first", "again")]
+    assert layers[0] == layers[1]  # per layer: sparsity, and the quantization error of the same GPTQ sweep
+
+
+def test_recipe_yaml_follows_llm_compressors_schema_and_conventions(tmp_path, cli):
+    import yaml
+
+    checkpoint = save_checkpoint(tiny_model("llama"), tmp_path / "llama")
+    _prune(cli, checkpoint, tmp_path / "run", "--method", "sparsegpt", "--sparsity", "1:4")
+    text = (tmp_path / "run" / "recipe.yaml").read_text()
+    recipe = yaml.safe_load(text)
+    modifier = recipe["sparsity_stage"]["sparsity_modifiers"]["SparseGPTModifier"]
+    assert modifier["mask_structure"] == "3:4"  # llm-compressor prunes N of M; langprune's 1:4 keeps 1
+    assert modifier["targets"] == ["Linear"] and modifier["ignore"] == ["lm_head"]
+    assert modifier["block_size"] == 128 and modifier["dampening_frac"] == 0.01
+    assert "# beyond this recipe, calibration" in text and "mask selection: row" in text
+
+
+def test_a_run_no_modifier_expresses_writes_no_recipe(checkpoint, tmp_path, cli):
+    _prune(cli, checkpoint, tmp_path / "ria", "--method", "ria")
+    assert not (tmp_path / "ria" / "recipe.yaml").exists()
+
+
+@pytest.mark.parametrize(
+    "recipe, message",
+    [
+        ({"s_stage": {"q_modifiers": {"SmoothQuantModifier": {"smoothing_strength": 0.8}}}}, "SmoothQuantModifier"),
+        ({"s_stage": {"p_modifiers": {"WandaPruningModifier": {"sparsity": 0.5, "foo": 1}}}}, "field 'foo'"),
+        ({"s_stage": {"p_modifiers": {"SparseGPTModifier": {"sparsity": 0.5, "dampening_frac": 0.1}}}}, "dampening"),
+        ({"s_stage": {"p_modifiers": {"WandaPruningModifier": {"sparsity": [0.5, 0.4]}}}}, "per-layer lists"),
+        ({"s_stage": {"q_modifiers": {"GPTQModifier": {"scheme": "FP8"}}}}, "scheme 'FP8'"),
+        ({"sparsity": 0.5}, "not a recipe stage"),
+        ({"s_stage": {"p_modifiers": {"WandaPruningModifier": {"sparsity": 0.5, "ignore": ["re:.*mlp.*"]}}}}, "re:"),
+    ],
+)
+def test_recipe_bad_input_is_one_line_exit_2_and_nothing_written(checkpoint, tmp_path, cli, recipe, message):
+    import yaml
+
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    done = cli("prune", "--model", checkpoint, "--recipe", path, "--out", tmp_path / "out")
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and len(lines) == 1 and message in lines[0], done.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_recipe_with_replay_or_a_disagreeing_config_is_refused(checkpoint, tmp_path, cli):
+    import yaml
+
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump({"s_stage": {"p_modifiers": {"WandaPruningModifier": {"sparsity": 0.5}}}}))
+    config = tmp_path / "config.yaml"
+    config.write_text("method: sparsegpt\n")
+    done = cli("prune", "--model", checkpoint, "--recipe", recipe, "--config", config, "--out", tmp_path / "o")
+    assert done.returncode == 2 and "disagree on method" in done.stderr
+    done = cli("prune", "--replay", tmp_path, "--recipe", recipe, "--out", tmp_path / "o")
+    assert done.returncode == 2 and "without --config or --recipe" in done.stderr

@@ -232,6 +232,12 @@ def _prune(
     replay: Path | None = typer.Option(
         None, "--replay", help="Run again exactly what this run folder's report.json recorded, into a new --out."
     ),
+    recipe: Path | None = typer.Option(
+        None,
+        "--recipe",
+        help="An llm-compressor recipe (YAML): its WandaPruningModifier, SparseGPTModifier and GPTQModifier set the "
+        "method, sparsity, OWL profile and quantization (a run folder's recipe.yaml is one); other modifiers are refused.",
+    ),
 ) -> None:
     """Run a prune from its settings and print what it did."""
     from .runs import run_prune
@@ -572,15 +578,25 @@ def _analysis_command(cls, typer_app: typer.Typer) -> None:
 COMMAND_ORDER = ("prune", "inspect", "eval", "compare", "push", "clean")  # as `langprune --help` lists them
 
 
-def _prune_base(config: Path | None = None, replay: Path | None = None) -> dict:
-    """Where ``prune`` settings start: a config file, a run's recorded settings, or nothing (the defaults)."""
+def _prune_base(config: Path | None = None, replay: Path | None = None, recipe: Path | None = None) -> dict:
+    """Where ``prune`` settings start: a config file and/or an llm-compressor recipe, a run's recorded settings,
+    or nothing (the defaults)."""
     from .runs import PruneSettings
+    from .runs.recipe import settings_from_recipe
 
-    if config is not None and replay is not None:
-        raise UserError("give --config or --replay, not both")
-    if config is not None:
-        return PruneSettings.from_config_file(config)
-    return PruneSettings.from_run(replay) if replay is not None else {}
+    if replay is not None and (config is not None or recipe is not None):
+        raise UserError("--replay runs exactly what a run recorded: give it without --config or --recipe")
+    if replay is not None:
+        return PruneSettings.from_run(replay)
+    start = PruneSettings.from_config_file(config) if config is not None else {}
+    if recipe is not None:
+        compression = settings_from_recipe(recipe)
+        clash = sorted(k for k in compression if k in start and start[k] != compression[k])
+        if clash:
+            raise UserError(f"--config and --recipe disagree on {', '.join(clash)}: say it in one of them")
+        start = {**start, **compression}
+        PruneSettings.from_mapping(start, f"recipe {recipe}", out=Path("."))
+    return start
 
 
 def _place(typer_app: typer.Typer, name: str, make) -> None:

@@ -38,6 +38,7 @@ from ..storage import (
 )
 from . import quantized
 from .card import write_card
+from .recipe import RECIPE_FILE, recipe_text
 
 MASKS_DIR = "masks"
 MASKS_INDEX = "index.json"
@@ -198,6 +199,9 @@ class RunWriter:
             (self.partial / MASKS_DIR / MASKS_INDEX).write_text(json.dumps(self.index, indent=1) + "\n")
             write_json_atomic(self.partial / REPORT_FILE, report)
             write_card(self.partial, report)
+            recipe = recipe_text(report, model)
+            if recipe is not None:
+                (self.partial / RECIPE_FILE).write_text(recipe, encoding="utf-8")
             umask_permissions(self.partial)
         check_out(self.out, self.overwrite)  # nobody created it meanwhile
         final = replace_folder(self.partial, self.out)

@@ -85,13 +85,20 @@ def compressed_tensors(
     return {f"{name}.{key}": value.contiguous() for key, value in packed.items()}
 
 
+def targets_and_ignore(model: nn.Module, layers: set[str]) -> tuple[list[str], list[str]]:
+    """How compressed-tensors and llm-compressor name a set of layers: their classes as targets (Linear, or GPT-2's
+    Conv1D) and every other module of those classes (the head, excluded layers) under ignore."""
+    modules = dict(model.named_modules())
+    targets = sorted({type(modules[name]).__name__ for name in layers})
+    ignore = sorted(name for name, module in modules.items() if type(module).__name__ in targets and name not in layers)
+    return targets, ignore
+
+
 def quantization_config(spec: QuantSpec, model: nn.Module, quantized: set[str]) -> dict:
     """The ``quantization_config`` for config.json: the scheme on Linear layers, every other Linear ignored."""
     from compressed_tensors.quantization import QuantizationConfig, QuantizationStatus
 
-    ignore = sorted(
-        name for name, module in model.named_modules() if isinstance(module, nn.Linear) and name not in quantized
-    )
+    _, ignore = targets_and_ignore(model, quantized)
     config = QuantizationConfig(
         config_groups={"group_0": scheme(spec)},
         format=FORMAT,
@@ -109,9 +116,7 @@ def sparsity_config(model: nn.Module, pruned: set[str], structure: str, global_s
     """
     from compressed_tensors.config import DenseSparsityConfig
 
-    modules = dict(model.named_modules())
-    targets = sorted({type(modules[name]).__name__ for name in pruned})
-    ignore = sorted(name for name, module in modules.items() if type(module).__name__ in targets and name not in pruned)
+    targets, ignore = targets_and_ignore(model, pruned)
     config = DenseSparsityConfig(
         targets=targets, ignore=ignore, global_sparsity=round(global_sparsity, 6), sparsity_structure=structure
     )
