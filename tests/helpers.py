@@ -59,3 +59,32 @@ def save_run(
             with placement.hold(index):
                 run.add_block(model, index, {n: c for n, c in changes.items() if n.startswith(prefix)})
         return run.finish(model, tokenizer, report)
+
+
+HARNESS_TASK = """task: tiny_choice
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {data}
+test_split: test
+output_type: multiple_choice
+doc_to_text: "{{{{question}}}}"
+doc_to_choice: "{{{{choices}}}}"
+doc_to_target: "{{{{answer}}}}"
+metric_list:
+  - metric: acc
+    aggregation: mean
+    higher_is_better: true
+"""
+
+
+def harness_task_folder(folder: Path, n: int) -> list[dict]:
+    """An lm-eval task file ``tiny_choice`` over ``n`` local three-way questions in ``folder``; returns the rows."""
+    import json
+
+    rows = [{"question": "the of and", "choices": ["to in", "a is", "that for"], "answer": i % 3} for i in range(n)]
+    folder.mkdir(parents=True, exist_ok=True)
+    data = folder / "tiny.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (folder / "tiny_choice.yaml").write_text(HARNESS_TASK.format(data=data))
+    return rows

@@ -1,6 +1,7 @@
 """The borders with other tools: compressed-tensors' sparsity_config, the hub's model card, and ``push``."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -227,3 +228,45 @@ def test_recipe_with_replay_or_a_disagreeing_config_is_refused(checkpoint, tmp_p
     assert done.returncode == 2 and "disagree on method" in done.stderr
     done = cli("prune", "--replay", tmp_path, "--recipe", recipe, "--out", tmp_path / "o")
     assert done.returncode == 2 and "without --config or --recipe" in done.stderr
+
+
+@pytest.mark.slow  # lm-eval indexes its task registry (about 20 s)
+def test_harness_results_in_lm_evals_layout_and_compare_on_logged_samples(checkpoint, pruned_run, tmp_path, cli):
+    pytest.importorskip("lm_eval")
+    from helpers import harness_task_folder
+    from lm_eval.utils import get_file_task_name, get_latest_filename, get_results_filenames
+
+    rows = harness_task_folder(tmp_path / "tasks", 12)
+    harness = ["--tasks", "ppl", "--langs", "en", "--limit", "12", "--harness", "tiny_choice"]
+    harness += ["--harness-include", tmp_path / "tasks", "--log-samples", "--num-fewshot", "1"]
+    dense = cli("eval", "--model", checkpoint, *harness, "--out", tmp_path / "dense")
+    assert dense.returncode == 0, dense.stderr
+    pruned = cli("eval", pruned_run, *harness, "--harness-model-args", "max_length=64")
+    assert pruned.returncode == 0, pruned.stderr
+    for folder in (tmp_path / "dense", pruned_run):
+        recorded = json.loads((folder / "eval.json").read_text())["harness"]
+        assert recorded["n_shot"]["tiny_choice"] == 1
+        found = [str(p) for p in (folder / "lm-eval").rglob("*.json*")]
+        results_file = get_latest_filename(get_results_filenames(found))  # lm-eval's own file helpers
+        assert results_file == str(folder / recorded["files"]["results"])
+        results = json.loads(Path(results_file).read_text())
+        assert results["results"]["tiny_choice"]["acc,none"] == recorded["results"]["tiny_choice"]["acc,none"]
+        named = checkpoint.name if folder.name == "dense" else pruned_run.name  # the model (or run) folder's name
+        assert results["n-shot"]["tiny_choice"] == 1 and results["model_name"] == named
+        samples_file = folder / recorded["files"]["samples"]["tiny_choice"]
+        assert get_file_task_name(samples_file.name) == "tiny_choice"
+        samples = [json.loads(line) for line in samples_file.read_text().splitlines()]
+        assert sorted(s["doc_id"] for s in samples) == list(range(len(rows)))
+        # Independent: the per-sample scores average to the task's accuracy.
+        assert sum(s["acc"] for s in samples) / len(samples) == pytest.approx(
+            results["results"]["tiny_choice"]["acc,none"]
+        )
+    compared = cli("compare", tmp_path / "dense", pruned_run, "--json")
+    assert compared.returncode == 0, compared.stderr
+    row = next(r for r in json.loads(compared.stdout)["rows"] if r["task"] == "lm-eval tiny_choice")
+    assert row["metric"] == "acc" and row["n"] == len(rows) and 0 < row["p_value"] <= 1
+
+
+def test_harness_only_options_without_harness_are_refused(checkpoint, cli):
+    done = cli("eval", "--model", checkpoint, "--tasks", "ppl", "--langs", "en", "--log-samples")
+    assert done.returncode == 2 and "--log-samples applies to lm-eval tasks" in done.stderr

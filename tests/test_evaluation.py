@@ -247,36 +247,15 @@ def test_evaluate_with_lrp2_records_the_searched_blocks(tiny_corpora, tok):
     assert results["tasks"]["multiemo"]["fr"]["n"] == 6
 
 
-HARNESS_TASK = """task: tiny_choice
-dataset_path: json
-dataset_kwargs:
-  data_files:
-    test: {data}
-test_split: test
-output_type: multiple_choice
-doc_to_text: "{{{{question}}}}"
-doc_to_choice: "{{{{choices}}}}"
-doc_to_target: "{{{{answer}}}}"
-metric_list:
-  - metric: acc
-    aggregation: mean
-    higher_is_better: true
-"""
-
-
 @pytest.mark.slow  # lm-eval indexes its task registry (about 20 s)
 def test_harness_bridge_runs_a_local_task_file_on_the_model_in_memory(tmp_path, tok):
     pytest.importorskip("lm_eval")
-    import json
+    from helpers import harness_task_folder
 
     from langprune.evaluation.harness import harness_evaluate
     from langprune.evaluation.scoring import Request
 
-    rows = [{"question": "the of and", "choices": ["to in", "a is", "that for"], "answer": i % 3} for i in range(6)]
-    data = tmp_path / "tiny.jsonl"
-    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    (tmp_path / "tasks").mkdir()
-    (tmp_path / "tasks" / "tiny_choice.yaml").write_text(HARNESS_TASK.format(data=data))
+    rows = harness_task_folder(tmp_path / "tasks", 6)
     model = tiny_model("llama")
     out = harness_evaluate(model, tok, ["tiny_choice"], tmp_path / "tasks", batch_size=2)
     accuracy = out["results"]["tiny_choice"]["acc,none"]

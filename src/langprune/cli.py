@@ -405,13 +405,16 @@ def compare_command(
     as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
 ):
     """Paired bootstrap tests of B against A on every task and language both evaluated."""
-    from .evaluation.significance import compare_results
+    from .evaluation.significance import compare_results, harness_tests
     from .runs import load_eval
 
     check_at_least("--samples", samples, 1)
     if not 0 < alpha < 1:
         raise UserError(f"--alpha must lie between 0 and 1, not {alpha}")
-    rows = compare_results(load_eval(a), load_eval(b), samples, seed)
+    eval_a, eval_b = load_eval(a), load_eval(b)
+    folder = lambda where: where if where.is_dir() else where.parent
+    rows = compare_results(eval_a, eval_b, samples, seed)
+    rows += harness_tests(eval_a, folder(a), eval_b, folder(b), samples, seed)
     if not rows:
         raise UserError(f"{a} and {b} share no evaluated task and language with per-item results")
     if as_json:

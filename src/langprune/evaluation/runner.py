@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 from ..errors import UserError, check_at_least
 from ..languages import check_language
@@ -51,6 +52,13 @@ class EvalOptions:
         (), "lm-evaluation-harness tasks, comma-separated (e.g. arc_easy), run on the model in memory."
     )
     harness_include: str | None = setting(None, "A folder of harness task YAML files (local data; no network).")
+    num_fewshot: int | None = setting(None, "lm-eval tasks: few-shot examples per prompt (default: each task's own).")
+    log_samples: bool = setting(
+        False, "lm-eval tasks: also write per-sample logs (samples_<task>_<date>.jsonl), which compare tests."
+    )
+    harness_model_args: str | None = setting(
+        None, "lm-eval's HFLM arguments as key=value,... (e.g. max_length=2048,add_bos_token=True)."
+    )
 
     def __post_init__(self):
         for option, value, minimum in (
@@ -58,8 +66,17 @@ class EvalOptions:
             ("--batch-size", self.batch_size, 1),
             ("--limit", self.limit, 1),
             ("--lrp2-stride", self.lrp2_stride, 1),
+            ("--num-fewshot", self.num_fewshot, 0),
         ):
             check_at_least(option, value, minimum)
+        harness_only = {
+            "--num-fewshot": self.num_fewshot is not None,
+            "--log-samples": self.log_samples,
+            "--harness-model-args": self.harness_model_args,
+        }
+        asked = [flag for flag, given in harness_only.items() if given]
+        if asked and not self.harness:
+            raise UserError(f"{asked[0]} applies to lm-eval tasks: add --harness TASKS (e.g. --harness arc_easy)")
 
 
 @dataclass(frozen=True)
@@ -127,6 +144,8 @@ def evaluate(
     progress=None,
     finished: dict | None = None,
     on_result=None,
+    folder: Path | None = None,
+    model_name: str = "langprune-model",
 ) -> dict:
     """Evaluate ``model`` on task names or groups (ppl, fidelity, cloze, mcq, translation, rankc) per language.
 
@@ -136,7 +155,9 @@ def evaluate(
     that are kept instead of recomputed; ``on_result(results)`` is called
     after every (task, language) that finishes, so a caller can save as it
     goes. A job that fails with a user-fixable error is recorded under
-    ``failed`` and the others go on; a bug still raises.
+    ``failed`` and the others go on; a bug still raises. With ``folder``,
+    lm-eval tasks also leave lm-eval's own results files there (named after
+    ``model_name``).
     """
     settings = settings or EvalOptions()
     jobs, skipped = plan(tasks, languages, settings)
@@ -185,7 +206,12 @@ def evaluate(
             settings.harness_include,
             settings.limit,
             settings.batch_size,
+            num_fewshot=settings.num_fewshot,
             seed=settings.seed,
+            model_args=settings.harness_model_args,
+            log_samples=settings.log_samples,
+            folder=folder,
+            model_name=model_name,
         )
     if projections:
         out["lrp2"] = {

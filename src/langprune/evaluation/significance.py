@@ -34,11 +34,16 @@ def _indices(n: int, samples: int, seed: int) -> np.ndarray:
 
 def accuracy_test(correct_a, correct_b, samples: int = SAMPLES, seed: int = 0) -> dict:
     """Paired bootstrap on per-example correctness (0/1) of two runs over the same examples."""
-    a, b = np.asarray(correct_a, dtype=float), np.asarray(correct_b, dtype=float)
+    return mean_test(correct_a, correct_b, True, "accuracy", samples, seed)
+
+
+def mean_test(values_a, values_b, higher_is_better: bool, metric: str, samples: int = SAMPLES, seed: int = 0) -> dict:
+    """Paired bootstrap on a per-example score whose task metric is its mean (accuracy, exact match, F1...)."""
+    a, b = np.asarray(values_a, dtype=float), np.asarray(values_b, dtype=float)
     idx = _indices(len(a), samples, seed)
     value_a, value_b = float(a.mean()), float(b.mean())
-    p = _p_value(a[idx].mean(1), b[idx].mean(1), value_a, value_b, higher_is_better=True)
-    return {"metric": "accuracy", "a": value_a, "b": value_b, "delta": value_b - value_a, "p_value": p, "n": len(a)}
+    p = _p_value(a[idx].mean(1), b[idx].mean(1), value_a, value_b, higher_is_better)
+    return {"metric": metric, "a": value_a, "b": value_b, "delta": value_b - value_a, "p_value": p, "n": len(a)}
 
 
 def perplexity_test(windows_a, windows_b, samples: int = SAMPLES, seed: int = 0) -> dict:
@@ -111,4 +116,28 @@ def compare_results(a: dict, b: dict, samples: int = SAMPLES, seed: int = 0) -> 
             else:
                 continue
             rows += [{"task": task, "key": key, **test} for test in tests]
+    return rows
+
+
+def harness_tests(a: dict, folder_a, b: dict, folder_b, samples: int = SAMPLES, seed: int = 0) -> list[dict]:
+    """Paired tests of lm-eval tasks both evaluations logged per sample (``--log-samples``), matched by doc_id."""
+    from .harness import sample_scores
+
+    ha, hb = a.get("harness") or {}, b.get("harness") or {}
+    logs_a = (ha.get("files") or {}).get("samples", {})
+    logs_b = (hb.get("files") or {}).get("samples", {})
+    rows = []
+    for task in sorted(set(logs_a) & set(logs_b)):
+        metrics = [k.split(",")[0] for k in ha["results"].get(task, {}) if k.endswith(",none") and "_stderr" not in k]
+        for metric in metrics:
+            scores_a = sample_scores(folder_a, logs_a[task], metric)
+            scores_b = sample_scores(folder_b, logs_b[task], metric)
+            shared = sorted(set(scores_a) & set(scores_b))
+            if not shared:
+                continue
+            higher = ha.get("higher_is_better", {}).get(task, {}).get(metric, True)
+            test = mean_test(
+                [scores_a[k] for k in shared], [scores_b[k] for k in shared], higher, metric, samples, seed
+            )
+            rows.append({"task": f"lm-eval {task}", "key": "-", **test})
     return rows

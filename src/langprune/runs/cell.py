@@ -25,7 +25,7 @@ from ..data import get_corpus
 from ..engine.placement import PlacementSettings
 from ..errors import UserError, check_at_least
 from ..evaluation import EvalOptions, evaluate, perplexity
-from ..evaluation.harness import check_harness_tasks
+from ..evaluation.harness import check_harness_tasks, model_arguments
 from ..evaluation.runner import plan
 from ..languages import check_language
 from ..models import check_model, load_model, safetensors_folder
@@ -270,6 +270,7 @@ class EvalSettings(PlacementSettings):
         plan(list(self.tasks), list(self.langs), self.options)  # refuse a task without data before loading anything
         if self.options.harness:
             check_harness_tasks(list(self.options.harness), self.options.harness_include)
+            model_arguments(self.options.harness_model_args)
         if self.run is not None:
             load_report(self.run)
             if not (Path(self.run) / "config.json").is_file():
@@ -323,6 +324,8 @@ def run_eval(settings: EvalSettings, reporter: Reporter | None = None) -> dict:
         progress=reporter.evaluating,
         finished=previous,
         on_result=save,
+        folder=target.parent,
+        model_name=Path(source).name if Path(source).exists() else source,  # a folder by its name, a hub id whole
     )
     results.update(header, provenance=provenance())
     write_json_atomic(target, results)
