@@ -88,3 +88,48 @@ def harness_task_folder(folder: Path, n: int) -> list[dict]:
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     (folder / "tiny_choice.yaml").write_text(HARNESS_TASK.format(data=data))
     return rows
+
+
+def wandb_records(path: Path) -> list:
+    """The protobuf records of a wandb offline run file (``run-<id>.wandb``: a 7-byte header, then LevelDB-style
+    32 KiB blocks of (crc32, length, type, data) chunks), parsed with wandb's own ``Record`` message."""
+    import struct
+
+    from wandb.proto import wandb_internal_pb2
+
+    data = Path(path).read_bytes()
+    assert data[:4] == b":W&B", f"{path} is not a wandb run file"
+    records, pending, offset, block = [], b"", 7, 32768
+    while offset + 7 <= len(data):
+        if block - offset % block < 7:  # a block's tail too short for a header is padding
+            offset += block - offset % block
+            continue
+        _, length, kind = struct.unpack("<IHB", data[offset : offset + 7])
+        chunk = data[offset + 7 : offset + 7 + length]
+        offset += 7 + length
+        pending = chunk if kind in (1, 2) else pending + chunk  # FULL/FIRST start, MIDDLE/LAST continue
+        if kind in (1, 4):
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(pending)
+            records.append(record)
+    return records
+
+
+def wandb_logged(run_folder: Path) -> dict:
+    """What an offline wandb run logged: its group, job type, config and the last value of every metric."""
+    import json
+
+    (path,) = Path(run_folder).glob("run-*.wandb")
+    found = {"config": {}, "metrics": {}, "group": None, "job_type": None}
+    for record in wandb_records(path):
+        kind = record.WhichOneof("record_type")
+        if kind == "run":
+            found.update(group=record.run.run_group, job_type=record.run.job_type)
+            found["config"].update({i.key: json.loads(i.value_json) for i in record.run.config.update})
+        elif kind == "config":
+            found["config"].update({i.key: json.loads(i.value_json) for i in record.config.update})
+        elif kind == "history":
+            found["metrics"].update({i.key: json.loads(i.value_json) for i in record.history.item})
+        elif kind == "summary":
+            found["metrics"].update({i.key: json.loads(i.value_json) for i in record.summary.update})
+    return found

@@ -270,3 +270,99 @@ def test_harness_results_in_lm_evals_layout_and_compare_on_logged_samples(checkp
 def test_harness_only_options_without_harness_are_refused(checkpoint, cli):
     done = cli("eval", "--model", checkpoint, "--tasks", "ppl", "--langs", "en", "--log-samples")
     assert done.returncode == 2 and "--log-samples applies to lm-eval tasks" in done.stderr
+
+
+@pytest.fixture
+def offline_wandb(monkeypatch, tmp_path):
+    """wandb in offline mode, writing under this test's folder; its process-wide state torn down afterwards (it
+    keeps the directory it read at the first init)."""
+    wandb = pytest.importorskip("wandb")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path / "tracking"))
+    monkeypatch.setenv("WANDB_PROJECT", "langprune-test")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    yield tmp_path / "tracking" / "wandb"
+    wandb.teardown()
+
+
+def _offline_runs(root: Path) -> list[Path]:
+    return sorted(root.glob("offline-run-*"))
+
+
+def test_report_to_wandb_logs_settings_metrics_and_files_offline(
+    checkpoint, tiny_corpora, tmp_path, cli, offline_wandb
+):
+    """wandb's offline mode: each run file holds the config and metrics (read with wandb's own Record message),
+    and the run directory the run folder's small files."""
+    from helpers import wandb_logged
+
+    root = offline_wandb
+    out = tmp_path / "run"
+    calib = ["--calib", f"file:{checkpoint / 'calib.txt'}", "--nsamples", "2", "--seqlen", "12"]
+    done = cli("prune", "--model", checkpoint, "--method", "wanda", *calib, "--eval-langs", "en,de",
+               "--report-to", "wandb", "--out", out)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    done = cli("eval", out, "--tasks", "ppl,cloze", "--langs", "en", "--limit", "6", "--report-to", "wandb")
+    assert done.returncode == 0, done.stderr
+    prune_run, eval_run = _offline_runs(root)
+    report = json.loads((out / "report.json").read_text())
+    logged = wandb_logged(prune_run)
+    assert logged["job_type"] == "prune" and logged["config"]["method"] == "wanda"
+    assert logged["metrics"]["sparsity/all_parameters"] == pytest.approx(report["sparsity_all_parameters"])
+    assert logged["metrics"]["ppl/de/pruned"] == pytest.approx(report["perplexity"]["pruned"]["de"]["ppl"])
+    assert (prune_run / "files" / "report.json").is_file() and (prune_run / "files" / "README.md").is_file()
+    evaluation = json.loads((out / "eval.json").read_text())
+    logged = wandb_logged(eval_run)
+    assert logged["job_type"] == "eval" and logged["config"]["tasks"] == ["ppl", "cloze"]
+    assert logged["metrics"]["ppl/en/ppl"] == pytest.approx(evaluation["tasks"]["ppl"]["en"]["ppl"])
+    assert logged["metrics"]["multiemo/en/accuracy"] == pytest.approx(evaluation["tasks"]["multiemo"]["en"]["accuracy"])
+    assert (eval_run / "files" / "eval.json").is_file()
+
+
+def test_grid_run_reports_each_cell_grouped_by_grid(checkpoint, tiny_corpora, tmp_path, cli, offline_wandb):
+    import yaml
+    from helpers import wandb_logged
+
+    root = offline_wandb
+    grid = tmp_path / "grid.yaml"
+    grid.write_text(
+        yaml.safe_dump(
+            {
+                "name": "tracked",
+                "out": str(tmp_path / "cells"),
+                "models": [str(checkpoint)],
+                "methods": ["magnitude"],
+                "sparsities": [0.5],
+                "calibration": ["mono:en"],
+                "seeds": [0],
+                "settings": {"nsamples": 2, "seqlen": 16},
+                "evaluation": {"tasks": ["ppl"], "langs": ["en"], "seqlen": 16},
+            }
+        )
+    )
+    done = cli("grid", "run", grid, "--report-to", "wandb")
+    assert done.returncode == 0, done.stdout + done.stderr
+    logged = [wandb_logged(run) for run in _offline_runs(root)]
+    assert len(logged) == 2 and {run["group"] for run in logged} == {"tracked"}
+    assert all("ppl/en/ppl" in run["metrics"] and run["job_type"] == "grid-cell" for run in logged)
+    assert sorted("sparsity/all_parameters" in run["metrics"] for run in logged) == [False, True]  # dense, pruned
+    assert all((run / "files" / "cell.json").is_file() for run in _offline_runs(root))
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [(["--report-to", "wandbx"], "unknown tracker 'wandbx'"), (["--report-to", "mlflow"], "unknown tracker")],
+)
+def test_report_to_bad_input_is_one_line_exit_2_and_nothing_written(checkpoint, tmp_path, cli, args, message):
+    done = cli("prune", "--model", checkpoint, *args, "--out", tmp_path / "out")
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and len(lines) == 1 and message in lines[0], done.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_report_to_a_tracker_not_installed_is_refused(checkpoint, tmp_path, cli, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "wandb", None)  # as if not installed
+    done = cli("prune", "--model", checkpoint, "--report-to", "wandb", "--out", tmp_path / "out")
+    assert done.returncode == 2 and "pip install 'langprune[tracking]'" in done.stderr

@@ -7,7 +7,7 @@ import langprune
 
 LAYERS = [
     {"errors"},
-    {"storage", "languages", "settings"},
+    {"storage", "languages", "settings", "tracking"},
     {"text"},
     {"data", "engine"},
     {"models"},

@@ -669,6 +669,12 @@ def grid_run_command(
     profile: str | None = _PROFILE,
     quick: bool = _QUICK,
     out: Path | None = _GRID_OUT,
+    report_to: str | None = typer.Option(
+        None,
+        "--report-to",
+        envvar="LANGPRUNE_REPORT_TO",
+        help="Log every cell (settings, per-language metrics, small files) to this tracker (wandb), grouped by grid.",
+    ),
 ):
     """Run every cell that is not done yet; a failing cell is recorded and the others go on."""
     from .experiments import load_grid, run_grid, verdict
@@ -688,7 +694,8 @@ def grid_run_command(
         )
 
     with _reporting(quiet=True, transient=True) as reporter:
-        counts = run_grid(grid, executor, reporter, on_cell)
+        trackers = tuple(t.strip() for t in report_to.split(",") if t.strip()) if report_to else ()
+        counts = run_grid(grid, executor, reporter, on_cell, trackers)
     console.print(f"{grid.name}: {_counts_line(counts)} ({grid.out})")
     if counts["failed"] == counts["pending"] == counts["running"] == 0:
         found = verdict(grid)

@@ -38,3 +38,25 @@ def metric_rows(results: dict) -> list[tuple[str, str, dict[str, str]]]:
                 )
             )
     return rows
+
+
+def metric_values(results: dict) -> dict[str, float]:
+    """Every declared metric of an evaluation as ``task/language/metric`` numbers (RankC per cloze task; lm-eval's
+    tasks as ``lm-eval/task/metric``), for experiment trackers."""
+    values = {}
+    tasks = catalog()
+    for name, per_key in results.get("tasks", {}).items():
+        if name == "rankc":
+            (metric,) = TASK_TYPES["rankc"].metrics
+            for cloze_task, per_language in per_key.items():
+                for key, result in per_language.items():
+                    values[f"rankc/{cloze_task}/{key}"] = result.get(metric.field)
+            continue
+        for metric in TASK_TYPES[tasks[name].type].metrics:
+            for key, result in per_key.items():
+                values[f"{name}/{key}/{metric.name}"] = result.get(metric.field)
+    for task, metrics in (results.get("harness") or {}).get("results", {}).items():
+        for key, value in metrics.items():
+            if key.endswith(",none") and "_stderr" not in key:
+                values[f"lm-eval/{task}/{key.split(',')[0]}"] = value
+    return {k: v for k, v in values.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}

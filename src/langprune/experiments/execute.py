@@ -31,9 +31,11 @@ import torch
 
 from ..errors import UserError
 from ..evaluation import EvalOptions
+from ..evaluation.tables import metric_values
 from ..runs import EvalSettings, PruneSettings, Reporter, run_eval, run_prune
-from ..runs.folder import REPORT_FILE
+from ..runs.folder import REPORT_FILE, load_eval, load_report
 from ..storage import os_lock, write_json_atomic
+from ..tracking import check_trackers, prune_metrics, tracking
 from .grid import Cell, Grid
 
 CELL_FILE = "cell.json"
@@ -74,14 +76,35 @@ def _failure(grid: Grid, cell: Cell) -> Path:
     return grid.out / "failed" / f"{cell.key}.json"
 
 
-def run_cell(cell: Cell, folder: Path, failure: Path, reporter: Reporter | None = None) -> dict:
-    """Run the cell unless another process is running it or has finished it; its record, state included."""
+def run_cell(
+    cell: Cell,
+    folder: Path,
+    failure: Path,
+    reporter: Reporter | None = None,
+    report_to: tuple[str, ...] = (),
+    group: str | None = None,
+) -> dict:
+    """Run the cell unless another process is running it or has finished it; its record, state included.
+
+    With ``report_to``, the cell (its prune and its evaluation) is one tracker run in ``group``.
+    """
     with _claim(folder) as mine:
         if not mine:
             return {"key": cell.key, "state": "running"}
         if (folder / CELL_FILE).is_file():  # finished by another process since this one listed its work
             return {**json.loads((folder / CELL_FILE).read_text()), "elsewhere": True}
-        return _run_claimed_cell(cell, folder, failure, reporter or Reporter())
+        config = {**cell.axes, "prune": cell.prune, "evaluation": cell.evaluation}
+        with tracking(report_to, "grid-cell", cell.key, config, group) as tracked:
+            record = _run_claimed_cell(cell, folder, failure, reporter or Reporter())
+            if record["state"] == "done":
+                tracked.log(_cell_metrics(folder, cell))
+                tracked.save(folder)
+        return record
+
+
+def _cell_metrics(folder: Path, cell: Cell) -> dict:
+    metrics = {} if cell.dense else prune_metrics(load_report(folder))
+    return {**metrics, **metric_values(load_eval(folder))}
 
 
 def _run_claimed_cell(cell: Cell, folder: Path, failure: Path, reporter: Reporter) -> dict:
@@ -132,19 +155,29 @@ def _run_claimed_cell(cell: Cell, folder: Path, failure: Path, reporter: Reporte
     return record
 
 
-def run_grid(grid: Grid, executor: str = "local", reporter: Reporter | None = None, on_cell=None) -> dict[str, int]:
-    """Run every cell that is not done; returns how many cells are done, failed, pending afterwards."""
+def run_grid(
+    grid: Grid,
+    executor: str = "local",
+    reporter: Reporter | None = None,
+    on_cell=None,
+    report_to: tuple[str, ...] = (),
+) -> dict[str, int]:
+    """Run every cell that is not done; returns how many cells are done, failed, pending afterwards.
+
+    With ``report_to``, every cell run here is a tracker run grouped under the grid's name.
+    """
     if executor not in EXECUTORS:
         raise UserError(f"unknown executor {executor!r}: choose local or ray")
+    check_trackers(report_to)
     todo = [cell for cell in grid.cells if cell_state(grid, cell) != "done"]
     grid.out.mkdir(parents=True, exist_ok=True)
     if executor == "local":
         for cell in todo:
-            record = run_cell(cell, grid.folder(cell), _failure(grid, cell), reporter)
+            record = run_cell(cell, grid.folder(cell), _failure(grid, cell), reporter, report_to, grid.name)
             if on_cell:
                 on_cell(cell, record)
     else:
-        _run_on_ray(grid, todo, on_cell)
+        _run_on_ray(grid, todo, on_cell, report_to)
     return status_counts(grid)
 
 
@@ -155,7 +188,7 @@ def status_counts(grid: Grid) -> dict[str, int]:
     return counts
 
 
-def _run_on_ray(grid: Grid, todo: list[Cell], on_cell) -> None:
+def _run_on_ray(grid: Grid, todo: list[Cell], on_cell, report_to: tuple[str, ...] = ()) -> None:
     """Each cell a Ray task with its resources declared: this process' CPU threads, and a GPU when the grid computes on cuda."""
     try:
         import ray
@@ -172,7 +205,7 @@ def _run_on_ray(grid: Grid, todo: list[Cell], on_cell) -> None:
             address=address or None,
             include_dashboard=False,
             log_to_driver=False,
-            runtime_env={"env_vars": {k: v for k, v in os.environ.items() if k.startswith("LANGPRUNE_")}},
+            runtime_env={"env_vars": {k: v for k, v in os.environ.items() if k.startswith(("LANGPRUNE_", "WANDB_"))}},
         )
     task = ray.remote(_ray_cell)
     threads = torch.get_num_threads()  # as many as here: same reduction order, same numbers as the local executor
@@ -180,7 +213,7 @@ def _run_on_ray(grid: Grid, todo: list[Cell], on_cell) -> None:
     for cell in todo:
         gpu = str(cell.evaluation.get("device", "auto")).startswith("cuda")
         options = task.options(num_cpus=threads, num_gpus=1 if gpu else 0)
-        ref = options.remote(cell, str(grid.folder(cell)), str(_failure(grid, cell)), threads)
+        ref = options.remote(cell, str(grid.folder(cell)), str(_failure(grid, cell)), threads, report_to, grid.name)
         pending[ref] = cell
     while pending:
         ready, _ = ray.wait(list(pending), num_returns=1)
@@ -191,9 +224,9 @@ def _run_on_ray(grid: Grid, todo: list[Cell], on_cell) -> None:
                 on_cell(cell, record)
 
 
-def _ray_cell(cell: Cell, folder: str, failure: str, threads: int) -> dict:
+def _ray_cell(cell: Cell, folder: str, failure: str, threads: int, report_to: tuple, group: str) -> dict:
     import warnings
 
     warnings.filterwarnings("ignore")
     torch.set_num_threads(threads)
-    return run_cell(cell, Path(folder), Path(failure))
+    return run_cell(cell, Path(folder), Path(failure), report_to=report_to, group=group)

@@ -59,7 +59,8 @@ TOP_KEYS = set(AXES) | {
 }
 # Keys of a grid's ``settings`` (and of an include entry's): every ``prune`` option but the axes, the run folder
 # and its pruning-time perplexity (the grid evaluates through ``evaluation``), plus every method's options.
-NOT_SETTINGS = {"out", "overwrite", "method_options", "eval_langs", "eval_corpus", *AXES.values()}
+# grid run has its own --report-to: a cell's prune and evaluation are logged as one tracker run
+NOT_SETTINGS = {"out", "overwrite", "method_options", "eval_langs", "eval_corpus", "report_to", *AXES.values()}
 EVAL_KEYS = {"tasks", "langs", *(f.name for f in dataclasses.fields(EvalOptions))}
 
 

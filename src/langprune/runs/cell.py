@@ -27,17 +27,20 @@ from ..errors import UserError, check_at_least
 from ..evaluation import EvalOptions, evaluate, perplexity
 from ..evaluation.harness import check_harness_tasks, model_arguments
 from ..evaluation.runner import plan
+from ..evaluation.tables import metric_values
 from ..languages import check_language
 from ..models import check_model, load_model, safetensors_folder
 from ..settings import from_mapping as settings_from_mapping
 from ..settings import jsonable, setting, typed
 from ..storage import read_yaml_mapping, write_json_atomic
+from ..tracking import check_trackers, prune_metrics, tracking
 from .card import write_card
 from .folder import EVAL_FILE, RunWriter, check_out, load_eval, load_report
 from .provenance import provenance
 from .quantized import saved_spec
 
 log = logging.getLogger(__name__)
+REPORT_TO_HELP = "Log settings, per-language metrics and the run's small files to these trackers (wandb)."
 
 MAX_SEED = 2**64 - 1
 
@@ -105,6 +108,7 @@ class PruneSettings(PlacementSettings):
     )
     eval_corpus: str = setting("udhr", "Corpus whose evaluation part --eval-langs reads.")
     overwrite: bool = setting(False, "Replace an existing --out run folder.")
+    report_to: tuple[str, ...] = setting((), REPORT_TO_HELP, envvar="LANGPRUNE_REPORT_TO")
     method_options: dict = setting({}, "Options of the method by key (ria_alpha, mask_selection...).", cli=False)
 
     @classmethod
@@ -157,6 +161,7 @@ class PruneSettings(PlacementSettings):
     def validate(self) -> None:
         """Every check that needs no model: one clear error for the first mistake found."""
         self.check_placement()
+        check_trackers(self.report_to)
         self.plan()
         check_model(self.model)
         check_not_quantized(self.model)
@@ -188,9 +193,18 @@ def check_not_quantized(model: str) -> None:
 
 
 def run_prune(settings: PruneSettings, reporter: Reporter | None = None) -> dict:
-    """Validate, load, build calibration, prune, measure, write the run folder; returns the report."""
+    """Validate, load, build calibration, prune, measure, write the run folder; returns the report (and logs it to
+    the ``report_to`` trackers)."""
     reporter = reporter or Reporter()
     settings.validate()
+    with tracking(settings.report_to, "prune", Path(settings.out).name, settings.record()) as tracked:
+        report = _prune(settings, reporter)
+        tracked.log(prune_metrics(report))
+        tracked.save(Path(settings.out))
+    return report
+
+
+def _prune(settings: PruneSettings, reporter: Reporter) -> dict:
     plan = settings.plan()
     pretokenized = calibration_module.load_tokens(settings.tokens) if settings.tokens else None
     languages = list(settings.eval_langs)
@@ -262,9 +276,11 @@ class EvalSettings(PlacementSettings):
     langs: tuple[str, ...] = setting(("en", "de", "fr"), "Comma-separated evaluation languages.")
     options: EvalOptions = field(default_factory=EvalOptions)
     out: Path | None = setting(None, "Folder for eval.json (default: the run folder; runs/<model>-dense with --model).")
+    report_to: tuple[str, ...] = setting((), REPORT_TO_HELP, envvar="LANGPRUNE_REPORT_TO")
 
     def validate(self) -> None:
         self.check_placement()
+        check_trackers(self.report_to)
         if (self.run is None) == (self.model is None):
             raise UserError("give a run folder or --model, not both and not neither")
         plan(list(self.tasks), list(self.langs), self.options)  # refuse a task without data before loading anything
@@ -292,6 +308,17 @@ def run_eval(settings: EvalSettings, reporter: Reporter | None = None) -> dict:
     """
     reporter = reporter or Reporter()
     settings.validate()
+    name = Path(settings.run).name if settings.run is not None else f"{Path(str(settings.model)).name}-dense"
+    config = {"run": str(settings.run), "model": settings.model, "tasks": list(settings.tasks)}
+    config.update(langs=list(settings.langs), **jsonable(asdict(settings.options)))
+    with tracking(settings.report_to, "eval", name, config) as tracked:
+        results = _evaluate(settings, reporter)
+        tracked.log(metric_values(results))
+        tracked.save(settings.target.parent)
+    return results
+
+
+def _evaluate(settings: EvalSettings, reporter: Reporter) -> dict:
     if settings.run is not None:
         source, dense_name = str(settings.run), load_report(settings.run)["model"]
     else:
