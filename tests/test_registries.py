@@ -247,7 +247,7 @@ def test_replay_of_a_folder_that_is_not_a_run_and_config_with_replay_are_one_lin
     config = tmp_path / "c.yaml"
     config.write_text("method: magnitude\n")
     both = cli("prune", "--config", config, "--replay", tmp_path, "--out", tmp_path / "run")
-    assert both.returncode == 2 and "not both" in both.stderr
+    assert both.returncode == 2 and "without --config or --recipe" in both.stderr
     version = cli("--version")
     assert version.returncode == 0 and version.stdout.startswith("langprune ")
 
