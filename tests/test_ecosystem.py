@@ -366,3 +366,23 @@ def test_report_to_a_tracker_not_installed_is_refused(checkpoint, tmp_path, cli,
     monkeypatch.setitem(sys.modules, "wandb", None)  # as if not installed
     done = cli("prune", "--model", checkpoint, "--report-to", "wandb", "--out", tmp_path / "out")
     assert done.returncode == 2 and "pip install 'langprune[tracking]'" in done.stderr
+
+
+@pytest.mark.slow  # a fresh interpreter imports torch and transformers (about 10 s)
+def test_a_plain_prune_imports_no_heavy_optional_library(checkpoint, tmp_path):
+    """matplotlib only when drawing, compressed-tensors only when quantizing, trackers and lm-eval only when asked."""
+    import subprocess
+    import sys
+
+    script = f"""
+import sys
+from langprune.runs import PruneSettings, run_prune
+settings = PruneSettings(model={str(checkpoint)!r}, method="wanda", calib="file:{checkpoint / "calib.txt"}",
+                         nsamples=2, seqlen=8, out={str(tmp_path / "run")!r})
+run_prune(settings)
+print(sorted(m for m in ("compressed_tensors", "matplotlib", "wandb", "lm_eval", "ray") if m in sys.modules))
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "[]"
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["quantization_config"]["sparsity_config"]

@@ -112,25 +112,29 @@ def sparsity_config(model: nn.Module, pruned: set[str], structure: str, global_s
     """The compressed-tensors ``sparsity_config`` of a pruned model: dense storage; the pruned layers' classes
     as targets (Linear, or GPT-2's Conv1D) and every other layer of those classes ignored.
 
-    ``structure`` is ``unstructured`` or N:M (``2:4``), as compressed-tensors names it.
+    ``structure`` is ``unstructured`` or N:M (``2:4``), as compressed-tensors names it. The mapping has the
+    fields of its ``DenseSparsityConfig`` (the tests parse it with the library), written here so that a run
+    that does not quantize never imports the library (several seconds).
     """
-    from compressed_tensors.config import DenseSparsityConfig
-
     targets, ignore = targets_and_ignore(model, pruned)
-    config = DenseSparsityConfig(
-        targets=targets, ignore=ignore, global_sparsity=round(global_sparsity, 6), sparsity_structure=structure
-    )
-    return config.model_dump(exclude_none=True)
+    return {
+        "format": "dense",
+        "targets": targets,
+        "ignore": ignore,
+        "global_sparsity": round(global_sparsity, 6),
+        "sparsity_structure": structure,
+        "registry_requires_subclass": False,
+    }
 
 
 def compression_config(quantization: dict | None, sparsity: dict | None) -> dict | None:
     """config.json's ``quantization_config``: the quantization scheme and the sparsity, either or both."""
     if sparsity is None:
         return quantization
-    import compressed_tensors
+    from importlib.metadata import version
 
     base = quantization or {"quant_method": "compressed-tensors", "format": "dense"}
-    return {**base, "sparsity_config": sparsity, "version": compressed_tensors.__version__}
+    return {**base, "sparsity_config": sparsity, "version": version("compressed-tensors")}
 
 
 def saved_spec(folder: Path) -> QuantSpec | None:
