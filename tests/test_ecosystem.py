@@ -184,7 +184,9 @@ def test_recipe_yaml_follows_llm_compressors_schema_and_conventions(tmp_path, cl
     recipe = yaml.safe_load(text)
     modifier = recipe["sparsity_stage"]["sparsity_modifiers"]["SparseGPTModifier"]
     assert modifier["mask_structure"] == "3:4"  # llm-compressor prunes N of M; langprune's 1:4 keeps 1
-    assert modifier["targets"] == ["Linear"] and modifier["ignore"] == ["lm_head"]
+    # llm-compressor 0.14 names a Linear target "lm_head." in its Wanda/SparseGPT modifiers: an anchored pattern
+    # matches both spellings, an exact name would not (and the tied head and embedding would be pruned)
+    assert modifier["targets"] == ["Linear"] and modifier["ignore"] == ["re:^lm_head\\.?$"]
     assert modifier["block_size"] == 128 and modifier["dampening_frac"] == 0.01
     assert "# beyond this recipe, calibration" in text and "mask selection: row" in text
 

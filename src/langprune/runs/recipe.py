@@ -1,4 +1,4 @@
-"""llm-compressor recipes: every run folder's ``recipe.yaml``, and ``prune --recipe FILE``.
+r"""llm-compressor recipes: every run folder's ``recipe.yaml``, and ``prune --recipe FILE``.
 
 A recipe is llm-compressor's YAML schema: stages (``<name>_stage``) holding
 modifier groups (``<name>_modifiers``) holding modifiers by class name with
@@ -8,10 +8,15 @@ what langprune did beyond them (the calibration recipe, the contrastive
 score, the mask selection), and reads one back into prune settings for the
 modifiers it implements, refusing every other modifier and field by name.
 
-Two conventions differ and are translated here, nowhere else:
+Three conventions differ and are translated here, nowhere else:
 llm-compressor's ``mask_structure: "N:M"`` prunes N of every M weights,
-langprune's ``--sparsity n:m`` keeps n; and llm-compressor spells the OWL
-lambda ``owl_lmbda``.
+langprune's ``--sparsity n:m`` keeps n; llm-compressor spells the OWL
+lambda ``owl_lmbda``; and its Wanda and SparseGPT modifiers (0.14) name a
+layer matched by the class target ``Linear`` with a trailing dot
+(``lm_head.``), so an exact name under ``ignore`` never matches and the
+layer, the tied head and embedding included, is pruned. Their ignore list is
+therefore written as anchored patterns, ``re:^lm_head\.?$``, which match
+either spelling.
 """
 
 from __future__ import annotations
@@ -51,7 +56,7 @@ def recipe_of(report: dict, model) -> dict | None:
             "sparsity": round(sparsity.ratio, 6),
             "mask_structure": f"{sparsity.m - sparsity.n}:{sparsity.m}" if sparsity.structured else "0:0",
             "targets": targets,
-            "ignore": ignore,
+            "ignore": [name_pattern(name) for name in ignore],
         }
         profile = report.get("profile") or {}
         if profile.get("name") == "owl":
@@ -77,6 +82,14 @@ def recipe_of(report: dict, model) -> dict | None:
         }
         stages["quantization_stage"] = {"quantization_modifiers": {"GPTQModifier": args}}
     return stages or None
+
+
+def name_pattern(name: str) -> str:
+    """An ignore entry that matches one layer however llm-compressor spells its name (with or without a final dot)."""
+    return f"re:^{re.escape(name)}\\.?$"
+
+
+NAME_PATTERN = re.compile(r"re:\^((?:[\w-]|\\\.)+)\\\.\?\$")
 
 
 def beyond_note(report: dict) -> list[str]:
@@ -249,10 +262,15 @@ def _exclude(where: str, name: str, args: dict) -> list[str]:
     ignore = args.get("ignore") or []
     patterns = []
     for entry in ignore:
-        if entry.startswith("re:"):
-            if re.fullmatch(entry[3:], "lm_head"):
+        written = NAME_PATTERN.fullmatch(entry)
+        if written:  # one layer, as name_pattern writes it
+            entry = written.group(1).replace("\\.", ".")
+        elif entry.startswith("re:"):
+            if re.match(entry[3:], "lm_head"):
                 continue
-            raise UserError(f"{where}: {name} ignore {entry!r}: list layer names (regular expressions are not read)")
+            raise UserError(
+                f"{where}: {name} ignore {entry!r}: list layer names (or re:^name\\.?$); other patterns are not read"
+            )
         if entry.split(".")[-1] != "lm_head":
             patterns.append(entry)
     return patterns
