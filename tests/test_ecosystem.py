@@ -388,3 +388,10 @@ print(sorted(m for m in ("compressed_tensors", "matplotlib", "wandb", "lm_eval",
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip().splitlines()[-1] == "[]"
     assert json.loads((tmp_path / "run" / "config.json").read_text())["quantization_config"]["sparsity_config"]
+
+
+def test_a_recipe_or_config_that_is_a_folder_is_one_line(checkpoint, tmp_path, cli):
+    for option in ("--recipe", "--config"):
+        done = cli("prune", "--model", checkpoint, option, tmp_path, "--out", tmp_path / "out")
+        lines = done.stderr.strip().splitlines()
+        assert done.returncode == 2 and len(lines) == 1 and "is a folder" in lines[0], done.stderr

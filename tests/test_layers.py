@@ -1,4 +1,4 @@
-"""The package's layers: no module imports from a layer above its own (README, Architecture)."""
+"""The package's layers: no module imports from a layer above its own (docs/architecture.md)."""
 
 import ast
 from pathlib import Path

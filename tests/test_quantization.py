@@ -266,7 +266,7 @@ def test_quantized_checkpoint_loads_with_from_pretrained_and_gives_the_same_logi
     ids = token_ids(2, 10, seed=5)
     with torch.no_grad():
         expected = model(ids).logits
-        # Asymmetric grids load only dequantized with compressed-tensors 0.20 (README); symmetric ones either way.
+        # Asymmetric grids load only dequantized with compressed-tensors 0.20 (docs/compression.md); symmetric ones either way.
         options = {"quantization_config": tf.CompressedTensorsConfig(dequantize=True)} if "asym" in spec else {}
         loaded = tf.AutoModelForCausalLM.from_pretrained(tmp_path / "run", **options)
         assert torch.allclose(loaded(ids).logits, expected, atol=1e-5)

@@ -226,6 +226,10 @@ def read_yaml_mapping(path: Path, what: str, shape: str) -> dict:
         value = yaml.safe_load(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise UserError(f"{what} {path} does not exist") from None
+    except IsADirectoryError:
+        raise UserError(f"{what} {path} is a folder: give the YAML file itself") from None
+    except OSError as exc:
+        raise UserError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
         raise UserError(f"{path} is not valid YAML ({str(exc).splitlines()[0]})") from None
     if not isinstance(value, dict):
