@@ -16,7 +16,7 @@ def langprune(*args, cwd=None):
     return subprocess.run([sys.executable, "-m", "langprune", *map(str, args)], capture_output=True, text=True, cwd=cwd)
 
 
-def test_prune_writes_a_loadable_checkpoint_masks_and_report(checkpoint, tmp_path):
+def test_prune_writes_a_loadable_checkpoint_masks_and_report(checkpoint, tmp_path, cli):
     out = tmp_path / "run"
     done = langprune(
         "prune",
@@ -49,7 +49,7 @@ def test_prune_writes_a_loadable_checkpoint_masks_and_report(checkpoint, tmp_pat
     assert report["sparsity_pruned_layers"] == pytest.approx(0.5)
     assert report["provenance"]["versions"]["torch"]
     assert not (tmp_path / "run.partial").exists()
-    shown = langprune("inspect", out)
+    shown = cli("inspect", out)
     assert shown.returncode == 0 and "weights left where masks prune: 0" in shown.stdout
 
 

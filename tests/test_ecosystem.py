@@ -291,6 +291,7 @@ def _offline_runs(root: Path) -> list[Path]:
     return sorted(root.glob("offline-run-*"))
 
 
+@pytest.mark.slow  # wandb's service starts twice (about 5 s); the grid test below covers tracking in the quick subset
 def test_report_to_wandb_logs_settings_metrics_and_files_offline(
     checkpoint, tiny_corpora, tmp_path, cli, offline_wandb
 ):
