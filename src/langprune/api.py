@@ -7,6 +7,7 @@ import torch
 from . import calibration as calibration_module
 from .calibration import CalibrationSet
 from .compress import PruneResult, prune_model
+from .errors import UserError
 from .runs import EvalSettings, PruneSettings, run_eval, run_prune
 
 __all__ = ["EvalSettings", "PruneSettings", "as_calibration", "prune", "run_eval", "run_prune"]
@@ -23,6 +24,7 @@ def prune(
     seqlen: int = 512,
     seed: int = 0,
     contrast: str | list[str] | CalibrationSet | torch.Tensor | dict | None = None,
+    serve: dict[str, float] | str | None = None,
     **options,
 ) -> tuple[torch.nn.Module, PruneResult]:
     """Prune a model in memory, in place, and return it with the result (changes per layer, masks, summary).
@@ -35,7 +37,13 @@ def prune(
     a dict with ``input_ids`` and optional ``attention_mask``. ``contrast``
     (the same kinds) is the set Z of the contrastive wanda score. ``options``
     go to ``prune_model`` (``propagate``, ``include``, ``exclude``, ``batch_size``, ``on_block``).
+    ``serve`` (``{"de": 1, "hi": 2}`` or ``"de,hi=2"``) builds the calibration for the languages served
+    instead, token shares in proportion to the weights; give it with ``calibration=None``.
     """
+    if serve is not None:
+        if calibration is not None:
+            raise UserError("give calibration or serve, not both")
+        calibration = calibration_module.serve_recipe(serve)
     calibration = as_calibration(calibration, tokenizer, nsamples, seqlen, seed)
     contrast = as_calibration(contrast, tokenizer, nsamples, seqlen, seed)
     result = prune_model(model, calibration, method, sparsity, seed=seed, contrast=contrast, **options)

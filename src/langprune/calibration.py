@@ -3,6 +3,10 @@
 Recipes name the text (``@CORPUS`` picks a corpus from the catalog; UDHR by default):
 
 - ``mono:de``: one language; ``mix:en+de+zh``: equal shares of one budget of sequences;
+  ``mix:de=1+hi=2+sw=1``: shares in proportion to the weights (largest remainder, so
+  each language is within one sequence of its exact share); in a weighted mix
+  an element may name its own corpus, ``mix:de=1+yo@flores=2`` (``@CORPUS``
+  after the last weight is the default for the others);
 - ``mt:fr-en``: few-shot translation demonstrations (translation-feature paper,
   Appendix A): each of the N sequences holds n shots ``French: s`` newline
   ``English: t`` then EOS, from random parallel pairs;
@@ -29,7 +33,7 @@ from pathlib import Path
 
 import torch
 
-from .data import get_corpus, read_local
+from .data import get_corpus, read_local, text_corpora_with
 from .engine import Tag, TokenBatch
 from .errors import UserError, check_at_least
 from .languages import NAMES, check_language, english_name
@@ -107,6 +111,11 @@ class Recipe:
     languages: tuple[str, ...] = ()
     corpus: str = DEFAULT_CORPUS
     path: str = ""
+    weights: tuple[float, ...] = ()  # mix: one per language (empty: equal shares)
+    corpora: tuple[str, ...] = ()  # mix: one per language (empty: ``corpus`` for all)
+
+    def corpus_of(self, index: int) -> str:
+        return self.corpora[index] if self.corpora else self.corpus
 
     @property
     def layout(self) -> str:
@@ -133,6 +142,8 @@ def parse_recipe(text: str) -> Recipe:
                 "write code (the python-code corpus) or mono:LANG@" + corpus
             )
         return Recipe(text, "code", ("code",), corpus)
+    if kind == "mix" and "=" in arg:
+        return _parse_mix(text, arg)
     arg, _, corpus = arg.partition("@")
     corpus = corpus or DEFAULT_CORPUS
     if kind in ("mono", "demo") and re.fullmatch(r"[a-z]{2,3}", arg):
@@ -152,15 +163,100 @@ def parse_recipe(text: str) -> Recipe:
     raise UserError(f"malformed calibration recipe {text!r}: {RECIPE_HELP}")
 
 
+_ELEMENT = re.compile(r"([a-z]{2,3})(?:@([\w.-]+))?(?:=([^+@]*))?")
+
+
+def _parse_mix(text: str, arg: str) -> Recipe:
+    """Weighted mixes, ``mix:de=1+hi@flores=2+sw=1[@CORPUS]``: a corpus before an element's ``=`` is that
+    language's own; one after the last weight is the default of the others (as in ``mix:en+de@CORPUS``)."""
+    body, default = arg, DEFAULT_CORPUS
+    if arg.rfind("@") > arg.rfind("="):
+        body, _, default = arg.rpartition("@")
+    languages, weights, corpora = [], [], []
+    for element in body.split("+"):
+        match = _ELEMENT.fullmatch(element)
+        if not match:
+            raise UserError(
+                f"malformed calibration recipe {text!r}: {element!r} is not LANG[@CORPUS][=WEIGHT], "
+                "e.g. mix:de=1+hi=2+sw=1"
+            )
+        language, corpus, weight = match.groups()
+        languages.append(check_language(language))
+        corpora.append(corpus or default)
+        weights.append(serving_weight(weight, language, text) if weight is not None else 1.0)
+    if len(set(languages)) != len(languages):
+        raise UserError(f"recipe {text!r} names a language twice")
+    same_corpus = len(set(corpora)) == 1
+    return Recipe(
+        text,
+        "mix",
+        tuple(languages),
+        corpora[0] if same_corpus else default,
+        weights=tuple(weights),
+        corpora=() if same_corpus else tuple(corpora),
+    )
+
+
+def serving_weight(value: str, language: str, where: str) -> float:
+    """A language's weight: a finite number above zero."""
+    try:
+        weight = float(value)
+    except ValueError:
+        raise UserError(f"{where}: the weight of {language}, {value!r}, is not a number") from None
+    if not weight > 0 or weight == float("inf"):
+        raise UserError(f"{where}: the weight of {language} must be a finite number above 0, not {value}")
+    return weight
+
+
+def shares(total: int, weights: list[float]) -> list[int]:
+    """``total`` sequences split in proportion to ``weights`` (largest remainder; ties to the earlier language),
+    so that every share is within one sequence of its exact value. Equal weights give the equal split."""
+    exact = [total * w / sum(weights) for w in weights]
+    counts = [int(e) for e in exact]
+    order = sorted(range(len(weights)), key=lambda i: (-(exact[i] - counts[i]), i))
+    for i in order[: total - sum(counts)]:
+        counts[i] += 1
+    return counts
+
+
+def serve_recipe(serve: str | dict) -> str:
+    """The weighted-mix recipe for the languages a user serves (``"de,hi=2,sw"`` or ``{"de": 1, "hi": 2}``):
+    each language from UDHR when it has it, else from the first usable text corpus in the catalog that does."""
+    if isinstance(serve, dict):
+        items = [(str(lang), str(weight)) for lang, weight in serve.items()]
+    else:
+        items = [element.strip().partition("=")[::2] for element in str(serve).split(",") if element.strip()]
+    if not items:
+        raise UserError("--serve names no language: give LANG[=WEIGHT],..., e.g. --serve de,hi=2,sw")
+    elements, seen = [], set()
+    for language, weight in items:
+        language = check_language(language.strip())
+        if language in seen:
+            raise UserError(f"--serve names {language} twice: give each language once, with its weight")
+        seen.add(language)
+        weight = serving_weight(weight.strip() or "1", language, "--serve")
+        corpora = text_corpora_with(language)
+        if not corpora:
+            raise UserError(
+                f"--serve {language}: no corpus here has {english_name(language)} text; "
+                "calibrate with your own text, --calib file:PATH@" + language
+            )
+        corpus = DEFAULT_CORPUS if any(c.name == DEFAULT_CORPUS for c in corpora) else corpora[0].name
+        elements.append(f"{language}{'' if corpus == DEFAULT_CORPUS else '@' + corpus}={weight:g}")
+    return "mix:" + "+".join(elements)
+
+
 def check_recipe(text: str) -> Recipe:
     """Everything about a recipe that can be checked without a tokenizer: its form, corpus, languages and file."""
     parsed = parse_recipe(text)
     if parsed.kind == "file":
         read_local(Path(parsed.path).expanduser(), parsed.languages[0] if parsed.languages else None)
     else:
-        corpus = get_corpus(parsed.corpus)
-        for language in parsed.languages:
-            corpus.check(language)
+        for index, language in enumerate(parsed.languages):
+            if parsed.kind != "code":
+                get_corpus(parsed.corpus_of(index)).check(language)
+        if parsed.kind == "code":
+            get_corpus(parsed.corpus)
     return parsed
 
 
@@ -197,11 +293,14 @@ def build(
         ]
     else:
         languages = parsed.languages
-        shares = [nsamples // len(languages) + (i < nsamples % len(languages)) for i in range(len(languages))]
-        groups = [
-            ({"name": parsed.corpus, "language": lang}, calibration_texts(parsed.corpus, lang, seed), share)
-            for lang, share in zip(languages, shares)
-        ]
+        counts = shares(nsamples, list(parsed.weights or [1.0] * len(languages)))
+        groups = []
+        for index, (lang, share) in enumerate(zip(languages, counts)):
+            corpus = parsed.corpus_of(index)
+            source = {"name": corpus, "language": lang}
+            if parsed.weights:
+                source["weight"] = parsed.weights[index]
+            groups.append((source, calibration_texts(corpus, lang, seed), share))
     return _assemble(groups, tokenizer, seqlen, rng, recipe, seed)
 
 

@@ -33,10 +33,36 @@ CATALOG: dict[str, Corpus] = {
 }
 
 
+def usable(corpus: Corpus) -> bool:
+    """Fetched already, or fetchable here (registry clients work offline; the Hugging Face hub does not)."""
+    from .sources import HubDataset
+
+    return corpus.fetched() or not isinstance(corpus.source, HubDataset)
+
+
+def text_corpora_with(language: str) -> list[Corpus]:
+    """The usable corpora with running text in ``language`` (monolingual or parallel), the catalog's order."""
+    return [
+        corpus
+        for corpus in CATALOG.values()
+        if corpus.kind in ("monolingual", "parallel") and language in corpus.languages and usable(corpus)
+    ]
+
+
 def get_corpus(name: str) -> Corpus:
     if name not in CATALOG:
         raise UserError(f"unknown corpus {name!r}{did_you_mean(name, CATALOG)}: see `langprune data list`")
     return CATALOG[name]
 
 
-__all__ = ["CATALOG", "Corpus", "Example", "Unit", "get_corpus", "read_local", "split_keys"]
+__all__ = [
+    "CATALOG",
+    "Corpus",
+    "Example",
+    "Unit",
+    "get_corpus",
+    "read_local",
+    "split_keys",
+    "text_corpora_with",
+    "usable",
+]

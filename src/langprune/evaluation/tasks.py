@@ -15,8 +15,7 @@ from importlib import resources
 
 import yaml
 
-from ..data import get_corpus
-from ..data.sources import HubDataset
+from ..data import get_corpus, usable
 from ..errors import UserError, did_you_mean
 
 GROUPS = {"cloze": "cloze", "mcq": "choice"}
@@ -37,11 +36,6 @@ class TaskSpec:
             if wanted <= set(corpus.languages) and usable(corpus):
                 return name
         return None
-
-
-def usable(corpus) -> bool:
-    """Fetched already, or fetchable here (registry clients work offline; the Hugging Face hub does not)."""
-    return corpus.fetched() or not isinstance(corpus.source, HubDataset)
 
 
 @cache

@@ -221,9 +221,17 @@ def _check_axes(path: Path, values: dict, settings: dict) -> None:
             get_method(method)
         for sparsity in values.get("sparsity", []):
             Sparsity.parse(str(sparsity))
-        for recipe in values.get("calib", []):
+        serve = settings.get("serve")
+        if serve is not None:
+            if values.get("calib") != [None]:
+                raise UserError("settings serve builds the calibration: leave out the calibration axis")
+            calibration.check_recipe(calibration.serve_recipe(serve))
+        for recipe in values.get("calib", []) if serve is None else []:
             if recipe is None:
-                raise UserError("calibration is missing: list recipes, e.g. calibration: [mono:en, mono:de]")
+                raise UserError(
+                    "calibration is missing: list recipes, e.g. calibration: [mono:en, mono:de], or set settings: "
+                    "{serve: de,hi=2}"
+                )
             calibration.check_recipe(recipe)
         for seed in values.get("seed", []):
             if not isinstance(seed, int) or seed < 0:

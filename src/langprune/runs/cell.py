@@ -76,6 +76,11 @@ class PruneSettings(PlacementSettings):
     calib: str | None = setting(
         None, "Calibration recipe: mono:de, mix:en+de+zh, mt:fr-en, demo:fr, code, file:PATH; @CORPUS picks the corpus."
     )
+    serve: str | None = setting(
+        None,
+        "The languages you serve, LANG[=WEIGHT],... (e.g. de,hi=2,sw): calibration built for them, token shares "
+        "in proportion to the weights, each language from a corpus that has it (instead of --calib).",
+    )
     method: str = setting("wanda", lambda: f"One of {', '.join(METHODS)}.")
     sparsity: str = setting("0.5", "Fraction to remove (0.5) or N:M (2:4); ignored by --method none.")
     quantize: str | None = setting(
@@ -144,6 +149,11 @@ class PruneSettings(PlacementSettings):
         flat = {k: v for k, v in asdict(self).items() if k != "method_options"}
         return jsonable({**flat, **dict.fromkeys(method_options()), **self.method_options})
 
+    @property
+    def calibration_recipe(self) -> str | None:
+        """``--calib``, or the weighted mix ``--serve`` stands for."""
+        return calibration_module.serve_recipe(self.serve) if self.serve else self.calib
+
     def plan(self) -> Plan:
         """The method, target, quantization and profile resolved, every pairing rule checked."""
         return resolve(
@@ -153,7 +163,7 @@ class PruneSettings(PlacementSettings):
             profile=Profile(self.profile, self.owl_m, self.owl_lambda),
             propagate=self.propagate,
             batch_size=self.batch_size,
-            has_calibration=bool(self.calib or self.tokens),
+            has_calibration=bool(self.calib or self.tokens or self.serve),
             has_contrast=bool(self.contrast),
             method_options=self.method_options,
         )
@@ -170,9 +180,14 @@ class PruneSettings(PlacementSettings):
         check_at_least("--nsamples", self.nsamples, 1)
         if not 0 <= self.seed <= MAX_SEED:
             raise UserError(f"--seed {self.seed} is outside [0, 2^64 - 1]: give a non-negative 64-bit integer")
-        if self.calib and self.tokens:
-            raise UserError("give either --calib or --tokens, not both")
-        for recipe in (self.calib, self.contrast):
+        given = [
+            flag
+            for flag, value in (("--calib", self.calib), ("--tokens", self.tokens), ("--serve", self.serve))
+            if value
+        ]
+        if len(given) > 1:
+            raise UserError(f"give one of --calib, --tokens and --serve, not {' and '.join(given)}")
+        for recipe in (self.calibration_recipe, self.contrast):
             if recipe:
                 calibration_module.check_recipe(recipe)
         for language in self.eval_langs:
@@ -213,12 +228,13 @@ def _prune(settings: PruneSettings, reporter: Reporter) -> dict:
         with reporter.loading(settings.model):
             lm, tokenizer = load_model(settings.model, settings.dtype, settings.device, settings.offload)
         log.info("loaded %s in %.1f s (%s)", settings.model, time.perf_counter() - started, settings.dtype)
-        if settings.calib or settings.contrast:
+        recipe = settings.calibration_recipe
+        if recipe or settings.contrast:
             calibration_module.check_seqlen(settings.seqlen, lm)
         build = lambda recipe: calibration_module.build(
             recipe, tokenizer, settings.nsamples, settings.seqlen, settings.seed, settings.shots
         )
-        calibration = build(settings.calib) if settings.calib else pretokenized
+        calibration = build(recipe) if recipe else pretokenized
         contrast = build(settings.contrast) if settings.contrast else None
         for role, chosen in (("calibration", calibration), ("contrast", contrast)):
             if chosen is not None:
@@ -256,8 +272,28 @@ def _prune(settings: PruneSettings, reporter: Reporter) -> dict:
         }
         if languages:
             report["perplexity"] = {"corpus": settings.eval_corpus, "dense": before, "pruned": after}
+        if settings.serve:
+            report["serve"] = serving_plan(calibration)
         run.finish(lm, tokenizer, report)
     return report
+
+
+def serving_plan(calibration) -> dict:
+    """What ``--serve`` built, per language: its weight, corpus, sequences and tokens, and its share of the tokens."""
+    total = sum(source["tokens"] for source in calibration.sources) or 1
+    return {
+        "recipe": calibration.recipe,
+        "languages": {
+            source["language"]: {
+                "weight": source.get("weight", 1.0),
+                "corpus": source["name"],
+                "sequences": source["sequences"],
+                "tokens": source["tokens"],
+                "token_share": round(source["tokens"] / total, 4),
+            }
+            for source in calibration.sources
+        },
+    }
 
 
 @dataclass(kw_only=True)

@@ -1,0 +1,126 @@
+"""Serving languages: weighted mixes (``mix:de=1+hi=2``) and ``--serve LANG[=WEIGHT],...`` on prune, the API and grids."""
+
+import json
+from fractions import Fraction
+
+import pytest
+import torch
+import yaml
+from conftest import tiny_model
+
+from langprune import UserError
+from langprune.calibration import build, parse_recipe, serve_recipe, shares
+from langprune.compress.methods import METHODS
+
+
+@pytest.mark.parametrize("total", [1, 7, 10, 33, 100])
+@pytest.mark.parametrize("weights", [[1, 1], [1, 2, 1], [0.5, 3, 1.25, 1], [5, 1]])
+def test_shares_follow_the_weights_within_one_sequence(total, weights):
+    counts = shares(total, weights)
+    assert sum(counts) == total
+    exact = [Fraction(total) * Fraction(w) / sum(map(Fraction, weights)) for w in weights]
+    assert all(abs(c - e) < 1 for c, e in zip(counts, exact))
+
+
+@pytest.mark.parametrize("total", range(1, 40))
+@pytest.mark.parametrize("k", [2, 3, 6])
+def test_equal_weights_split_as_before(total, k):
+    """Unweighted mixes keep their split (the first total % k languages get one more): old runs repeat."""
+    assert shares(total, [1.0] * k) == [total // k + (i < total % k) for i in range(k)]
+
+
+def test_weighted_mix_recipes_parse_and_keep_the_old_forms():
+    assert parse_recipe("mix:de+hi@wikilingua").corpus == "wikilingua"  # the whole mix, as before
+    weighted = parse_recipe("mix:de=1+hi@wikilingua=2+sw=0.5")
+    assert weighted.weights == (1.0, 2.0, 0.5) and weighted.corpora == ("udhr", "wikilingua", "udhr")
+    assert parse_recipe("mix:en=1+de=3@wikilingua").corpus == "wikilingua"  # after the last weight: default
+    assert serve_recipe("de,hi=2,sw") == serve_recipe({"de": 1, "hi": 2, "sw": 1}) == "mix:de=1+hi=2+sw=1"
+
+
+def test_weighted_token_shares_match_the_weights(tiny_corpora, tok):
+    built = build("mix:en=1+fr=2+de=1", tok, nsamples=8, seqlen=8)
+    per_language = {s["language"]: s["sequences"] for s in built.sources}
+    assert per_language == {"en": 2, "fr": 4, "de": 2} and built.input_ids.shape == (8, 8)
+    assert [s["weight"] for s in built.sources] == [1.0, 2.0, 1.0]
+    unweighted = build("mix:en+fr+de", tok, nsamples=8, seqlen=8)
+    assert [s["sequences"] for s in unweighted.sources] == [3, 3, 2] and "weight" not in unweighted.sources[0]
+
+
+@pytest.fixture(scope="module")
+def tok(tmp_path_factory):
+    from conftest import tiny_tokenizer
+
+    return tiny_tokenizer(tmp_path_factory.mktemp("tok"))
+
+
+@pytest.mark.parametrize(
+    "method, extra",
+    [(m, []) for m in sorted(METHODS) if m not in ("none", "wanda-contrastive")]
+    + [("none", ["--quantize", "w4g16"]), ("wanda-contrastive", ["--contrast", "mono:de"])],
+)
+def test_serve_runs_with_every_method_and_records_its_plan(tiny_corpora, tmp_path, cli, method, extra):
+    from conftest import save_checkpoint
+
+    checkpoint = save_checkpoint(tiny_model("llama"), tmp_path / "llama")
+    out = tmp_path / "run"
+    done = cli("prune", "--model", checkpoint, "--serve", "en,fr=2,de", "--method", method, *extra,
+               "--nsamples", "8", "--seqlen", "12", "--out", out)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    report = json.loads((out / "report.json").read_text())
+    plan = report["serve"]
+    assert plan["recipe"] == "mix:en=1+fr=2+de=1"
+    if method not in ("magnitude", "random"):  # those two read no calibration
+        assert report["calibration"]["recipe"] == plan["recipe"]
+    assert {lang: p["sequences"] for lang, p in plan["languages"].items()} == {"en": 2, "fr": 4, "de": 2}
+    assert plan["languages"]["fr"]["token_share"] == 0.5 and plan["languages"]["de"]["corpus"] == "udhr"
+    assert report["settings"]["serve"] == "en,fr=2,de"
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--serve", "en,xx"], "unknown language code 'xx'"),
+        (["--serve", "en=0,fr"], "above 0"),
+        (["--serve", "en=-1"], "above 0"),
+        (["--serve", "en=nan"], "above 0"),
+        (["--serve", "en=abc"], "is not a number"),
+        (["--serve", "en,fr,en"], "names en twice"),
+        (["--serve", "en", "--calib", "mono:en"], "not --calib and --serve"),
+    ],
+)
+def test_serve_bad_input_is_one_line_exit_2_and_nothing_written(checkpoint, tiny_corpora, tmp_path, cli, args, message):
+    done = cli("prune", "--model", checkpoint, *args, "--out", tmp_path / "out")
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and len(lines) == 1 and message in lines[0], done.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_python_api_serves_a_dict_of_weights(tiny_corpora, tok):
+    from langprune import prune
+
+    model, result = prune(tiny_model("llama"), tok, None, "wanda", 0.5, serve={"en": 1, "de": 3}, nsamples=4, seqlen=8)
+    assert result.summary["calibration"]["recipe"] == "mix:en=1+de=3"
+    assert [s["sequences"] for s in result.summary["calibration"]["sources"]] == [1, 3]
+    with pytest.raises(UserError, match="not both"):
+        prune(tiny_model("llama"), tok, "mono:en", serve={"en": 1})
+
+
+def test_a_grid_serves_from_its_settings(checkpoint, tiny_corpora, tmp_path):
+    from langprune.experiments import load_grid
+
+    spec = {"name": "served", "models": [str(checkpoint)], "methods": ["wanda"], "settings": {"serve": "en,de=2"},
+            "evaluation": {"tasks": ["ppl"], "langs": ["en"]}, "out": str(tmp_path / "cells")}  # fmt: skip
+    path = tmp_path / "grid.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    cells = [c for c in load_grid(path).cells if not c.dense]
+    assert len(cells) == 1 and cells[0].prune["serve"] == "en,de=2" and cells[0].prune["calib"] is None
+    path.write_text(yaml.safe_dump({**spec, "calibration": ["mono:en"]}))
+    with pytest.raises(UserError, match="leave out the calibration axis"):
+        load_grid(path)
+
+
+def test_serving_weights_shift_the_statistics_towards_the_heavier_language(tiny_corpora, tok):
+    """The weights reach pruning: a 1:3 serve gives the calibration rows of a 1:3 mix, language by language."""
+    weighted = build(serve_recipe({"en": 1, "de": 3}), tok, nsamples=8, seqlen=8)
+    assert weighted.row_languages.count("de") == 6 and weighted.row_languages.count("en") == 2
+    assert torch.equal(weighted.input_ids, build("mix:en=1+de=3", tok, nsamples=8, seqlen=8).input_ids)
