@@ -124,3 +124,104 @@ def test_serving_weights_shift_the_statistics_towards_the_heavier_language(tiny_
     weighted = build(serve_recipe({"en": 1, "de": 3}), tok, nsamples=8, seqlen=8)
     assert weighted.row_languages.count("de") == 6 and weighted.row_languages.count("en") == 2
     assert torch.equal(weighted.input_ids, build("mix:en=1+de=3", tok, nsamples=8, seqlen=8).input_ids)
+
+
+def _tagged_batches(seed: int = 0):
+    from langprune.engine import Tag
+
+    g = torch.Generator().manual_seed(seed)
+    scales = {"en": 1.0, "de": 4.0}  # de's activations are larger: they dominate a plain mixed statistic
+    batches = [(torch.randn(n, 16, generator=g) * scales[lang], Tag("calibration", lang)) for lang, n in
+               [("en", 5), ("en", 7), ("de", 3), ("de", 2), ("de", 6)]]  # fmt: skip
+    tokens = {"en": 12, "de": 11}
+    return batches, tokens
+
+
+def test_default_aggregation_is_todays_mixed_statistic_bit_for_bit():
+    from langprune.engine.statistics import Hessian, LanguageAggregation, SquaredNorms
+
+    batches, tokens = _tagged_batches()
+    default = LanguageAggregation("tokens", 1.0, {"en": 1.0, "de": 2.0}, tokens)
+    for kind in (SquaredNorms, Hessian):
+        plain, aggregated = kind(16, "layer"), kind(16, "layer", aggregation=default)
+        for x, tag in batches:
+            plain.add_batch(x, tag)
+            aggregated.add_batch(x, tag)
+        assert torch.equal(plain.value, aggregated.value)
+
+
+@pytest.mark.parametrize("mode, power", [("max", None), ("mean", 1.0), ("power", 3.0)])
+def test_aggregated_norms_equal_a_brute_force_power_mean_of_per_language_norms(mode, power):
+    from langprune.engine.statistics import LanguageAggregation, SquaredNorms
+
+    batches, tokens = _tagged_batches()
+    weights = {"en": 2.0, "de": 1.0}
+    aggregation = LanguageAggregation(mode, power or float("inf"), weights, tokens)
+    norms = SquaredNorms(16, "layer", aggregation=aggregation)
+    for x, tag in batches:
+        norms.add_batch(x, tag)
+    per_token = {}
+    for lang in weights:
+        xs = torch.cat([x.double() for x, tag in batches if tag.language == lang])
+        per_token[lang] = (xs**2).sum(0) / xs.shape[0]
+    if mode == "max":
+        expected = torch.maximum(per_token["en"], per_token["de"])
+    else:
+        p = power
+        expected = ((weights["en"] * per_token["en"] ** p + weights["de"] * per_token["de"] ** p) / 3.0) ** (1 / p)
+    assert torch.allclose(norms.value, expected, rtol=1e-6)
+
+
+def test_mean_aggregated_hessian_is_the_weighted_mean_of_per_language_hessians():
+    from langprune.engine.statistics import Hessian, LanguageAggregation
+
+    batches, tokens = _tagged_batches(1)
+    weights = {"en": 1.0, "de": 3.0}
+    hessian = Hessian(16, "layer", aggregation=LanguageAggregation("mean", 1.0, weights, tokens))
+    for x, tag in batches:
+        hessian.add_batch(x, tag)
+    per_language = {}
+    for lang in weights:
+        xs = torch.cat([x.double() for x, tag in batches if tag.language == lang])
+        per_language[lang] = 2.0 / xs.shape[0] * xs.T @ xs
+    expected = (weights["en"] * per_language["en"] + weights["de"] * per_language["de"]) / 4.0
+    assert torch.allclose(hessian.value.double(), expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "method, aggregate", [("wanda", "max"), ("wanda", "power:2"), ("ria", "mean"), ("sparsegpt", "mean")]
+)
+def test_lang_aggregate_runs_and_is_recorded(tiny_corpora, tmp_path, cli, method, aggregate):
+    from conftest import save_checkpoint
+
+    checkpoint = save_checkpoint(tiny_model("llama"), tmp_path / "llama")
+    out = tmp_path / "run"
+    done = cli("prune", "--model", checkpoint, "--serve", "en,de=3", "--method", method, "--lang-aggregate",
+               aggregate, "--nsamples", "8", "--seqlen", "12", "--out", out)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    record = json.loads((out / "report.json").read_text())["lang_aggregate"]
+    assert record["mode"] == aggregate.split(":")[0] and record["weights"] == {"en": 1.0, "de": 3.0}
+    assert record["tokens"] == {"en": 24, "de": 72}
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--serve", "en,de", "--method", "sparsegpt", "--lang-aggregate", "max"], "takes tokens or mean"),
+        (["--serve", "en,de", "--method", "none", "--quantize", "w4", "--lang-aggregate", "power:2"], "GPTQ"),
+        (["--serve", "en,de", "--lang-aggregate", "median"], "choose tokens, mean, max, power:P"),
+        (["--serve", "en,de", "--lang-aggregate", "power:-1"], "choose tokens"),
+        (["--serve", "en,de", "--method", "magnitude", "--lang-aggregate", "max"], "reads no calibration statistic"),
+    ],
+)
+def test_lang_aggregate_bad_input_is_one_line(checkpoint, tiny_corpora, tmp_path, cli, args, message):
+    done = cli("prune", "--model", checkpoint, *args, "--out", tmp_path / "out")
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and len(lines) == 1 and message in lines[0], done.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_lang_aggregate_needs_rows_with_languages(checkpoint, tmp_path, cli):
+    done = cli("prune", "--model", checkpoint, "--calib", f"file:{checkpoint / 'calib.txt'}", "--lang-aggregate",
+               "max", "--nsamples", "2", "--seqlen", "8", "--out", tmp_path / "out")  # fmt: skip
+    assert done.returncode == 2 and "rows have none" in done.stderr and not (tmp_path / "out").exists()

@@ -35,6 +35,7 @@ import torch
 
 from .data import get_corpus, read_local, text_corpora_with
 from .engine import Tag, TokenBatch
+from .engine.statistics import LanguageAggregation, parse_aggregation
 from .errors import UserError, check_at_least
 from .languages import NAMES, check_language, english_name
 from .text import demonstration_ids, pad_id, text_windows
@@ -67,15 +68,44 @@ class CalibrationSet:
     def tokens(self) -> int:
         return int(self.attention_mask.sum())
 
-    def batches(self, batch_size: int, role: str = "calibration") -> list[TokenBatch]:
-        """Consecutive batches of rows, each tagged with ``role``, the set's layout and its language (None if mixed)."""
+    def batches(self, batch_size: int, role: str = "calibration", by_language: bool = False) -> list[TokenBatch]:
+        """Consecutive batches of rows, each tagged with ``role``, the set's layout and its language (None if mixed).
+
+        ``by_language`` also starts a new batch where the language changes, so every batch has one language
+        (what per-language statistics need); without it the batching is the plain one, as it always was.
+        """
         check_at_least("batch size", batch_size, 1)
+        rows = self.input_ids.shape[0]
+        languages = self.row_languages or [None] * rows
+        starts = list(range(0, rows, batch_size))
+        if by_language:
+            starts, start = [], 0
+            for i in range(1, rows + 1):
+                if i == rows or languages[i] != languages[start] or i - start == batch_size:
+                    starts.append(start)
+                    start = i
         out = []
-        for i in range(0, self.input_ids.shape[0], batch_size):
-            languages = set(self.row_languages[i : i + batch_size]) if self.row_languages else {None}
-            tag = Tag(role, languages.pop() if len(languages) == 1 else None, self.layout)
-            out.append(TokenBatch(self.input_ids[i : i + batch_size], self.attention_mask[i : i + batch_size], tag))
+        for i, end in zip(starts, [*starts[1:], rows]):
+            present = set(languages[i:end])
+            tag = Tag(role, present.pop() if len(present) == 1 else None, self.layout)
+            out.append(TokenBatch(self.input_ids[i:end], self.attention_mask[i:end], tag))
         return out
+
+    def aggregation(self, text: str) -> LanguageAggregation:
+        """The ``--lang-aggregate`` of this set: its languages' weights (from the recipe) and real tokens."""
+        mode, power = parse_aggregation(text)
+        if mode == "tokens":
+            return LanguageAggregation()
+        if not self.row_languages or None in self.row_languages:
+            raise UserError(
+                f"--lang-aggregate {text} combines languages, and calibration {self.recipe!r} has rows without one: "
+                "use mix:LANG+LANG or --serve"
+            )
+        tokens: dict[str, int] = {}
+        for language, mask in zip(self.row_languages, self.attention_mask):
+            tokens[language] = tokens.get(language, 0) + int(mask.sum())
+        weights = {s["language"]: float(s.get("weight", 1.0)) for s in self.sources if s.get("language") in tokens}
+        return LanguageAggregation(mode, power, weights, tokens)
 
     def summary(self) -> dict:
         return {

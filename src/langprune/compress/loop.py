@@ -25,7 +25,7 @@ from ..engine import BlockEngine, LayerFilter, find_blocks, prunable_layers, wei
 from ..engine.architecture import is_conv1d
 from ..engine.memory import return_freed_memory
 from ..engine.placement import outside_blocks, placement_of
-from ..engine.statistics import CONTRAST, Hessian
+from ..engine.statistics import CONTRAST, Hessian, parse_aggregation
 from ..errors import UserError, check_at_least
 from .methods import GPTQ, Method, get_method
 from .profiles import Profile, owl_ratios, owl_sparsities
@@ -100,6 +100,7 @@ class Plan:
     quant: QuantSpec | None
     profile: Profile
     propagate: str
+    lang_aggregate: str = "tokens"
 
     @property
     def needs_calibration(self) -> bool:
@@ -117,6 +118,7 @@ def resolve(
     has_calibration: bool,
     has_contrast: bool = False,
     method_options: dict | None = None,
+    lang_aggregate: str = "tokens",
 ) -> Plan:
     """Resolve the method (with its options and a contrast set), target, quantization and profile; refuse what cannot work.
 
@@ -133,7 +135,17 @@ def resolve(
     if propagate not in PROPAGATE:
         raise UserError(f"--propagate must be one of {', '.join(PROPAGATE)}, not {propagate!r}")
     check_at_least("--batch-size", batch_size, 1)
-    plan = Plan(chosen, target, quant, profile, propagate)
+    mode, _ = parse_aggregation(lang_aggregate)
+    hessian = chosen.statistic is Hessian or quant is not None
+    if mode not in ("tokens", "mean") and hessian:
+        raise UserError(
+            f"--lang-aggregate {lang_aggregate} combines norms (wanda, ria); the Hessian of "
+            f"{'GPTQ' if quant is not None else chosen.name} takes tokens or mean (a weighted mean of per-language "
+            "Hessians)"
+        )
+    if mode != "tokens" and chosen.statistic is None and quant is None:
+        raise UserError(f"--lang-aggregate {lang_aggregate}: {chosen.name} reads no calibration statistic to combine")
+    plan = Plan(chosen, target, quant, profile, propagate, lang_aggregate)
     if plan.needs_calibration and not has_calibration:
         why = chosen.name if chosen.statistic is not None else "--quantize (GPTQ)" if quant else "--profile owl"
         raise UserError(f"{why} needs calibration text: pass --calib, e.g. --calib mix:en+de")
@@ -156,6 +168,7 @@ def prune_model(
     on_block: Callable[[int, dict[str, LayerChange]], None] | None = None,
     quantize: str | QuantSpec | None = None,
     profile: str | Profile = "uniform",
+    lang_aggregate: str = "tokens",
 ) -> PruneResult:
     """Prune ``model`` in place; returns each layer's change and a summary with measured sparsity.
 
@@ -198,19 +211,25 @@ def prune_model(
         batch_size=batch_size,
         has_calibration=calibration is not None,
         has_contrast=contrast is not None,
+        lang_aggregate=lang_aggregate,
     )
     layer_filter = LayerFilter(tuple(include), tuple(exclude))
     blocks_name, blocks = find_blocks(model)
     check_shapes(blocks_name, blocks, plan.sparsity, layer_filter, plan.quant)
     started = time.perf_counter()
-    engine = None
+    engine, aggregation = None, None
     if plan.needs_calibration:
-        batches = calibration.batches(batch_size)
+        aggregation = calibration.aggregation(plan.lang_aggregate) if isinstance(calibration, CalibrationSet) else None
+        if plan.lang_aggregate != "tokens" and aggregation is None:
+            raise UserError("--lang-aggregate needs a calibration set whose rows carry languages (mix: or --serve)")
+        batches = calibration.batches(batch_size, by_language=aggregation is not None and aggregation.active)
         if contrast is not None:
             batches += contrast.batches(batch_size, role=CONTRAST)
         engine = BlockEngine(model, batches, layer_filter)
     per_block, profile_summary = _block_targets(plan, engine, len(blocks))
-    kept, records, tally = _compress_blocks(model, plan, engine, per_block, layer_filter, seed, progress, on_block)
+    kept, records, tally = _compress_blocks(
+        model, plan, engine, per_block, layer_filter, seed, progress, on_block, aggregation
+    )
     summary = {
         "method": plan.method.name,
         "sparsity": str(plan.sparsity),
@@ -221,6 +240,7 @@ def prune_model(
         "include": list(include),
         "exclude": list(exclude),
         "calibration": calibration.summary() if calibration is not None and engine is not None else None,
+        **({"lang_aggregate": aggregation.record()} if aggregation is not None and aggregation.active else {}),
         **({"contrast": contrast.summary(), "roles": {"X": "calibration", "Z": "contrast"}} if contrast else {}),
         **_measured(model, blocks_name, tally, records, started),
     }
@@ -240,7 +260,7 @@ def _block_targets(plan: Plan, engine, count: int) -> tuple[list[Sparsity], dict
     return [Sparsity(ratio=value) for value in targets], record
 
 
-def _compress_blocks(model, plan: Plan, engine, per_block, layer_filter, seed, progress, on_block):
+def _compress_blocks(model, plan: Plan, engine, per_block, layer_filter, seed, progress, on_block, aggregation=None):
     """The block loop: statistics, compression and propagation per block; changes handed on or kept."""
     blocks_name, blocks = find_blocks(model)
     placement = placement_of(model)
@@ -263,7 +283,9 @@ def _compress_blocks(model, plan: Plan, engine, per_block, layer_filter, seed, p
                             plan.method.prune_group({name: weight_matrix(layer)}, None, per_block[index], seed)
                         )
                 else:
-                    changes = _prune_block(engine, index, layers, compressor, per_block[index], seed, plan.propagate)
+                    changes = _prune_block(
+                        engine, index, layers, compressor, per_block[index], seed, plan.propagate, aggregation
+                    )
                 for name in changes:
                     tally.layer(name, weight_matrix(layers[name]))
                     if plan.profile.name != "uniform":
@@ -329,7 +351,9 @@ class Compressor:
         return changes
 
 
-def _prune_block(engine, index, layers, compressor: Compressor, sparsity, seed, propagate) -> dict[str, LayerChange]:
+def _prune_block(
+    engine, index, layers, compressor: Compressor, sparsity, seed, propagate, aggregation=None
+) -> dict[str, LayerChange]:
     if not layers:
         engine.run_block(index)
         return {}
@@ -337,7 +361,9 @@ def _prune_block(engine, index, layers, compressor: Compressor, sparsity, seed, 
 
     def on_input(leader: str, x: torch.Tensor, batch) -> None:
         if leader not in statistics:
-            statistics[leader] = {kind: kind(x.shape[1], leader, x.device) for kind in compressor.statistics}
+            statistics[leader] = {
+                kind: kind(x.shape[1], leader, x.device, aggregation) for kind in compressor.statistics
+            }
         contrast = batch.tag is not None and batch.tag.role == CONTRAST
         for kind, statistic in statistics[leader].items():
             if kind is compressor.method.statistic or not contrast:  # GPTQ's Hessian sees the calibration set X only

@@ -10,6 +10,9 @@ sets apart (the contrast set Z) read its role, never a batch's position.
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass, field
+
 import torch
 
 from ..errors import UserError
@@ -45,14 +48,90 @@ CONTRAST = "contrast"
 """The role of batches from the contrast set Z (``--contrast``)."""
 
 
+AGGREGATIONS = ("tokens", "mean", "max", "power:P")
+
+
+@dataclass(frozen=True)
+class LanguageAggregation:
+    """How the languages of a calibration set combine into one statistic (``--lang-aggregate``).
+
+    With ``tokens`` (the default) every token counts once: the statistics of the
+    mixed set, bit for bit as without aggregation, so a language with more
+    tokens or larger activations weighs more. Otherwise each language l first
+    gets its per-token statistic m_l = S_l / T_l (S_l summed over its T_l
+    tokens), and the languages combine as the weighted power mean with the
+    serving weights w_l:
+
+        A = (Σ_l w_l m_l^p / Σ_l w_l)^(1/p)
+
+    ``mean`` is p = 1, ``power:P`` any p > 0, ``max`` the limit p → ∞ (max_l m_l:
+    a feature any served language needs is kept). For SparseGPT and GPTQ the
+    Hessian is the weighted mean of per-language Hessians H_l = 2/T_l Σ x xᵀ
+    (only ``mean`` is linear in the Gram matrix: a maximum of matrices is not
+    a Hessian), accumulated as one matrix by scaling each batch by w_l / (T_l Σw).
+    """
+
+    mode: str = "tokens"
+    power: float = 1.0
+    weights: dict[str, float] = field(default_factory=dict)
+    tokens: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def active(self) -> bool:
+        return self.mode != "tokens"
+
+    def scale(self, language: str | None) -> float:
+        """A batch's factor in the linear (``mean``) combination: w_l / (T_l Σ w)."""
+        if language not in self.weights:
+            raise UserError(
+                f"--lang-aggregate: a calibration batch has no language ({language!r}); use mix: or --serve"
+            )
+        return self.weights[language] / (self.tokens[language] * sum(self.weights.values()))
+
+    def combine(self, means: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The weighted power mean of per-language per-token statistics (float64)."""
+        if self.mode == "max":
+            return torch.stack(list(means.values())).amax(0)
+        total = sum(self.weights[lang] for lang in means)
+        p = 1.0 if self.mode == "mean" else self.power
+        mixed = sum(self.weights[lang] * m.pow(p) for lang, m in means.items()) / total
+        return mixed if p == 1.0 else mixed.pow(1.0 / p)
+
+    def record(self) -> dict:
+        power = self.power if math.isfinite(self.power) else None  # max: the limit p -> infinity
+        return {"mode": self.mode, "power": power, "weights": self.weights, "tokens": self.tokens}
+
+
+def parse_aggregation(text: str) -> tuple[str, float]:
+    """``tokens``, ``mean``, ``max`` or ``power:P`` (P > 0) as (mode, p); anything else is one error."""
+    mode, _, value = str(text).partition(":")
+    if mode in ("tokens", "mean", "max") and not value:
+        return mode, {"mean": 1.0}.get(mode, math.inf if mode == "max" else 1.0)
+    if mode == "power":
+        try:
+            p = float(value)
+        except ValueError:
+            p = float("nan")
+        if p > 0 and math.isfinite(p):
+            return "power", p
+    raise UserError(f"--lang-aggregate {text!r}: choose {', '.join(AGGREGATIONS)} (P a number above 0)")
+
+
 class InputStatistic:
     """Lifecycle: ``add_batch`` per calibration batch, read, then ``free``."""
 
-    def __init__(self, features: int, name: str, device: torch.device | str = "cpu"):
+    def __init__(
+        self,
+        features: int,
+        name: str,
+        device: torch.device | str = "cpu",
+        aggregation: LanguageAggregation | None = None,
+    ):
         self.features = features
         self.name = name
         self.device = torch.device(device)
         self.tokens = 0
+        self.aggregation = aggregation if aggregation is not None and aggregation.active else None
 
     def add_batch(self, x: torch.Tensor, tag: Tag | None = None) -> None:
         """Accumulate a (tokens, features) batch of real tokens; ``tag`` says which set it belongs to."""
@@ -71,26 +150,37 @@ class InputStatistic:
 
 
 class SquaredNorms(InputStatistic):
-    """Σ_t x_tj² per input feature j: Wanda's ||X_j||₂², accumulated in float64."""
+    """Σ_t x_tj² per input feature j: Wanda's ||X_j||₂², accumulated in float64; with a language aggregation,
+    per language, combined when read."""
 
-    def __init__(self, features: int, name: str, device: torch.device | str = "cpu"):
-        super().__init__(features, name, device)
+    def __init__(self, features: int, name: str, device: torch.device | str = "cpu", aggregation=None):
+        super().__init__(features, name, device, aggregation)
         self._sum = torch.zeros(features, dtype=torch.float64, device=self.device)
+        self._by_language: dict[str, list] = {}  # language -> [sum, tokens]
 
     def add_batch(self, x: torch.Tensor, tag: Tag | None = None) -> None:
+        target = self._sum
+        if self.aggregation is not None:
+            language = tag.language if tag is not None else None
+            self.aggregation.scale(language)  # refuses a batch without a language
+            entry = self._by_language.setdefault(language, [torch.zeros_like(self._sum), 0])
+            target, entry[1] = entry[0], entry[1] + x.shape[0]
         # In chunks of rows: the squares never need a full tokens x features temporary, which would land
         # on the block's memory peak (hooks run while the block's own intermediates are alive).
         for chunk in x.split(1024):
             chunk = chunk.to(torch.float32)
-            self._sum += (chunk * chunk).sum(0, dtype=torch.float32).to(torch.float64)
+            target += (chunk * chunk).sum(0, dtype=torch.float32).to(torch.float64)
         self.tokens += x.shape[0]
 
     @property
     def value(self) -> torch.Tensor:
+        if self.aggregation is not None:
+            return self._check_finite(self.aggregation.combine({k: s / n for k, (s, n) in self._by_language.items()}))
         return self._check_finite(self._sum)
 
     def free(self) -> None:
         self._sum = None
+        self._by_language = {}
 
 
 class ContrastedNorms(InputStatistic):
@@ -100,9 +190,9 @@ class ContrastedNorms(InputStatistic):
     order in which batches happen to run, so X and Z cannot swap between runs.
     """
 
-    def __init__(self, features: int, name: str, device: torch.device | str = "cpu"):
-        super().__init__(features, name, device)
-        self.x = SquaredNorms(features, name, device)
+    def __init__(self, features: int, name: str, device: torch.device | str = "cpu", aggregation=None):
+        super().__init__(features, name, device, aggregation)
+        self.x = SquaredNorms(features, name, device, aggregation)  # X: the served languages, combined
         self.z = SquaredNorms(features, name, device)
 
     def add_batch(self, x: torch.Tensor, tag: Tag | None = None) -> None:
@@ -129,15 +219,18 @@ class Hessian(InputStatistic):
     which saves about a third of the multiply-adds on wide inputs.
     """
 
-    def __init__(self, features: int, name: str, device: torch.device | str = "cpu"):
-        super().__init__(features, name, device)
+    def __init__(self, features: int, name: str, device: torch.device | str = "cpu", aggregation=None):
+        super().__init__(features, name, device, aggregation)
         self._gram = torch.zeros(features, features, dtype=torch.float32, device=self.device)
         self._finished = False
 
     def add_batch(self, x: torch.Tensor, tag: Tag | None = None) -> None:
         if self._finished:
             raise RuntimeError(f"{self.name}: the Hessian was already read; no more batches can be added")
-        accumulate_gram_upper_(self._gram, x.to(torch.float32))
+        x = x.to(torch.float32)
+        if self.aggregation is not None:  # the weighted mean of per-language Hessians, as one matrix
+            x = x * math.sqrt(self.aggregation.scale(tag.language if tag is not None else None))
+        accumulate_gram_upper_(self._gram, x)
         self.tokens += x.shape[0]
 
     @property
@@ -146,7 +239,7 @@ class Hessian(InputStatistic):
         if self.tokens == 0:
             raise UserError(f"no calibration tokens reached {self.name}: give non-empty calibration text")
         if not self._finished:
-            symmetrize_upper_(self._gram).mul_(2.0 / self.tokens)
+            symmetrize_upper_(self._gram).mul_(2.0 if self.aggregation is not None else 2.0 / self.tokens)
             self._finished = True
         return self._check_finite(self._gram)
 

@@ -81,6 +81,12 @@ class PruneSettings(PlacementSettings):
         "The languages you serve, LANG[=WEIGHT],... (e.g. de,hi=2,sw): calibration built for them, token shares "
         "in proportion to the weights, each language from a corpus that has it (instead of --calib).",
     )
+    lang_aggregate: str = setting(
+        "tokens",
+        "How the calibration languages combine: tokens (the mixed set, every token once), mean, max or power:P "
+        "(a weighted power mean of per-language statistics, weights from --serve or mix:LANG=W); "
+        "sparsegpt and GPTQ take tokens or mean.",
+    )
     method: str = setting("wanda", lambda: f"One of {', '.join(METHODS)}.")
     sparsity: str = setting("0.5", "Fraction to remove (0.5) or N:M (2:4); ignored by --method none.")
     quantize: str | None = setting(
@@ -166,6 +172,7 @@ class PruneSettings(PlacementSettings):
             has_calibration=bool(self.calib or self.tokens or self.serve),
             has_contrast=bool(self.contrast),
             method_options=self.method_options,
+            lang_aggregate=self.lang_aggregate,
         )
 
     def validate(self) -> None:
@@ -187,6 +194,13 @@ class PruneSettings(PlacementSettings):
         ]
         if len(given) > 1:
             raise UserError(f"give one of --calib, --tokens and --serve, not {' and '.join(given)}")
+        if self.lang_aggregate != "tokens" and (
+            self.tokens or (self.calib and not calibration_module.check_recipe(self.calib).languages)
+        ):
+            raise UserError(
+                f"--lang-aggregate {self.lang_aggregate} combines languages, and this calibration's rows have none: "
+                "use --serve or mix:LANG+LANG"
+            )
         for recipe in (self.calibration_recipe, self.contrast):
             if recipe:
                 calibration_module.check_recipe(recipe)
@@ -262,6 +276,7 @@ def _prune(settings: PruneSettings, reporter: Reporter) -> dict:
             on_block=lambda index, changes: run.add_block(lm, index, changes),
             quantize=settings.quantize,
             profile=plan.profile,
+            lang_aggregate=settings.lang_aggregate,
         )
         after = perplexity(lm, tokenizer, languages, corpus=settings.eval_corpus) if languages else {}
         report = {
