@@ -1,0 +1,95 @@
+"""Serving languages against what users get today: held-out perplexity per served language, relative to dense.
+
+    python benchmarks/serve.py [--sets hi+sw,de+fr,zh+hi+sw+ar] [--methods wanda,sparsegpt,gptq] [--seeds 0,1]
+                               [--nsamples 32] [--seqlen 256] [--out serve.json]
+
+For every served set, method and seed it prunes gemma-3-270m (in memory, through ``langprune.prune``, the function
+the CLI's run cell calls) with each calibration:
+
+- ``english``: ``mono:en``, what peer tools calibrate on by default;
+- ``equal-mix``: ``mix:`` of the served languages, equal shares;
+- ``serve-mean`` and ``serve-max``: ``serve=`` the served languages with ``--lang-aggregate mean`` / ``max``
+  (GPTQ and SparseGPT take ``mean`` only);
+
+and measures held-out UDHR perplexity in the served languages (the evaluation part, which calibration never reads).
+It prints, per row, the perplexity ratio to dense per language and the worst language's excess (ratio - 1), and
+writes everything as JSON. The advisor's pick is not a row yet (issue 21).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+CONFIGS = ("english", "equal-mix", "serve-mean", "serve-max")
+METHODS = {"wanda": ("wanda", "0.5", None), "sparsegpt": ("sparsegpt", "0.5", None), "gptq": ("none", "0", "w4g128")}
+
+
+def calibration_of(config: str, languages: list[str]) -> tuple[dict, str]:
+    """The prune keyword arguments of one calibration row, and its aggregation."""
+    if config == "english":
+        return {"calibration": "mono:en"}, "tokens"
+    if config == "equal-mix":
+        return {"calibration": "mix:" + "+".join(languages) if len(languages) > 1 else f"mono:{languages[0]}"}, "tokens"
+    return {"calibration": None, "serve": ",".join(languages)}, config.removeprefix("serve-")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="gemma-3-270m")
+    parser.add_argument("--sets", default="hi+sw,de+fr,zh+hi+sw+ar")
+    parser.add_argument("--methods", default="wanda,sparsegpt,gptq")
+    parser.add_argument("--seeds", default="0,1")
+    parser.add_argument("--configs", default=",".join(CONFIGS))
+    parser.add_argument("--nsamples", type=int, default=32)
+    parser.add_argument("--seqlen", type=int, default=256)
+    parser.add_argument("--out", default="serve.json")
+    args = parser.parse_args()
+
+    import langprune
+    from langprune.evaluation import perplexity
+    from langprune.models import load_model
+
+    rows = []
+    dense_cache: dict[str, float] = {}
+    for served in args.sets.split(","):
+        languages = served.split("+")
+        missing = [lang for lang in languages if lang not in dense_cache]
+        if missing:
+            model, tokenizer = load_model(args.model)
+            dense_cache.update({lang: r["ppl"] for lang, r in perplexity(model, tokenizer, missing).items()})
+        for method_name in args.methods.split(","):
+            method, sparsity, quantize = METHODS[method_name]
+            for seed in map(int, args.seeds.split(",")):
+                for config in args.configs.split(","):
+                    kwargs, aggregate = calibration_of(config, languages)
+                    if aggregate == "max" and method_name != "wanda":
+                        continue  # a Hessian takes tokens or mean only
+                    model, tokenizer = load_model(args.model)
+                    started = time.perf_counter()
+                    _, result = langprune.prune(
+                        model, tokenizer, method=method, sparsity=sparsity, nsamples=args.nsamples,
+                        seqlen=args.seqlen, seed=seed, quantize=quantize, lang_aggregate=aggregate, **kwargs,
+                    )  # fmt: skip
+                    ppl = {lang: r["ppl"] for lang, r in perplexity(model, tokenizer, languages).items()}
+                    ratio = {lang: ppl[lang] / dense_cache[lang] for lang in languages}
+                    row = {
+                        "served": served,
+                        "method": method_name,
+                        "seed": seed,
+                        "config": config,
+                        "ppl": ppl,
+                        "ratio_to_dense": ratio,
+                        "worst_excess": max(ratio.values()) - 1,
+                        "calibration_tokens": (result.summary["calibration"] or {}).get("tokens"),
+                        "seconds": round(time.perf_counter() - started, 1),
+                    }
+                    rows.append(row)
+                    print(json.dumps(row), flush=True)
+    with open(args.out, "w", encoding="utf-8") as handle:
+        json.dump({"dense": dense_cache, "rows": rows, "args": vars(args)}, handle, indent=1)
+
+
+if __name__ == "__main__":
+    main()
