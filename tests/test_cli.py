@@ -67,7 +67,7 @@ def test_prune_writes_a_loadable_checkpoint_masks_and_report(checkpoint, tmp_pat
         (["--calib", "mono:en@nope"], "unknown corpus 'nope'"),
         (["--method", "sparsegpt", "--contrast", "file:EMPTY"], "works with wanda only"),
         (["--method", "wanda-contrastive"], "needs a contrast set"),
-        (["--tokens", "NOCONFIG/none.pt"], "not both"),
+        (["--tokens", "NOCONFIG/none.pt"], "not --calib and --tokens"),
         (["--method", "obs"], "unknown method"),
         (["--model", "NOCONFIG"], "has no config.json"),
     ],
