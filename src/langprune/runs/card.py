@@ -35,7 +35,9 @@ def card_metadata(report: dict) -> dict:
     metadata = {"library_name": "transformers", "pipeline_tag": "text-generation", "tags": tags}
     base = hub_id_of(report.get("model", ""))
     if base:
-        metadata.update(base_model=base, base_model_relation="quantized" if report.get("quantization") else "finetune")
+        metadata["base_model"] = base
+        if report.get("quantization"):  # the hub has no "pruned" relation: a pruned model leaves it to the hub
+            metadata["base_model_relation"] = "quantized"
     if languages:
         metadata["language"] = languages
     return metadata
