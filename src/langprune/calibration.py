@@ -283,10 +283,7 @@ def check_recipe(text: str) -> Recipe:
         read_local(Path(parsed.path).expanduser(), parsed.languages[0] if parsed.languages else None)
     else:
         for index, language in enumerate(parsed.languages):
-            if parsed.kind != "code":
-                get_corpus(parsed.corpus_of(index)).check(language)
-        if parsed.kind == "code":
-            get_corpus(parsed.corpus)
+            get_corpus(parsed.corpus_of(index)).check(language)
     return parsed
 
 

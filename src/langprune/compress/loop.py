@@ -25,7 +25,7 @@ from ..engine import BlockEngine, LayerFilter, find_blocks, prunable_layers, wei
 from ..engine.architecture import is_conv1d
 from ..engine.memory import return_freed_memory
 from ..engine.placement import outside_blocks, placement_of
-from ..engine.statistics import CONTRAST, Hessian, parse_aggregation
+from ..engine.statistics import CONTRAST, Hessian, LanguageAggregation, parse_aggregation
 from ..errors import UserError, check_at_least
 from .methods import GPTQ, Method, get_method
 from .profiles import Profile, owl_ratios, owl_sparsities
@@ -217,12 +217,10 @@ def prune_model(
     blocks_name, blocks = find_blocks(model)
     check_shapes(blocks_name, blocks, plan.sparsity, layer_filter, plan.quant)
     started = time.perf_counter()
-    engine, aggregation = None, None
+    engine, aggregation = None, LanguageAggregation()
     if plan.needs_calibration:
-        aggregation = calibration.aggregation(plan.lang_aggregate) if isinstance(calibration, CalibrationSet) else None
-        if plan.lang_aggregate != "tokens" and aggregation is None:
-            raise UserError("--lang-aggregate needs a calibration set whose rows carry languages (mix: or --serve)")
-        batches = calibration.batches(batch_size, by_language=aggregation is not None and aggregation.active)
+        aggregation = calibration.aggregation(plan.lang_aggregate)
+        batches = calibration.batches(batch_size, by_language=aggregation.active)
         if contrast is not None:
             batches += contrast.batches(batch_size, role=CONTRAST)
         engine = BlockEngine(model, batches, layer_filter)
@@ -240,7 +238,7 @@ def prune_model(
         "include": list(include),
         "exclude": list(exclude),
         "calibration": calibration.summary() if calibration is not None and engine is not None else None,
-        **({"lang_aggregate": aggregation.record()} if aggregation is not None and aggregation.active else {}),
+        **({"lang_aggregate": aggregation.record()} if aggregation.active else {}),
         **({"contrast": contrast.summary(), "roles": {"X": "calibration", "Z": "contrast"}} if contrast else {}),
         **_measured(model, blocks_name, tally, records, started),
     }

@@ -80,12 +80,17 @@ class LanguageAggregation:
     def active(self) -> bool:
         return self.mode != "tokens"
 
-    def scale(self, language: str | None) -> float:
-        """A batch's factor in the linear (``mean``) combination: w_l / (T_l Σ w)."""
+    def language(self, tag: Tag | None) -> str:
+        """A batch's language, one of the weighted ones; a batch without one is refused."""
+        language = tag.language if tag is not None else None
         if language not in self.weights:
             raise UserError(
                 f"--lang-aggregate: a calibration batch has no language ({language!r}); use mix: or --serve"
             )
+        return language
+
+    def scale(self, language: str) -> float:
+        """A language's factor in the linear (``mean``) combination: w_l / (T_l Σ w)."""
         return self.weights[language] / (self.tokens[language] * sum(self.weights.values()))
 
     def combine(self, means: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -106,7 +111,7 @@ def parse_aggregation(text: str) -> tuple[str, float]:
     """``tokens``, ``mean``, ``max`` or ``power:P`` (P > 0) as (mode, p); anything else is one error."""
     mode, _, value = str(text).partition(":")
     if mode in ("tokens", "mean", "max") and not value:
-        return mode, {"mean": 1.0}.get(mode, math.inf if mode == "max" else 1.0)
+        return mode, math.inf if mode == "max" else 1.0
     if mode == "power":
         try:
             p = float(value)
@@ -161,8 +166,7 @@ class SquaredNorms(InputStatistic):
     def add_batch(self, x: torch.Tensor, tag: Tag | None = None) -> None:
         target = self._sum
         if self.aggregation is not None:
-            language = tag.language if tag is not None else None
-            self.aggregation.scale(language)  # refuses a batch without a language
+            language = self.aggregation.language(tag)
             entry = self._by_language.setdefault(language, [torch.zeros_like(self._sum), 0])
             target, entry[1] = entry[0], entry[1] + x.shape[0]
         # In chunks of rows: the squares never need a full tokens x features temporary, which would land
@@ -229,7 +233,7 @@ class Hessian(InputStatistic):
             raise RuntimeError(f"{self.name}: the Hessian was already read; no more batches can be added")
         x = x.to(torch.float32)
         if self.aggregation is not None:  # the weighted mean of per-language Hessians, as one matrix
-            x = x * math.sqrt(self.aggregation.scale(tag.language if tag is not None else None))
+            x = x * math.sqrt(self.aggregation.scale(self.aggregation.language(tag)))
         accumulate_gram_upper_(self._gram, x)
         self.tokens += x.shape[0]
 

@@ -179,7 +179,7 @@ def harness_evaluate(
 
 def _save(tracker, out: dict, staging: Path, folder: Path, model_name: str, model_args: str | None) -> dict:
     """lm-eval's files, written by its tracker into ``staging``, then moved (renamed) into ``folder/lm-eval``."""
-    from lm_eval.utils import sanitize_model_name
+    from lm_eval.utils import get_file_task_name, sanitize_model_name
 
     config = tracker.general_config_tracker  # the model is in memory: name it as the run folder is named
     config.model_source, config.model_name = "hf", model_name
@@ -203,8 +203,6 @@ def _save(tracker, out: dict, staging: Path, folder: Path, model_name: str, mode
         if path.name.startswith("results_"):
             files["results"] = relative
         else:  # samples_<task>_<date>.jsonl
-            from lm_eval.utils import get_file_task_name
-
             files["samples"][get_file_task_name(path.name)] = relative
     return files
 
