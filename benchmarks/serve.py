@@ -6,7 +6,8 @@
 For every served set, method and seed it prunes gemma-3-270m (in memory, through ``langprune.prune``, the function
 the CLI's run cell calls) with each calibration:
 
-- ``english``: ``mono:en``, what peer tools calibrate on by default;
+- ``english``: ``mono:en@wikipedia``, English as peer tools calibrate by default (a full set: UDHR's English
+  calibration part holds only five sequences of 256 tokens; ``english-udhr`` is that smaller set);
 - ``equal-mix``: ``mix:`` of the served languages, equal shares;
 - ``serve-mean`` and ``serve-max``: ``serve=`` the served languages with ``--lang-aggregate mean`` / ``max``
   (GPTQ and SparseGPT take ``mean`` only);
@@ -21,15 +22,17 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from pathlib import Path
 
 CONFIGS = ("english", "equal-mix", "serve-mean", "serve-max")
+ENGLISH = {"english": "mono:en@wikipedia", "english-udhr": "mono:en"}
 METHODS = {"wanda": ("wanda", "0.5", None), "sparsegpt": ("sparsegpt", "0.5", None), "gptq": ("none", "0", "w4g128")}
 
 
 def calibration_of(config: str, languages: list[str]) -> tuple[dict, str]:
     """The prune keyword arguments of one calibration row, and its aggregation."""
-    if config == "english":
-        return {"calibration": "mono:en"}, "tokens"
+    if config in ENGLISH:
+        return {"calibration": ENGLISH[config]}, "tokens"
     if config == "equal-mix":
         return {"calibration": "mix:" + "+".join(languages) if len(languages) > 1 else f"mono:{languages[0]}"}, "tokens"
     return {"calibration": None, "serve": ",".join(languages)}, config.removeprefix("serve-")
@@ -87,8 +90,14 @@ def main() -> None:
                     }
                     rows.append(row)
                     print(json.dumps(row), flush=True)
-    with open(args.out, "w", encoding="utf-8") as handle:
-        json.dump({"dense": dense_cache, "rows": rows, "args": vars(args)}, handle, indent=1)
+                    write_json(args.out, {"dense": dense_cache, "rows": rows, "args": vars(args)})
+
+
+def write_json(path: str, value: dict) -> None:
+    """Rewritten after every row, atomically, so that an interrupted run keeps what it measured."""
+    partial = Path(f"{path}.partial")
+    partial.write_text(json.dumps(value, indent=1), encoding="utf-8")
+    partial.replace(path)
 
 
 if __name__ == "__main__":

@@ -44,16 +44,19 @@ def prune(
         if calibration is not None:
             raise UserError("give calibration or serve, not both")
         calibration = calibration_module.serve_recipe(serve)
-    calibration = as_calibration(calibration, tokenizer, nsamples, seqlen, seed)
-    contrast = as_calibration(contrast, tokenizer, nsamples, seqlen, seed)
+    calibration = as_calibration(calibration, tokenizer, nsamples, seqlen, seed, model)
+    contrast = as_calibration(contrast, tokenizer, nsamples, seqlen, seed, model)
     result = prune_model(model, calibration, method, sparsity, seed=seed, contrast=contrast, **options)
     return model, result
 
 
-def as_calibration(source, tokenizer, nsamples: int | None, seqlen: int, seed: int) -> CalibrationSet | None:
-    """Any accepted form of calibration (recipe, texts, ids, dict, set) as a CalibrationSet."""
+def as_calibration(
+    source, tokenizer, nsamples: int | None, seqlen: int, seed: int, model=None
+) -> CalibrationSet | None:
+    """Any accepted form of calibration (recipe, texts, ids, dict, set) as a CalibrationSet; ``model`` writes
+    self-generated text (``gen:LANG``)."""
     if isinstance(source, str):
-        return calibration_module.build(source, tokenizer, nsamples, seqlen, seed)
+        return calibration_module.build(source, tokenizer, nsamples, seqlen, seed, model=model)
     if isinstance(source, list):
         return calibration_module.from_texts(source, tokenizer, nsamples or 128, seqlen, seed)
     if isinstance(source, dict):

@@ -12,7 +12,9 @@ Recipes name the text (``@CORPUS`` picks a corpus from the catalog; UDHR by defa
   ``English: t`` then EOS, from random parallel pairs;
 - ``demo:fr``: monolingual demonstrations, ``French: s`` then EOS per shot;
 - ``code``: Python source (the ``python-code`` corpus);
-- ``file:PATH`` or ``file:PATH@de``: the user's txt, jsonl or tsv file.
+- ``file:PATH`` or ``file:PATH@de``: the user's txt, jsonl or tsv file;
+- ``gen:yo``: text the model writes itself from seed phrases, for a language no corpus has (``self_generated``);
+  in a mix, ``yo@gen`` is such an element.
 
 Text recipes cut the joined text into consecutive windows of ``seqlen``
 tokens; demonstration recipes keep each demonstration whole in its own
@@ -37,13 +39,17 @@ from .data import get_corpus, read_local, text_corpora_with
 from .engine import Tag, TokenBatch
 from .engine.statistics import LanguageAggregation, parse_aggregation
 from .errors import UserError, check_at_least
-from .languages import NAMES, check_language, english_name
+from .languages import NAMES, SEED_PHRASES, check_language, english_name
+from .self_generated import GENERATED, generate_rows, prompts
 from .text import demonstration_ids, pad_id, text_windows
 
 DEFAULT_CORPUS = "udhr"
 DEFAULT_SHOTS = 4
 DEFAULT_NSAMPLES = {"text": 128, "demonstrations": 100}
-RECIPE_HELP = "use mono:LANG, mix:LANG+LANG, mt:SRC-TGT, demo:LANG, code or file:PATH, each optionally @CORPUS"
+RECIPE_HELP = (
+    "use mono:LANG, mix:LANG+LANG, mt:SRC-TGT, demo:LANG, code or file:PATH, each optionally @CORPUS, "
+    "or gen:LANG (self-generated)"
+)
 
 
 @dataclass
@@ -137,7 +143,7 @@ class Recipe:
     """A parsed recipe string: what kind of text, which languages, from which corpus or file."""
 
     text: str
-    kind: str  # mono | mix | mt | demo | code | file
+    kind: str  # mono | mix | mt | demo | code | file | gen
     languages: tuple[str, ...] = ()
     corpus: str = DEFAULT_CORPUS
     path: str = ""
@@ -174,6 +180,10 @@ def parse_recipe(text: str) -> Recipe:
         return Recipe(text, "code", ("code",), corpus)
     if kind == "mix" and "=" in arg:
         return _parse_mix(text, arg)
+    if kind == "gen":
+        if not re.fullmatch(r"[a-z]{2,3}", arg):
+            raise UserError(f"malformed calibration recipe {text!r}: gen takes one language, e.g. gen:yo")
+        return Recipe(text, "gen", (check_language(arg),), GENERATED)
     arg, _, corpus = arg.partition("@")
     corpus = corpus or DEFAULT_CORPUS
     if kind in ("mono", "demo") and re.fullmatch(r"[a-z]{2,3}", arg):
@@ -251,7 +261,8 @@ def shares(total: int, weights: list[float]) -> list[int]:
 
 def serve_recipe(serve: str | dict) -> str:
     """The weighted-mix recipe for the languages a user serves (``"de,hi=2,sw"`` or ``{"de": 1, "hi": 2}``):
-    each language from UDHR when it has it, else from the first usable text corpus in the catalog that does."""
+    each language from UDHR when it has it, else from the first usable text corpus in the catalog that does, else
+    self-generated (``LANG@gen``) where langprune has seed phrases for it."""
     if isinstance(serve, dict):
         items = [(str(lang), str(weight)) for lang, weight in serve.items()]
     else:
@@ -265,13 +276,13 @@ def serve_recipe(serve: str | dict) -> str:
             raise UserError(f"--serve names {language} twice: give each language once, with its weight")
         seen.add(language)
         weight = serving_weight(weight.strip() or "1", language, "--serve")
-        corpora = text_corpora_with(language)
+        corpora = [c.name for c in text_corpora_with(language)] or ([GENERATED] if language in SEED_PHRASES else [])
         if not corpora:
             raise UserError(
-                f"--serve {language}: no corpus here has {english_name(language)} text; "
-                "calibrate with your own text, --calib file:PATH@" + language
+                f"--serve {language}: no corpus here has {english_name(language)} text, and langprune has no seed "
+                f"phrases to generate it from; calibrate with your own text, --calib file:PATH@{language}"
             )
-        corpus = DEFAULT_CORPUS if any(c.name == DEFAULT_CORPUS for c in corpora) else corpora[0].name
+        corpus = DEFAULT_CORPUS if DEFAULT_CORPUS in corpora else corpora[0]
         elements.append(f"{language}{'' if corpus == DEFAULT_CORPUS else '@' + corpus}={weight:g}")
     return "mix:" + "+".join(elements)
 
@@ -283,7 +294,10 @@ def check_recipe(text: str) -> Recipe:
         read_local(Path(parsed.path).expanduser(), parsed.languages[0] if parsed.languages else None)
     else:
         for index, language in enumerate(parsed.languages):
-            get_corpus(parsed.corpus_of(index)).check(language)
+            if parsed.corpus_of(index) == GENERATED:
+                prompts(language)
+            else:
+                get_corpus(parsed.corpus_of(index)).check(language)
     return parsed
 
 
@@ -294,10 +308,12 @@ def build(
     seqlen: int = 512,
     seed: int = 0,
     shots: int = DEFAULT_SHOTS,
+    model=None,
 ) -> CalibrationSet:
     """Build a calibration set from a recipe; fewer sequences, with a warning, if text runs out.
 
-    ``nsamples`` defaults to 128 sequences of text, or 100 demonstrations (the paper's N).
+    ``nsamples`` defaults to 128 sequences of text, or 100 demonstrations (the paper's N). ``model`` writes the
+    text of self-generated elements (``gen:LANG``, ``LANG@gen``); other recipes need only the tokenizer.
     """
     parsed = parse_recipe(recipe)
     nsamples = DEFAULT_NSAMPLES[parsed.layout] if nsamples is None else nsamples
@@ -311,13 +327,9 @@ def build(
         return _pad(rows, [source], tokenizer, seqlen, recipe, seed, "-".join(parsed.languages))
     if parsed.kind == "file":
         units = read_local(Path(parsed.path).expanduser(), parsed.languages[0] if parsed.languages else None)
-        groups = [
-            (
-                {"name": "file", "path": parsed.path, "language": (parsed.languages or (None,))[0]},
-                [u.text for u in units],
-                nsamples,
-            )
-        ]
+        texts = [u.text for u in units]
+        source = {"name": "file", "path": parsed.path, "language": (parsed.languages or (None,))[0]}
+        groups = [(source, text_windows(tokenizer, texts, seqlen), nsamples, {"documents": len(texts)})]
     else:
         languages = parsed.languages
         counts = shares(nsamples, list(parsed.weights or [1.0] * len(languages)))
@@ -327,8 +339,13 @@ def build(
             source = {"name": corpus, "language": lang}
             if parsed.weights:
                 source["weight"] = parsed.weights[index]
-            groups.append((source, calibration_texts(corpus, lang, seed), share))
-    return _assemble(groups, tokenizer, seqlen, rng, recipe, seed)
+            if corpus == GENERATED:
+                rows, record = generate_rows(model, tokenizer, lang, share, seqlen, seed)
+                groups.append((source, rows, share, record))
+            else:
+                texts = calibration_texts(corpus, lang, seed)
+                groups.append((source, text_windows(tokenizer, texts, seqlen), share, {"documents": len(texts)}))
+    return _assemble(groups, seqlen, rng, recipe, seed)
 
 
 def load_tokens(path: Path) -> CalibrationSet:
@@ -401,15 +418,15 @@ def evaluation_texts(language: str, corpus: str = DEFAULT_CORPUS) -> list[str]:
 
 def from_texts(texts: list[str], tokenizer, nsamples: int = 128, seqlen: int = 512, seed: int = 0) -> CalibrationSet:
     """A calibration set from the caller's own texts (in memory)."""
-    groups = [({"name": "texts", "documents": len(texts)}, list(texts), nsamples)]
-    return _assemble(groups, tokenizer, seqlen, random.Random(seed), "texts", seed)
+    groups = [({"name": "texts", "documents": len(texts)}, text_windows(tokenizer, list(texts), seqlen), nsamples, {})]
+    return _assemble(groups, seqlen, random.Random(seed), "texts", seed)
 
 
-def _assemble(groups, tokenizer, seqlen: int, rng: random.Random, recipe: str, seed: int) -> CalibrationSet:
-    """Cut each group's text into windows and sample its share of them with the seed."""
+def _assemble(groups, seqlen: int, rng: random.Random, recipe: str, seed: int) -> CalibrationSet:
+    """Sample each group's share of its windows with the seed; a group is (source, windows, share, what to record
+    after the counts)."""
     rows, sources, shortfalls, languages = [], [], [], []
-    for source, texts, share in groups:
-        windows = text_windows(tokenizer, texts, seqlen)
+    for source, windows, share, record in groups:
         available = len(windows)
         if len(windows) > share:
             windows = [windows[i] for i in sorted(rng.sample(range(len(windows)), share))]
@@ -425,7 +442,7 @@ def _assemble(groups, tokenizer, seqlen: int, rng: random.Random, recipe: str, s
                 "sequences": len(windows),
                 "tokens": len(windows) * seqlen,
                 "available_sequences": available,
-                "documents": len(texts),
+                **record,
             }
         )
     if not rows:

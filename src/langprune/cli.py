@@ -539,19 +539,22 @@ def calib_show_command(
 ):
     """Build a recipe and print tokens per language, the text available, and the first sample decoded."""
     from . import calibration as calibration_module
-    from .models import load_tokenizer
+    from .models import load_model, load_tokenizer
+    from .self_generated import GENERATED
 
-    calibration_module.parse_recipe(recipe)
-    tokenizer = load_tokenizer(model)
-    calib = calibration_module.build(recipe, tokenizer, nsamples, seqlen, seed, shots)
+    parsed = calibration_module.check_recipe(recipe)
+    generates = any(parsed.corpus_of(i) == GENERATED for i in range(len(parsed.languages)))
+    lm, tokenizer = load_model(model) if generates else (None, load_tokenizer(model))  # self-generated text needs it
+    calib = calibration_module.build(recipe, tokenizer, nsamples, seqlen, seed, shots, model=lm)
     table = Table("source", "language(s)", "sequences", "real tokens", "available")
     for src in calib.sources:
         languages = src.get("language") or "-".join(src.get("languages") or []) or "-"
-        available = (
-            f"{src['available_sequences']} windows of {seqlen} from {src['documents']} texts"
-            if "available_sequences" in src
-            else f"{src.get('available_pairs', '?')} texts, {src.get('shots')} shots each"
-        )
+        if "generated" in src:
+            available = f"{src['generated']} generated from {len(src['prompts'])} prompts, {src['dropped']} dropped"
+        elif "available_sequences" in src:
+            available = f"{src['available_sequences']} windows of {seqlen} from {src['documents']} texts"
+        else:
+            available = f"{src.get('available_pairs', '?')} texts, {src.get('shots')} shots each"
         table.add_row(src["name"], languages, str(src["sequences"]), str(src["tokens"]), available)
     console.print(table)
     console.print(

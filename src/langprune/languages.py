@@ -2,7 +2,8 @@
 
 The translation-feature paper writes demonstrations with English language
 names ("French: ...", "English: ..."), so every language a corpus offers
-needs a name here. Adding a language is adding a line.
+needs a name here. Adding a language is adding a line; a language with seed
+phrases can also calibrate on text the model writes itself (``gen:LANG``).
 """
 
 from __future__ import annotations
@@ -35,7 +36,18 @@ NAMES = {
     "uk": "Ukrainian",
     "ur": "Urdu",
     "vi": "Vietnamese",
+    "yo": "Yoruba",
     "zh": "Chinese",
+}
+
+# Everyday openings, written by hand, that start self-generated calibration (``gen:LANG``) in a language and its
+# script. They are prompts only, never calibration text themselves, and deliberately not from any corpus here
+# (UDHR's held-out articles evaluate), so that ``gen:sw`` measured against ``mono:sw`` is what a language without
+# a corpus would get. Adding a language to generate in is adding a line of three or four phrases.
+SEED_PHRASES = {
+    "hi": ("आज सुबह मैं बाज़ार गया", "हमारे गाँव में", "बहुत से बच्चे", "कल रात बारिश हुई"),
+    "sw": ("Leo asubuhi nilienda sokoni", "Katika kijiji chetu", "Watoto wengi wanapenda", "Mvua ilinyesha usiku"),
+    "yo": ("Ní àárọ̀ òní mo lọ sí ọjà", "Nínú abúlé wa", "Ọ̀pọ̀lọpọ̀ àwọn ọmọdé fẹ́ràn", "Òjò rọ̀ ní alẹ́ àná"),
 }
 
 

@@ -239,7 +239,9 @@ class FeatureOverlap(ModelAnalysis):
         calibration.check_seqlen(self.seqlen, model)
         sets = {}
         for recipe in self.sets:
-            sets[recipe] = calibration.build(recipe, tokenizer, self.nsamples, self.seqlen, self.seed, self.shots)
+            sets[recipe] = calibration.build(
+                recipe, tokenizer, self.nsamples, self.seqlen, self.seed, self.shots, model=model
+            )
             reporter.note(f"{recipe}: {sets[recipe].input_ids.shape[0]} sequences, {sets[recipe].tokens} real tokens")
         batches = [b for name, chosen in sets.items() for b in chosen.batches(self.batch_size, role=name)]
         norms = feature_norms(model, batches, self.at, lambda d, t: reporter.evaluating(d, t, "feature norms"))

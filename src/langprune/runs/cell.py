@@ -246,7 +246,7 @@ def _prune(settings: PruneSettings, reporter: Reporter) -> dict:
         if recipe or settings.contrast:
             calibration_module.check_seqlen(settings.seqlen, lm)
         build = lambda recipe: calibration_module.build(
-            recipe, tokenizer, settings.nsamples, settings.seqlen, settings.seed, settings.shots
+            recipe, tokenizer, settings.nsamples, settings.seqlen, settings.seed, settings.shots, model=lm
         )
         calibration = build(recipe) if recipe else pretokenized
         contrast = build(settings.contrast) if settings.contrast else None
