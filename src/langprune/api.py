@@ -9,8 +9,18 @@ from .calibration import CalibrationSet
 from .compress import PruneResult, prune_model
 from .errors import UserError
 from .runs import EvalSettings, PruneSettings, run_eval, run_prune
+from .runs.advice import AdviseSettings, run_advise
 
-__all__ = ["EvalSettings", "PruneSettings", "as_calibration", "prune", "run_eval", "run_prune"]
+__all__ = [
+    "AdviseSettings",
+    "EvalSettings",
+    "PruneSettings",
+    "advise",
+    "as_calibration",
+    "prune",
+    "run_eval",
+    "run_prune",
+]
 
 
 def prune(
@@ -48,6 +58,25 @@ def prune(
     contrast = as_calibration(contrast, tokenizer, nsamples, seqlen, seed, model)
     result = prune_model(model, calibration, method, sparsity, seed=seed, contrast=contrast, **options)
     return model, result
+
+
+def advise(
+    serve: dict[str, float] | str,
+    method: str = "wanda",
+    sparsity: str | float = 0.5,
+    *,
+    model: str = "gemma-3-270m",
+    out: str | None = None,
+    **options,
+) -> dict:
+    """The advisor (``langprune advise``): trial prunes of ``model`` for the languages served, scored on development
+    text; returns the advice (trials, pick, expected change, the ``langprune prune`` command, cost), and writes it to
+    ``out`` when given. ``options`` are any other ``AdviseSettings`` field (``budget``, ``objective``, ``nsamples``...).
+    """
+    if isinstance(serve, dict):
+        serve = ",".join(f"{lang}={weight}" for lang, weight in serve.items())
+    settings = AdviseSettings(serve=serve, method=method, sparsity=str(sparsity), model=model, out=out, **options)
+    return run_advise(settings)
 
 
 def as_calibration(

@@ -309,11 +309,14 @@ def build(
     seed: int = 0,
     shots: int = DEFAULT_SHOTS,
     model=None,
+    part: str = "calibration",
 ) -> CalibrationSet:
     """Build a calibration set from a recipe; fewer sequences, with a warning, if text runs out.
 
     ``nsamples`` defaults to 128 sequences of text, or 100 demonstrations (the paper's N). ``model`` writes the
     text of self-generated elements (``gen:LANG``, ``LANG@gen``); other recipes need only the tokenizer.
+    ``part`` is the corpus part that language recipes read: the calibration part, or for the advisor's trial
+    prunes its fitting part (the calibration part less the development part that scores them).
     """
     parsed = parse_recipe(recipe)
     nsamples = DEFAULT_NSAMPLES[parsed.layout] if nsamples is None else nsamples
@@ -343,7 +346,7 @@ def build(
                 rows, record = generate_rows(model, tokenizer, lang, share, seqlen, seed)
                 groups.append((source, rows, share, record))
             else:
-                texts = calibration_texts(corpus, lang, seed)
+                texts = calibration_texts(corpus, lang, seed, part)
                 groups.append((source, text_windows(tokenizer, texts, seqlen), share, {"documents": len(texts)}))
     return _assemble(groups, seqlen, rng, recipe, seed)
 
@@ -404,9 +407,9 @@ def max_positions(config) -> int | None:
     return None
 
 
-def calibration_texts(corpus: str, language: str, seed: int) -> list[str]:
-    """Texts of one language from the calibration part of a corpus, shuffled by seed."""
-    texts = [u.text for u in get_corpus(corpus).units(language, "calibration")]
+def calibration_texts(corpus: str, language: str, seed: int, part: str = "calibration") -> list[str]:
+    """Texts of one language from the calibration part (or its fitting part) of a corpus, shuffled by seed."""
+    texts = [u.text for u in get_corpus(corpus).units(language, part)]
     random.Random(seed).shuffle(texts)
     return texts
 

@@ -285,6 +285,36 @@ def _prune(
     console.print(f"wrote {settings.out}")
 
 
+def _advise(settings, as_json: bool = typer.Option(False, "--json", help=JSON_HELP)) -> None:
+    """Run the advisor and print its trials, the pick and the command to run."""
+    from .runs.advice import run_advise
+
+    with _reporting() as reporter:
+        advice = run_advise(settings, reporter)
+    if as_json:
+        _print_json(advice)
+        return
+    languages = list(advice["served"])
+    table = Table(
+        "trial", "serve", "aggregate", "profile", *languages, advice["objective"], title="development ppl / dense"
+    )
+    for number, trial in enumerate(advice["trials"], 1):
+        ratios = [f"{trial['ratio_to_dense'][lang]:.3f}" for lang in languages]
+        table.add_row(str(number), trial["serve"], trial["lang_aggregate"], trial["profile"], *ratios,
+                      f"{trial['objective']:.4f}")  # fmt: skip
+    console.print(table)
+    change = ", ".join(f"{lang} {value:+.1%}" for lang, value in advice["expected_change"].items())
+    cost = advice["cost"]
+    console.print(f"expected perplexity change against dense (development text): {change}")
+    console.print(
+        f"cost: {cost['trials']} trial prunes in {cost['seconds']:.0f} s, {cost['relative_to_one_prune']:.1f}x one prune"
+    )
+    console.print("run:", highlight=False)
+    console.print(advice["command"], highlight=False, markup=False, soft_wrap=True)
+    if settings.out is not None:
+        console.print(f"wrote {settings.out}")
+
+
 @app.command("inspect")
 def inspect_command(
     run: Path = typer.Argument(..., help="A run folder written by langprune prune."),
@@ -581,7 +611,7 @@ def _analysis_command(cls, typer_app: typer.Typer) -> None:
     typer_app.command(cls.name, help=help_text)(settings_module.command(cls, run))
 
 
-COMMAND_ORDER = ("prune", "inspect", "eval", "compare", "push", "clean")  # as `langprune --help` lists them
+COMMAND_ORDER = ("prune", "advise", "inspect", "eval", "compare", "push", "clean")  # as `langprune --help` lists them
 
 
 def _prune_base(config: Path | None = None, replay: Path | None = None, recipe: Path | None = None) -> dict:
@@ -622,6 +652,7 @@ def _build_commands() -> None:
     from .analysis import ANALYSES
     from .compress.methods import method_options
     from .runs import EvalSettings, PruneSettings
+    from .runs.advice import AdviseSettings
 
     prune = settings_module.command(
         PruneSettings, _prune, grouped={"method_options": method_options()}, base=_prune_base
@@ -631,6 +662,13 @@ def _build_commands() -> None:
     _place(app, "eval", lambda a: a.command("eval", help=help_eval)(evaluate))
     help_text = "Prune a model block by block and save a Hugging Face checkpoint with masks and a report."
     _place(app, "prune", lambda a: a.command("prune", help=help_text)(prune))
+    hidden = {"calib": None, "tokens": None, "eval_langs": (), "eval_corpus": "udhr", "report_to": ()}
+    advise = settings_module.command(AdviseSettings, _advise, grouped={"method_options": method_options()}, **hidden)
+    help_advise = (
+        "Find the calibration that serves your languages best: a few trial prunes scored on development text; "
+        "writes advice.json and the prune command to run."
+    )
+    _place(app, "advise", lambda a: a.command("advise", help=help_advise)(advise))
     for name, cls in ANALYSES.items():
         _place(analyze_app, name, lambda a, cls=cls: _analysis_command(cls, a))
     rank = {name: i for i, name in enumerate(COMMAND_ORDER)}

@@ -194,6 +194,25 @@ def replace_folder(partial: Path, target: Path) -> Path:
     return target
 
 
+def publish_folder(out: Path, overwrite: bool, fill) -> Path:
+    """Write a result folder whole or not at all: ``fill(partial)`` writes into a partial folder, which is then renamed
+    to ``out`` (refused if ``out`` appeared meanwhile and ``overwrite`` is off)."""
+    out = Path(out)
+    try:
+        with partial_folder(out) as partial:
+            try:
+                fill(partial)
+                if out.exists() and not overwrite:
+                    raise UserError(f"{out} appeared while this ran: pass --overwrite or choose another --out")
+                umask_permissions(partial)
+                replace_folder(partial, out)
+            finally:
+                shutil.rmtree(partial, ignore_errors=True)  # gone already when the rename succeeded
+    except OSError as exc:
+        raise disk_error(exc, out) from None
+    return out
+
+
 def write_json_atomic(path: Path, value) -> Path:
     """Write JSON to a unique temporary name beside ``path``, then rename: readers never see half a file.
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 import dataclasses
 import gc
 import math
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +34,7 @@ from ..runs import Reporter, load_report
 from ..runs.folder import check_out
 from ..runs.provenance import provenance
 from ..settings import jsonable, setting
-from ..storage import disk_error, partial_folder, read_json_object, replace_folder, umask_permissions, write_json_atomic
+from ..storage import publish_folder, read_json_object, write_json_atomic
 from .inputs import sentence_batches
 
 RESULT_FILE = "analysis.json"
@@ -161,20 +160,12 @@ def run_analysis(analysis: Analysis, reporter: Reporter | None = None) -> dict:
         "settings": analysis.record(),
         "provenance": provenance(),
     }
-    out = Path(analysis.out)
-    try:
-        with partial_folder(out) as partial:
-            try:
-                write_json_atomic(partial / RESULT_FILE, result)
-                type(analysis).draw(result, partial)
-                if out.exists() and not analysis.overwrite:
-                    raise UserError(f"{out} appeared while the analysis ran: pass --overwrite or choose another --out")
-                umask_permissions(partial)
-                replace_folder(partial, out)
-            finally:
-                shutil.rmtree(partial, ignore_errors=True)  # gone already when the rename succeeded
-    except OSError as exc:
-        raise disk_error(exc, out) from None
+
+    def fill(partial: Path) -> None:
+        write_json_atomic(partial / RESULT_FILE, result)
+        type(analysis).draw(result, partial)
+
+    publish_folder(Path(analysis.out), analysis.overwrite, fill)
     return result
 
 

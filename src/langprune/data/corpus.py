@@ -6,6 +6,9 @@ how parallel pairs are read. Labelled corpora offer ``Example`` records
 instead. Every corpus is split once, deterministically, into a calibration
 and an evaluation part by a seeded hash of the keys, so no evaluation text
 ever calibrates and parallel units fall on the same side in every language.
+The calibration part is split once more for the advisor: a development part
+(a fifth of it, by a second seeded hash) that scores its trial prunes, and the
+fitting part (the rest) they calibrate on; neither touches the evaluation part.
 """
 
 from __future__ import annotations
@@ -23,7 +26,9 @@ from ..storage import cache_dir, locked, partial_path, replace_folder
 
 EVAL_FRACTION = 0.25
 SPLIT_SEED = 0
-PARTS = ("calibration", "evaluation", "all")
+DEVELOPMENT_FRACTION = 0.2  # of the calibration part
+DEVELOPMENT_SEED = 1
+PARTS = ("calibration", "evaluation", "all", "development", "fitting")
 MARKER = ".langprune-corpus"  # written last: its presence (with this format number) means a complete extraction
 FORMAT = 1
 
@@ -67,7 +72,7 @@ def select_part(items, part: str):
     if part == "all":
         return list(items)
     calibration, evaluation = split_keys(item.key for item in items)
-    keep = calibration if part == "calibration" else evaluation
+    keep = {"calibration": calibration, "evaluation": evaluation}[part]  # development and fitting: Corpus.part_of
     return [item for item in items if item.key in keep]
 
 
@@ -75,7 +80,7 @@ def select_official_part(items, part: str, calibration_prefix: str, evaluation_p
     """For corpora with their own splits (keys ``<split>/...``): calibrate on one, evaluate on the other."""
     if part == "all":
         return list(items)
-    prefix = calibration_prefix if part == "calibration" else evaluation_prefix
+    prefix = {"calibration": calibration_prefix, "evaluation": evaluation_prefix}[part]
     return [item for item in items if item.key.startswith(prefix + "/")]
 
 
@@ -164,14 +169,23 @@ class Corpus:
         if self.kind == "labelled":
             return [Unit(e.key, " ".join(str(v) for v in e.fields.values())) for e in self.examples(language, part)]
         self.check(language)
-        return self.select(self.read_units(language), part)
+        return self.part_of(self.read_units(language), part)
 
     def examples(self, language: str, part: str = "all") -> list[Example]:
         """Labelled examples of one language (labelled corpora only)."""
         if self.kind != "labelled":
             raise UserError(f"corpus {self.name} has no labelled examples; labelled corpora: see `langprune data list`")
         self.check(language)
-        return self.select(self.read_examples(language), part)
+        return self.part_of(self.read_examples(language), part)
+
+    def part_of(self, items, part: str):
+        """One part of ``items``; development and fitting divide this corpus' calibration part."""
+        if part not in ("development", "fitting"):
+            return self.select(items, part)
+        calibration = self.select(items, "calibration")
+        fitting, development = split_keys((i.key for i in calibration), DEVELOPMENT_FRACTION, DEVELOPMENT_SEED)
+        keep = development if part == "development" else fitting
+        return [item for item in calibration if item.key in keep]
 
     def pairs(self, source: str, target: str, part: str = "all") -> list[tuple[str, str]]:
         """Translation pairs (source text, target text) joined on unit keys, in the source's order."""

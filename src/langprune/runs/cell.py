@@ -175,8 +175,51 @@ class PruneSettings(PlacementSettings):
             lang_aggregate=self.lang_aggregate,
         )
 
+    def calibration_sets(self, model, tokenizer, reporter: Reporter, pretokenized=None, part: str = "calibration"):
+        """The calibration set (built, or ``pretokenized`` as read from --tokens) and the contrast set, each checked
+        to fit the model; ``part`` is the corpus part language recipes read."""
+        build = lambda recipe: calibration_module.build(
+            recipe, tokenizer, self.nsamples, self.seqlen, self.seed, self.shots, model=model, part=part
+        )
+        recipe = self.calibration_recipe
+        chosen_sets = (build(recipe) if recipe else pretokenized, build(self.contrast) if self.contrast else None)
+        for role, chosen in zip(("calibration", "contrast"), chosen_sets):
+            if chosen is not None:
+                calibration_module.check_fits(chosen, model, role)
+                reporter.note(
+                    f"{role} {chosen.recipe}: {chosen.input_ids.shape[0]} x {chosen.input_ids.shape[1]} "
+                    f"({chosen.tokens} real tokens)"
+                )
+        return chosen_sets
+
+    def compress(self, model, calibration, contrast, plan: Plan, reporter: Reporter, on_block=None):
+        """Prune and/or quantize ``model`` in place as these settings say; the one call of ``prune_model``."""
+        log.info("compressing with %s (sparsity %s, quantize %s)", plan.method.name, self.sparsity, self.quantize)
+        return prune_model(
+            model,
+            calibration,
+            plan.method,
+            plan.sparsity,
+            propagate=self.propagate,
+            include=tuple(self.include),
+            exclude=tuple(self.exclude),
+            seed=self.seed,
+            batch_size=self.batch_size,
+            contrast=contrast,
+            progress=reporter.blocks,
+            on_block=on_block,
+            quantize=self.quantize,
+            profile=plan.profile,
+            lang_aggregate=self.lang_aggregate,
+        )
+
     def validate(self) -> None:
         """Every check that needs no model: one clear error for the first mistake found."""
+        self.check()
+        check_out(Path(self.out), self.overwrite)
+
+    def check(self) -> None:
+        """Every check of the prune itself, without its output folder."""
         self.check_placement()
         check_trackers(self.report_to)
         self.plan()
@@ -208,7 +251,6 @@ class PruneSettings(PlacementSettings):
             check_language(language)
         if self.eval_langs:
             get_corpus(self.eval_corpus)
-        check_out(Path(self.out), self.overwrite)
 
 
 def check_not_quantized(model: str) -> None:
@@ -245,39 +287,9 @@ def _prune(settings: PruneSettings, reporter: Reporter) -> dict:
         recipe = settings.calibration_recipe
         if recipe or settings.contrast:
             calibration_module.check_seqlen(settings.seqlen, lm)
-        build = lambda recipe: calibration_module.build(
-            recipe, tokenizer, settings.nsamples, settings.seqlen, settings.seed, settings.shots, model=lm
-        )
-        calibration = build(recipe) if recipe else pretokenized
-        contrast = build(settings.contrast) if settings.contrast else None
-        for role, chosen in (("calibration", calibration), ("contrast", contrast)):
-            if chosen is not None:
-                calibration_module.check_fits(chosen, lm, role)
-                reporter.note(
-                    f"{role} {chosen.recipe}: {chosen.input_ids.shape[0]} x {chosen.input_ids.shape[1]} "
-                    f"({chosen.tokens} real tokens)"
-                )
+        calibration, contrast = settings.calibration_sets(lm, tokenizer, reporter, pretokenized)
         before = perplexity(lm, tokenizer, languages, corpus=settings.eval_corpus) if languages else {}
-        log.info(
-            "compressing with %s (sparsity %s, quantize %s)", plan.method.name, settings.sparsity, settings.quantize
-        )
-        result = prune_model(
-            lm,
-            calibration,
-            plan.method,
-            plan.sparsity,
-            propagate=settings.propagate,
-            include=tuple(settings.include),
-            exclude=tuple(settings.exclude),
-            seed=settings.seed,
-            batch_size=settings.batch_size,
-            contrast=contrast,
-            progress=reporter.blocks,
-            on_block=lambda index, changes: run.add_block(lm, index, changes),
-            quantize=settings.quantize,
-            profile=plan.profile,
-            lang_aggregate=settings.lang_aggregate,
-        )
+        result = settings.compress(lm, calibration, contrast, plan, reporter, lambda i, c: run.add_block(lm, i, c))
         after = perplexity(lm, tokenizer, languages, corpus=settings.eval_corpus) if languages else {}
         report = {
             "model": settings.model,
