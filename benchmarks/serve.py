@@ -11,10 +11,12 @@ the CLI's run cell calls) with each calibration:
 - ``equal-mix``: ``mix:`` of the served languages, equal shares;
 - ``serve-mean`` and ``serve-max``: ``serve=`` the served languages with ``--lang-aggregate mean`` / ``max``
   (GPTQ and SparseGPT take ``mean`` only);
+- ``advisor``: ``langprune.advise`` (``--budget`` trial prunes on the development split), then the prune it
+  recommends; its row also records the pick and the advisor's cost against one prune;
 
 and measures held-out UDHR perplexity in the served languages (the evaluation part, which calibration never reads).
 It prints, per row, the perplexity ratio to dense per language and the worst language's excess (ratio - 1), and
-writes everything as JSON. The advisor's pick is not a row yet (issue 21).
+writes everything as JSON (rewritten after every row).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import json
 import time
 from pathlib import Path
 
-CONFIGS = ("english", "equal-mix", "serve-mean", "serve-max")
+CONFIGS = ("english", "equal-mix", "serve-mean", "serve-max", "advisor")
 ENGLISH = {"english": "mono:en@wikipedia", "english-udhr": "mono:en"}
 METHODS = {"wanda": ("wanda", "0.5", None), "sparsegpt": ("sparsegpt", "0.5", None), "gptq": ("none", "0", "w4g128")}
 
@@ -47,6 +49,7 @@ def main() -> None:
     parser.add_argument("--configs", default=",".join(CONFIGS))
     parser.add_argument("--nsamples", type=int, default=32)
     parser.add_argument("--seqlen", type=int, default=256)
+    parser.add_argument("--budget", type=int, default=4, help="the advisor's trial prunes")
     parser.add_argument("--out", default="serve.json")
     args = parser.parse_args()
 
@@ -66,14 +69,24 @@ def main() -> None:
             method, sparsity, quantize = METHODS[method_name]
             for seed in map(int, args.seeds.split(",")):
                 for config in args.configs.split(","):
-                    kwargs, aggregate = calibration_of(config, languages)
+                    started, advice, profile = time.perf_counter(), None, "uniform"
+                    if config == "advisor":
+                        advice = langprune.advise(
+                            ",".join(languages), method, sparsity, model=args.model, quantize=quantize,
+                            nsamples=args.nsamples, seqlen=args.seqlen, seed=seed, budget=args.budget,
+                        )  # fmt: skip
+                        pick = advice["pick"]
+                        kwargs = {"calibration": None, "serve": pick["serve"]}
+                        aggregate, profile = pick["lang_aggregate"], pick["profile"]
+                    else:
+                        kwargs, aggregate = calibration_of(config, languages)
                     if aggregate == "max" and method_name != "wanda":
                         continue  # a Hessian takes tokens or mean only
                     model, tokenizer = load_model(args.model)
-                    started = time.perf_counter()
                     _, result = langprune.prune(
                         model, tokenizer, method=method, sparsity=sparsity, nsamples=args.nsamples,
-                        seqlen=args.seqlen, seed=seed, quantize=quantize, lang_aggregate=aggregate, **kwargs,
+                        seqlen=args.seqlen, seed=seed, quantize=quantize, lang_aggregate=aggregate, profile=profile,
+                        **kwargs,
                     )  # fmt: skip
                     ppl = {lang: r["ppl"] for lang, r in perplexity(model, tokenizer, languages).items()}
                     ratio = {lang: ppl[lang] / dense_cache[lang] for lang in languages}
@@ -88,6 +101,8 @@ def main() -> None:
                         "calibration_tokens": (result.summary["calibration"] or {}).get("tokens"),
                         "seconds": round(time.perf_counter() - started, 1),
                     }
+                    if advice is not None:
+                        row["advice"] = {key: advice[key] for key in ("pick", "expected_change", "cost")}
                     rows.append(row)
                     print(json.dumps(row), flush=True)
                     write_json(args.out, {"dense": dense_cache, "rows": rows, "args": vars(args)})

@@ -180,7 +180,9 @@ def test_eval_writes_eval_json_and_compare_prints_p_values(checkpoint, tiny_corp
     assert dense.returncode == 0, dense.stderr
     compared = cli("compare", tmp_path / "dense", run, "--samples", "200")
     assert compared.returncode == 0, compared.stderr
-    assert "ppl" in compared.stdout and "paired bootstrap" in compared.stdout
+    assert "ppl" in compared.stdout and "paired bootstrap, two-sided" in compared.stdout and "95% CI" in compared.stdout
+    rows = json.loads(cli("compare", tmp_path / "dense", run, "--samples", "200", "--json").stdout)["rows"]
+    assert all(r["ci"][0] <= r["delta"] <= r["ci"][1] and 0 < r["p_value"] <= 1 for r in rows)
     assert json.loads((tmp_path / "dense" / "eval.json").read_text())["dense_model"] is None
 
 

@@ -88,16 +88,59 @@ def test_paired_bootstrap_on_known_data():
     same = accuracy_test([1, 0, 1, 1, 0], [1, 0, 1, 1, 0])
     assert same["p_value"] == 1.0 and same["delta"] == 0
     better = accuracy_test([0] * 30, [1] * 30, samples=200)
-    assert better["p_value"] == pytest.approx(1 / 201) and better["delta"] == 1
-    # One differing item out of 40: the winner fails to win whenever that item is not drawn, (39/40)^40 of the time.
+    assert better["p_value"] == pytest.approx(2 / 201) and better["delta"] == 1 and better["ci"] == [1.0, 1.0]
+    # One differing item out of 40: the difference is 0 whenever that item is not drawn, (39/40)^40 of the time, so
+    # the two-sided p-value is twice that share.
     a, b = [1] * 40, [1] * 39 + [0]
     p = accuracy_test(a, b, samples=4000, seed=1)["p_value"]
-    assert p == pytest.approx((39 / 40) ** 40, abs=0.03)
+    assert p == pytest.approx(2 * (39 / 40) ** 40, abs=0.05)
     assert accuracy_test(a, b, seed=3) == accuracy_test(a, b, seed=3)
-    windows = [[10.0, 5], [12.0, 5], [9.0, 4]]
+    windows = [[10.0, 5], [12.0, 5], [9.0, 4], [11.0, 5], [10.5, 5], [9.5, 4]]
     assert perplexity_test(windows, windows)["p_value"] == 1.0
     lower = perplexity_test(windows, [[n - 1, t] for n, t in windows], samples=100)
-    assert lower["b"] < lower["a"] and lower["p_value"] == pytest.approx(1 / 101)
+    assert lower["b"] < lower["a"] and lower["p_value"] == pytest.approx(2 / 101) and lower["ci"][1] < 0
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_two_sided_p_value_and_interval_equal_brute_force_enumeration(seed):
+    """n = 4 items: all 4^4 = 256 resamples enumerated here; the test's exact mode must agree."""
+    import itertools
+    import random
+
+    rng = random.Random(seed)
+    a = [rng.choice([0, 1]) for _ in range(4)]
+    b = [rng.choice([0, 1]) for _ in range(4)]
+    deltas = sorted(
+        sum(b[i] for i in draw) / 4 - sum(a[i] for i in draw) / 4 for draw in itertools.product(range(4), repeat=4)
+    )
+    below = (1 + sum(d <= 0 for d in deltas)) / 257
+    above = (1 + sum(d >= 0 for d in deltas)) / 257
+    expected = 1.0 if sum(a) == sum(b) else min(1.0, 2 * min(below, above))
+    found = accuracy_test(a, b, samples=256)
+    assert found["exact"] and found["p_value"] == pytest.approx(expected, abs=1e-12)
+    assert found["ci"] == pytest.approx([deltas[math.ceil(0.025 * 256) - 1], deltas[math.ceil(0.975 * 256) - 1]])
+    windows_a = [[rng.uniform(5, 15), 4] for _ in range(3)]
+    windows_b = [[nll + rng.uniform(-2, 2), t] for nll, t in windows_a]
+    ppl = lambda w, draw: math.exp(sum(w[i][0] for i in draw) / sum(w[i][1] for i in draw))
+    deltas = sorted(ppl(windows_b, d) - ppl(windows_a, d) for d in itertools.product(range(3), repeat=3))
+    below, above = ((1 + sum(f(d) for d in deltas)) / 28 for f in (lambda d: d <= 0, lambda d: d >= 0))
+    found = perplexity_test(windows_a, windows_b, samples=27)
+    assert found["exact"] and found["p_value"] == pytest.approx(min(1.0, 2 * min(below, above)), abs=1e-12)
+    assert found["ci"] == pytest.approx([deltas[0], deltas[-1]])  # 2.5% and 97.5% of 27: the extremes
+
+
+def test_translation_test_resamples_sentences_like_sacrebleu():
+    from sacrebleu.metrics import CHRF
+
+    from langprune.evaluation.significance import translation_tests
+
+    refs = ["the cat sat on the mat", "a dog ran in the park", "it is raining today", "we eat bread"]
+    hyps_a = ["the cat sat on a mat", "a dog ran", "it rains today", "we eat"]
+    hyps_b = ["the cat sat on the mat", "a dog ran in a park", "it is raining", "we eat bread"]
+    bleu, chrf = translation_tests(hyps_a, hyps_b, refs, "en", samples=256)
+    assert chrf["exact"] and chrf["a"] == pytest.approx(CHRF().corpus_score(hyps_a, [refs]).score)
+    assert chrf["delta"] > 0 and chrf["ci"][0] <= chrf["delta"] <= chrf["ci"][1] and 0 < chrf["p_value"] <= 1
+    assert bleu["metric"] == "bleu" and bleu["b"] > bleu["a"]
 
 
 def _independent_snr(dense_states, pruned_states):

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from langprune import UserError
 from langprune.experiments import build_table, load_grid, render, run_grid
 from langprune.experiments.execute import CELL_FILE
 from langprune.experiments.grid import Cell, Grid
@@ -224,6 +225,29 @@ def test_tables_match_hand_computed_means_stds_and_marks(tmp_path):
     png = tmp_path / "t.png"
     render(table, "png", png)
     assert png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_table_intervals_are_the_paired_tests_interval_against_the_baseline(tmp_path):
+    from langprune.evaluation.significance import perplexity_test
+
+    dense = [[10.0, 5], [12.0, 5], [9.0, 5], [11.0, 5]]
+    pruned = [[11.0, 5], [12.5, 5], [10.0, 5], [11.2, 5]]
+    grid = fake_grid(tmp_path, {(None, None): {"en": (10.0, dense)}, ("mono:en", 0): {"en": (11.0, pruned)}})
+    table = build_table(grid, "ppl", "calib", "eval", baseline="dense", ci=True)
+    cell = table["sections"][0]["cells"]["mono:en|en"]
+    expected = perplexity_test(dense, pruned)
+    assert cell["ci"] == expected["ci"] and cell["p_value"] == expected["p_value"] and cell["ci"][0] > 0
+    low, high = cell["ci"]
+    assert f"[{low:+.3g}, {high:+.3g}]" in render(table, "md") and "95% interval" in render(table, "md")
+    assert "[" not in render(build_table(grid, "ppl", "calib", "eval", baseline="dense"), "md").split("\n")[2]
+    with pytest.raises(UserError, match="add --baseline ROW"):
+        build_table(grid, "ppl", "calib", "eval", ci=True)
+
+
+def test_table_ci_on_a_metric_without_items_is_refused(tmp_path):
+    grid = fake_grid(tmp_path, {(None, None): {"en": (10.0, [[1.0, 1], [2.0, 1]])}})
+    with pytest.raises(UserError, match="--ci needs per-item results"):
+        build_table(grid, "translation:chrf", "calib", "eval", baseline="dense", ci=True)
 
 
 @pytest.mark.parametrize(

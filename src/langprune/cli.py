@@ -450,9 +450,12 @@ def compare_command(
     if as_json:
         _print_json({"a": str(a), "b": str(b), "samples": samples, "seed": seed, "rows": rows})
         return
-    table = Table("task", "language", "metric", "A", "B", "B - A", "p", "n", title=f"B = {b} against A = {a}")
+    table = Table(
+        "task", "language", "metric", "A", "B", "B - A", "95% CI of B - A", "p", "n", title=f"B = {b} against A = {a}"
+    )
     for r in rows:
         mark = " *" if r["p_value"] < alpha else ""
+        low, high = r["ci"]
         table.add_row(
             r["task"],
             r["key"],
@@ -460,11 +463,12 @@ def compare_command(
             f"{r['a']:.4g}",
             f"{r['b']:.4g}",
             f"{r['delta']:+.4g}",
+            f"[{low:+.4g}, {high:+.4g}]",
             f"{r['p_value']:.4f}{mark}",
             str(r["n"]),
         )
     console.print(table)
-    console.print(f"* p < {alpha} (paired bootstrap, {samples} resamples)")
+    console.print(f"* p < {alpha} (paired bootstrap, two-sided, {samples} resamples; percentile interval)")
 
 
 def _print_results(results: dict) -> None:
@@ -791,6 +795,9 @@ def grid_table_command(
     baseline: str | None = typer.Option(
         None, help="A row to test every other against (paired bootstrap), e.g. dense or mono:en."
     ),
+    ci: bool = typer.Option(
+        False, "--ci", help="Show each tested value's 95% interval of the difference to --baseline (paired bootstrap)."
+    ),
     format: str = typer.Option("md", "--format", help="md, csv, tex or png."),
     out: Path | None = typer.Option(None, help="Write the table to this file (needed for png)."),
     profile: str | None = _PROFILE,
@@ -803,7 +810,7 @@ def grid_table_command(
     from .storage import partial_path
 
     grid = load_grid(grid_file, _profile(profile, quick), grid_out)
-    table = build_table(grid, metric, rows, cols, baseline)
+    table = build_table(grid, metric, rows, cols, baseline, ci)
     text = render(table, format, out)
     if format in ("csv", "png") and missing_note(table):  # md and tex carry the note in their text
         err_console.print(f"note: {missing_note(table)}", highlight=False)

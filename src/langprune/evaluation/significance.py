@@ -1,15 +1,25 @@
-"""Paired bootstrap tests between two evaluations of the same items (Koehn, 2004).
+"""Paired bootstrap tests between two evaluations of the same items (Koehn, 2004), one definition for every metric.
 
-Both runs scored the same examples (same keys, same windows), so each
+Both runs scored the same items (examples, token windows, sentences), so each
 resample draws one set of item indices with replacement and recomputes the
-metric for both runs on it. The p-value is the share of resamples in which
-the run that is better on the full data is not better, smoothed as
-(1 + misses) / (1 + samples) so that it is never exactly zero. BLEU and chrF
-use sacrebleu's own paired bootstrap, which resamples sentence statistics.
+metric for both runs on it: perplexity from the resampled windows' summed NLL
+and tokens, accuracy as the mean, BLEU and chrF from sacrebleu's per-sentence
+statistics (as sacrebleu's own paired test resamples them). From the
+resampled differences d* = metric_b* - metric_a*:
+
+- **p-value, two-sided**: p = min(1, 2 min(P(d* <= 0), P(d* >= 0))), each
+  P counted as (1 + count) / (1 + B) over the B resamples (so never exactly
+  zero): B random ones, or all n^n when n^n <= B (the exact bootstrap
+  distribution, which small inputs get). Equal metrics (up to float32
+  rounding) give p = 1.
+- **95% interval of the difference**: the 2.5th and 97.5th percentiles of d*
+  (inverted CDF: the smallest d* with at least that share of resamples at or
+  below it).
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -17,33 +27,48 @@ import numpy as np
 from ..errors import UserError
 
 SAMPLES = 1000
+LEVEL = 0.95
 
 
-def _p_value(a: np.ndarray, b: np.ndarray, observed_a: float, observed_b: float, higher_is_better: bool) -> float:
-    """Share of resamples (a, b: the metric per resample) where the observed winner does not win."""
-    if math.isclose(observed_a, observed_b, rel_tol=1e-6, abs_tol=1e-12):  # equal up to float32 rounding
-        return 1.0
-    sign = 1.0 if higher_is_better else -1.0
-    margin = sign * (b - a) if sign * (observed_b - observed_a) > 0 else sign * (a - b)
-    return float((1 + np.sum(margin <= 0)) / (1 + len(a)))
+def resample_indices(n: int, samples: int, seed: int) -> tuple[np.ndarray, bool]:
+    """(resamples x n) item indices: every one of the n^n resamples when there are at most ``samples`` of them
+    (the exact bootstrap distribution), else ``samples`` random ones from ``seed``; and whether it is exact."""
+    if n**n <= samples:
+        return np.array(list(itertools.product(range(n), repeat=n)), dtype=np.int64).reshape(-1, n), True
+    return np.random.default_rng(seed).integers(0, n, size=(samples, n)), False
 
 
-def _indices(n: int, samples: int, seed: int) -> np.ndarray:
-    return np.random.default_rng(seed).integers(0, n, size=(samples, n))
+def two_sided(deltas: np.ndarray, observed_a: float, observed_b: float) -> dict:
+    """The two-sided p-value and the 95% percentile interval of the resampled differences ``deltas``."""
+    deltas = np.asarray(deltas, dtype=float)
+    if not np.all(np.isfinite(deltas)):
+        raise UserError("a resampled metric is NaN or infinite: the evaluation holds broken scores; evaluate again")
+    below = (1 + np.sum(deltas <= 0)) / (1 + len(deltas))
+    above = (1 + np.sum(deltas >= 0)) / (1 + len(deltas))
+    equal = math.isclose(observed_a, observed_b, rel_tol=1e-6, abs_tol=1e-12)  # equal up to float32 rounding
+    ordered = np.sort(deltas)
+    tail = (1 - LEVEL) / 2
+    low, high = (ordered[max(math.ceil(q * len(ordered)) - 1, 0)] for q in (tail, 1 - tail))
+    return {"p_value": 1.0 if equal else float(min(1.0, 2 * min(below, above))), "ci": [float(low), float(high)]}
+
+
+def _result(metric: str, value_a: float, value_b: float, n: int, tested: dict, exact: bool) -> dict:
+    return {"metric": metric, "a": value_a, "b": value_b, "delta": value_b - value_a, **tested, "n": n,
+            "exact": exact}  # fmt: skip
 
 
 def accuracy_test(correct_a, correct_b, samples: int = SAMPLES, seed: int = 0) -> dict:
     """Paired bootstrap on per-example correctness (0/1) of two runs over the same examples."""
-    return mean_test(correct_a, correct_b, True, "accuracy", samples, seed)
+    return mean_test(correct_a, correct_b, "accuracy", samples, seed)
 
 
-def mean_test(values_a, values_b, higher_is_better: bool, metric: str, samples: int = SAMPLES, seed: int = 0) -> dict:
+def mean_test(values_a, values_b, metric: str, samples: int = SAMPLES, seed: int = 0) -> dict:
     """Paired bootstrap on a per-example score whose task metric is its mean (accuracy, exact match, F1...)."""
     a, b = np.asarray(values_a, dtype=float), np.asarray(values_b, dtype=float)
-    idx = _indices(len(a), samples, seed)
+    idx, exact = resample_indices(len(a), samples, seed)
     value_a, value_b = float(a.mean()), float(b.mean())
-    p = _p_value(a[idx].mean(1), b[idx].mean(1), value_a, value_b, higher_is_better)
-    return {"metric": metric, "a": value_a, "b": value_b, "delta": value_b - value_a, "p_value": p, "n": len(a)}
+    tested = two_sided(b[idx].mean(1) - a[idx].mean(1), value_a, value_b)
+    return _result(metric, value_a, value_b, len(a), tested, exact)
 
 
 def perplexity_test(windows_a, windows_b, samples: int = SAMPLES, seed: int = 0) -> dict:
@@ -54,41 +79,29 @@ def perplexity_test(windows_a, windows_b, samples: int = SAMPLES, seed: int = 0)
             "the runs scored different token windows (another tokenizer, seqlen or corpus): evaluate both "
             "with the same --seqlen and --corpus"
         )
-    idx = _indices(len(a), samples, seed)
+    idx, exact = resample_indices(len(a), samples, seed)
     tokens = a[:, 1][idx].sum(1)
     ppl_a, ppl_b = np.exp(a[:, 0][idx].sum(1) / tokens), np.exp(b[:, 0][idx].sum(1) / tokens)
     value_a = math.exp(a[:, 0].sum() / a[:, 1].sum())
     value_b = math.exp(b[:, 0].sum() / b[:, 1].sum())
-    p = _p_value(ppl_a, ppl_b, value_a, value_b, higher_is_better=False)
-    return {"metric": "ppl", "a": value_a, "b": value_b, "delta": value_b - value_a, "p_value": p, "n": len(a)}
+    return _result("ppl", value_a, value_b, len(a), two_sided(ppl_b - ppl_a, value_a, value_b), exact)
 
 
-def translation_tests(hyps_a, hyps_b, references, target: str, samples: int = SAMPLES) -> list[dict]:
-    """sacrebleu's paired bootstrap for BLEU and chrF (its seed is fixed, so reruns agree)."""
+def translation_tests(hyps_a, hyps_b, references, target: str, samples: int = SAMPLES, seed: int = 0) -> list[dict]:
+    """BLEU and chrF, each resampled from sacrebleu's per-sentence statistics, with the test above."""
     from sacrebleu.metrics import BLEU, CHRF
-    from sacrebleu.significance import PairedTest
 
     from .translation import BLEU_TOKENIZER
 
     metrics = {"bleu": BLEU(tokenize=BLEU_TOKENIZER.get(target, "13a")), "chrf": CHRF()}
-    test = PairedTest(
-        [("a", list(hyps_a)), ("b", list(hyps_b))], metrics, [list(references)], test_type="bs", n_samples=samples
-    )
-    _, results = test()
+    idx, exact = resample_indices(len(references), samples, seed)
     tests = []
-    for name in metrics:
-        key = next(k for k in results if k.lower().startswith(name))
-        base, other = results[key]
-        tests.append(
-            {
-                "metric": name,
-                "a": base.score,
-                "b": other.score,
-                "delta": other.score - base.score,
-                "p_value": other.p_value,
-                "n": len(references),
-            }
-        )
+    for name, metric in metrics.items():
+        stats = [np.asarray(metric._extract_corpus_statistics(list(h), [list(references)])) for h in (hyps_a, hyps_b)]
+        value_a, value_b = (metric._compute_score_from_stats(list(s.sum(0))).score for s in stats)
+        resampled = [np.array([metric._compute_score_from_stats(list(s[i].sum(0))).score for i in idx]) for s in stats]
+        tested = two_sided(resampled[1] - resampled[0], value_a, value_b)
+        tests.append(_result(name, value_a, value_b, len(references), tested, exact))
     return tests
 
 
@@ -111,7 +124,7 @@ def compare_results(a: dict, b: dict, samples: int = SAMPLES, seed: int = 0) -> 
                 ]
             elif "hypotheses" in ra and ra["references"] == rb["references"]:
                 tests = translation_tests(
-                    ra["hypotheses"], rb["hypotheses"], ra["references"], key.split("-")[-1], samples
+                    ra["hypotheses"], rb["hypotheses"], ra["references"], key.split("-")[-1], samples, seed
                 )
             else:
                 continue
@@ -135,9 +148,6 @@ def harness_tests(a: dict, folder_a, b: dict, folder_b, samples: int = SAMPLES, 
             shared = sorted(set(scores_a) & set(scores_b))
             if not shared:
                 continue
-            higher = ha.get("higher_is_better", {}).get(task, {}).get(metric, True)
-            test = mean_test(
-                [scores_a[k] for k in shared], [scores_b[k] for k in shared], higher, metric, samples, seed
-            )
+            test = mean_test([scores_a[k] for k in shared], [scores_b[k] for k in shared], metric, samples, seed)
             rows.append({"task": f"lm-eval {task}", "key": "-", **test})
     return rows

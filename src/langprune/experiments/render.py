@@ -23,10 +23,13 @@ def missing_note(table: dict) -> str | None:
     )
 
 
-def _text(cell: dict | None, marks: bool = True, tex: bool = False) -> str:
+def _text(cell: dict | None, marks: bool = True, tex: bool = False, ci: bool = False) -> str:
     if cell is None:
         return "–" if not tex else "--"
     text = f"{cell['mean']:.2f}" + (f" ± {cell['std']:.2f}" if cell["std"] is not None else "")
+    if ci and cell.get("ci"):
+        low, high = cell["ci"]
+        text += f" [{low:+.3g}, {high:+.3g}]"
     if tex:
         text = text.replace("±", r"$\pm$")
     if marks and cell["p_value"] is not None and cell["p_value"] < ALPHA:
@@ -46,14 +49,19 @@ def render(table: dict, fmt: str, png: Path | None = None) -> str:
     note = (
         f"{table['metric']} ({'lower' if table['lower_is_better'] else 'higher'} is better), mean ± std over seeds; "
         f"bold: best pruned row per column"
-        + (f"; †: p < {ALPHA} against {table['baseline']} (paired bootstrap)" if table["baseline"] else "")
+        + (f"; †: p < {ALPHA} against {table['baseline']} (paired bootstrap, two-sided)" if table["baseline"] else "")
+        + ("; [low, high]: 95% interval of the difference to it" if table.get("ci") else "")
     )
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     for section in table["sections"]:
         header = [f"{table['rows']} \\ {table['cols']}"] + section["col_labels"]
         body = [
-            [r] + [_text(section["cells"][f"{r}|{c}"], fmt != "csv", fmt == "tex") for c in section["col_labels"]]
+            [r]
+            + [
+                _text(section["cells"][f"{r}|{c}"], fmt != "csv", fmt == "tex", table.get("ci", False))
+                for c in section["col_labels"]
+            ]
             for r in section["row_labels"]
         ]
         if fmt == "md":

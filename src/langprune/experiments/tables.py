@@ -10,7 +10,7 @@ column is marked, in the direction the metric declares (``evaluation.types``);
 with ``baseline`` each value is tested against that row's with a paired
 bootstrap over the evaluation's items (windows for perplexity, examples for
 accuracy; per-item values averaged over seeds first), and p < 0.05 is
-marked. Every configured row and column appears: a cell that has not
+marked (two-sided, with its 95% interval of the difference: ``evaluation.significance``). Every configured row and column appears: a cell that has not
 finished is ``None`` (printed ``–``), and the table counts them. Rendering
 lives in ``render``, verdicts in ``verdicts``.
 """
@@ -31,6 +31,7 @@ from .grid import DENSE, Cell, Grid
 
 TABLE_AXES = ("calib", "method", "sparsity", "model", "seed", "eval")
 ALPHA = 0.05
+PAIRED_TYPES = ("perplexity", "cloze", "choice")  # task types whose results keep per-item values (windows, items)
 
 
 def metric_spec(metric: str) -> tuple[TaskSpec, Metric]:
@@ -167,21 +168,27 @@ def _mean_items(items: list):
     return [statistics.fmean(i[k] for i in items) for k in range(len(items[0]))]
 
 
-def _test(entry: Entry, base: Entry) -> float | None:
+def _test(entry: Entry, base: Entry) -> dict | None:
+    """The paired test of ``entry`` against ``base`` (p-value and interval), or None where items do not pair."""
     a, b = _mean_items(base.items), _mean_items(entry.items)
     if a is None or b is None or len(a) != len(b) or len(a) < 2:
         return None
     try:
-        if isinstance(a[0], list):
-            return perplexity_test(a, b)["p_value"]
-        return accuracy_test(a, b)["p_value"]
+        return perplexity_test(a, b) if isinstance(a[0], list) else accuracy_test(a, b)
     except UserError:
         return None
 
 
-def build_table(grid: Grid, metric: str, rows: str, cols: str, baseline: str | None = None) -> dict:
-    """Everything a rendering needs: per section, row and column labels, means, stds, best marks and p-values."""
-    _, chosen = metric_spec(metric)
+def build_table(grid: Grid, metric: str, rows: str, cols: str, baseline: str | None = None, ci: bool = False) -> dict:
+    """Everything a rendering needs: per section, row and column labels, means, stds, best marks and p-values;
+    ``ci`` shows each tested value's 95% interval of the difference to the baseline."""
+    task, chosen = metric_spec(metric)
+    if ci and baseline is None:
+        raise UserError("--ci gives the interval of each row's difference to a baseline: add --baseline ROW")
+    if ci and task.type not in PAIRED_TYPES:
+        raise UserError(
+            f"--ci needs per-item results, and {metric} ({task.type}) keeps none: use it with ppl or an accuracy task"
+        )
     lower = chosen.lower_is_better
     sections, missing = collect(grid, metric, rows, cols)
     out = {
@@ -190,6 +197,7 @@ def build_table(grid: Grid, metric: str, rows: str, cols: str, baseline: str | N
         "rows": rows,
         "cols": cols,
         "baseline": baseline,
+        "ci": ci,
         "lower_is_better": lower,
         "missing_cells": missing,
         "cells_total": len(grid.cells),
@@ -214,13 +222,14 @@ def build_table(grid: Grid, metric: str, rows: str, cols: str, baseline: str | N
                 if entry is None:
                     cells[f"{r}|{c}"] = None
                     continue
-                p = _test(entry, base) if base is not None and r != baseline else None
+                tested = _test(entry, base) if base is not None and r != baseline else None
                 cells[f"{r}|{c}"] = {
                     "mean": entry.mean,
                     "std": entry.std,
                     "n": len(entry.values),
                     "best": r == best,
-                    "p_value": p,
+                    "p_value": tested and tested["p_value"],
+                    "ci": tested and tested["ci"],
                 }
         out["sections"].append({"section": section, "row_labels": row_labels, "col_labels": col_labels, "cells": cells})
     return out
