@@ -244,6 +244,41 @@ def test_table_intervals_are_the_paired_tests_interval_against_the_baseline(tmp_
         build_table(grid, "ppl", "calib", "eval", ci=True)
 
 
+def _windows(shift: float, n: int = 12) -> list:
+    return [[10.0 + (i % 3) * 0.5 + shift, 5] for i in range(n)]
+
+
+def _ppl(windows) -> float:
+    import math
+
+    return math.exp(sum(w[0] for w in windows) / sum(w[1] for w in windows))
+
+
+def test_significance_verdicts_count_the_table_as_computed_by_hand(tmp_path):
+    from langprune.experiments import verdict
+
+    cells = {
+        (None, None): {"en": _windows(0), "de": _windows(0)},
+        ("mono:en", 0): {"en": _windows(-2), "de": _windows(2)},  # better in en, worse in de
+        ("mono:de", 0): {"en": _windows(0), "de": _windows(-2)},  # as dense in en, better in de
+    }
+    grid = fake_grid(tmp_path, {k: {lang: (_ppl(w), w) for lang, w in v.items()} for k, v in cells.items()})
+    grid.verdicts = [
+        {"kind": "significant", "baseline": "dense", "claim": "beats dense"},
+        {"kind": "significant", "baseline": "dense", "only": ["mono:e*"], "columns": ["de"]},
+        {"kind": "pairs", "pairs": [["mono:en", "mono:de"]]},
+        {"kind": "group-gain", "baseline": "dense", "groups": {"english": ["mono:en"], "german": ["mono:de"]}},
+    ]
+    lines = verdict(grid).splitlines()
+    assert lines == [
+        "beats dense: mono:de: significantly better ppl than dense in 1 of 2 columns (de), worse in 0",
+        "beats dense: mono:en: significantly better ppl than dense in 1 of 2 columns (en), worse in 1 (de)",
+        "mono:en: significantly better ppl than dense in 0 of 1 columns, worse in 1 (de)",
+        "mono:de: significantly better ppl than mono:en in 1 of 2 columns (de), worse in 1 (en)",
+        "model=m method=wanda sparsity=0.5: english rows gain more ppl over dense than german rows in 1 of 2 columns",
+    ]
+
+
 def test_table_ci_on_a_metric_without_items_is_refused(tmp_path):
     grid = fake_grid(tmp_path, {(None, None): {"en": (10.0, [[1.0, 1], [2.0, 1]])}})
     with pytest.raises(UserError, match="--ci needs per-item results"):
@@ -261,6 +296,11 @@ def test_table_ci_on_a_metric_without_items_is_refused(tmp_path):
         ({"exclude": [{"method": "wanda"}], "include": []}, "empty"),
         ({"seeds": []}, "empty"),
         ({"settings": {"nsample": 3}}, "unknown key 'nsample'"),
+        ({"verdict": {"kind": "significant", "baseline": "mono:xx"}}, "names row 'mono:xx'"),
+        ({"verdict": [{"kind": "significant", "baseline": "dense", "metric": "nosuch"}]}, "unknown metric 'nosuch'"),
+        ({"verdict": {"kind": "wins"}}, "one of own-language-best"),
+        ({"verdict": {"kind": "significant", "baseline": "dense", "columns": ["zh"]}}, "names column 'zh'"),
+        ({"verdict": {"kind": "pairs"}}, "needs pairs"),
     ],
 )
 def test_bad_grid_files_give_one_line_and_exit_2(checkpoint, tiny_corpora, tmp_path, cli, change, message):

@@ -14,7 +14,7 @@ owl_lambda, device, dtype, offload) and every registered method's options
 (ria_alpha, mask_selection...). Each model also gets a dense cell (method
 ``dense``): the baseline, evaluated once. ``profiles`` name overrides of
 any top-level key (``--profile quick``). ``verdict`` names the paper
-finding checked from the table. ``out`` is the grid's folder, relative to
+findings counted from the tables (one mapping or a list; ``verdicts``). ``out`` is the grid's folder, relative to
 the grid file's own folder.
 
 A cell's folder is ``<out>/cells/<key>``, the key a SHA-256 of the
@@ -100,7 +100,7 @@ class Grid:
     name: str
     out: Path
     cells: list[Cell] = field(default_factory=list)
-    verdict: dict | None = None
+    verdicts: list[dict] = field(default_factory=list)
 
     def folder(self, cell: Cell) -> Path:
         return self.out / "cells" / cell.key
@@ -192,7 +192,8 @@ def load_grid(path: Path, profile: str | None = None, out: Path | None = None) -
     # An out: written in the file resolves against the file's folder, so every command finds the same cells from any
     # working folder; without one (or with --out) the folder is relative to the current one, like every CLI path.
     root = Path(out) if out else path.parent / spec["out"] if spec.get("out") else Path("runs") / "grids" / name
-    grid = Grid(path, name, root, cells, spec.get("verdict"))
+    found = spec.get("verdict") or []
+    grid = Grid(path, name, root, cells, found if isinstance(found, list) else [found])
     for cell in cells:  # every pairing a run would refuse (a method and its contrast set, say) is refused now
         if not cell.dense:
             try:
@@ -201,6 +202,9 @@ def load_grid(path: Path, profile: str | None = None, out: Path | None = None) -
                 ).validate()
             except UserError as exc:
                 raise _mistake(path, f"cell {cell.label()}: {exc}") from None
+    from .verdicts import check_verdicts  # verdicts read tables, which read grids
+
+    check_verdicts(grid)
     return grid
 
 

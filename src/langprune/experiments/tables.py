@@ -85,7 +85,7 @@ class Entry:
         return statistics.stdev(self.values) if len(self.values) > 1 else None
 
 
-def _row_label(axes: dict, rows: str) -> str:
+def row_label(axes: dict, rows: str) -> str:
     """The row of a cell: one axis, or several joined by + (``method+calib``); the dense cell is ``dense``."""
     names = rows.split("+")
     if axes["method"] == DENSE:
@@ -101,7 +101,7 @@ def _configured_keys(cell: Cell, task: TaskSpec) -> list[str]:
     return [str(lang) for lang in langs]
 
 
-def _check_axes(rows: str, cols: str) -> None:
+def check_axes(rows: str, cols: str) -> None:
     for axis in rows.split("+") + [cols]:
         if axis not in TABLE_AXES:
             raise UserError(
@@ -113,7 +113,7 @@ def _check_axes(rows: str, cols: str) -> None:
 
 def collect(grid: Grid, metric: str, rows: str, cols: str) -> tuple[dict, int]:
     """{section: {row: {column: Entry or None}}} over every configured cell, and how many cells are not finished."""
-    _check_axes(rows, cols)
+    check_axes(rows, cols)
     task, chosen = metric_spec(metric)
     evaluated = {t.name for cell in grid.cells for t in select(list(cell.evaluation.get("tasks") or []))}
     if task.name not in evaluated:
@@ -138,7 +138,7 @@ def collect(grid: Grid, metric: str, rows: str, cols: str) -> tuple[dict, int]:
     sections: dict = {}
 
     def add(section: str, axes: dict, value, items) -> None:
-        row = sections.setdefault(section, {}).setdefault(_row_label(axes, rows), {})
+        row = sections.setdefault(section, {}).setdefault(row_label(axes, rows), {})
         column = str(axes[cols])
         if value is None:
             row.setdefault(column, None)
@@ -223,6 +223,7 @@ def build_table(grid: Grid, metric: str, rows: str, cols: str, baseline: str | N
                     cells[f"{r}|{c}"] = None
                     continue
                 tested = _test(entry, base) if base is not None and r != baseline else None
+                moved = base is not None and entry.mean != base.mean and (entry.mean < base.mean) == lower
                 cells[f"{r}|{c}"] = {
                     "mean": entry.mean,
                     "std": entry.std,
@@ -230,6 +231,7 @@ def build_table(grid: Grid, metric: str, rows: str, cols: str, baseline: str | N
                     "best": r == best,
                     "p_value": tested and tested["p_value"],
                     "ci": tested and tested["ci"],
+                    "improves": moved if tested else None,
                 }
         out["sections"].append({"section": section, "row_labels": row_labels, "col_labels": col_labels, "cells": cells})
     return out
