@@ -1,4 +1,5 @@
-"""Evaluation throughput (tokens per second) of perplexity and cloze scoring against a bare forward pass.
+"""Evaluation throughput (tokens per second) of perplexity and cloze scoring against a bare forward pass, and the
+cloze scorer before and after sharing each review's prefix across its options.
 
     python benchmarks/eval_speed.py [--model gemma-3-270m] [--langs en,de,fr] [--limit 40] [--repeat 3]
 
@@ -6,7 +7,12 @@ For each measured task the same token rows go, in the same batches, through
 a bare ``model(input_ids, attention_mask)`` call (full logits, nothing
 else); the ratio is the task's throughput over that one. Perplexity reads
 the UDHR evaluation part, cloze the MultiEmo evaluation part with the
-"It is positive/negative" template. Medians over --repeat runs.
+"It is positive/negative" template. Cloze runs twice: ``cloze-plain`` scores
+every option's row from scratch (what langprune did before), ``cloze``
+runs each review once and its options from the key/value cache; the largest
+score difference between the two and whether any prediction changed are
+printed too. Tokens count the plain rows, so both cloze lines divide the
+same work. Medians over --repeat runs.
 """
 
 from __future__ import annotations
@@ -19,13 +25,13 @@ import torch
 
 
 def bare_forward(model, rows, pad, batch_size) -> float:
-    from langprune.evaluation.scoring import padded
+    from langprune.text import right_padded
 
     order = sorted(range(len(rows)), key=lambda i: -len(rows[i]))
     start = time.perf_counter()
     with torch.no_grad():
         for b in range(0, len(order), batch_size):
-            ids, mask = padded([rows[i] for i in order[b : b + batch_size]], pad, "cpu")
+            ids, mask = right_padded([rows[i] for i in order[b : b + batch_size]], pad, "cpu")
             model(input_ids=ids, attention_mask=mask, use_cache=False)
     return time.perf_counter() - start
 
@@ -42,8 +48,9 @@ def main():
 
     from langprune import load_model
     from langprune.calibration import evaluation_texts, text_windows
-    from langprune.evaluation.choice import evaluate_choices, prompts, requests_for
+    from langprune.evaluation.choice import prompts, requests_for
     from langprune.evaluation.perplexity import evaluate_perplexity
+    from langprune.evaluation.scoring import score_requests
     from langprune.evaluation.tasks import catalog
 
     model, tokenizer = load_model(args.model)
@@ -55,22 +62,33 @@ def main():
         for lang in langs
         for w in text_windows(tokenizer, evaluation_texts(lang, "udhr"), args.seqlen, complete=False)
     ]
-    cloze_rows = [
-        list(r.context) + list(r.continuation)
-        for lang in langs
-        for p in prompts(task, "multiemo", lang, args.limit)
-        for r in requests_for(tokenizer, p)
-    ]
+    prompted = [p for lang in langs for p in prompts(task, "multiemo", lang, args.limit)]
+    cloze_requests = [r for p in prompted for r in requests_for(tokenizer, p)]
+    cloze_rows = [list(r.context) + list(r.continuation) for r in cloze_requests]
 
     def run_ppl():
         for lang in langs:
             evaluate_perplexity(model, tokenizer, "udhr", lang, args.seqlen, args.batch_size)
 
-    def run_cloze():
-        for lang in langs:
-            evaluate_choices(model, tokenizer, task, "multiemo", lang, args.limit, args.batch_size)
+    def run_cloze(shared: bool = True) -> list[float]:
+        return score_requests(model, cloze_requests, pad, args.batch_size, shared=shared)
 
-    cases = {"perplexity": (run_ppl, ppl_rows), "cloze": (run_cloze, cloze_rows)}
+    before, after = run_cloze(False), run_cloze(True)
+    difference = max(abs(x - y) for x, y in zip(before, after))
+    changed, at = 0, 0
+    for p in prompted:
+        k = len(p.options)
+        pick = lambda scores: max(range(k), key=lambda i: scores[at + i])
+        changed += pick(before) != pick(after)
+        at += k
+    print(
+        f"cloze: {len(prompted)} reviews, largest score difference {difference:.2e} nats, {changed} predictions changed"
+    )
+    cases = {
+        "perplexity": (run_ppl, ppl_rows),
+        "cloze-plain": (lambda: run_cloze(False), cloze_rows),
+        "cloze": (run_cloze, cloze_rows),
+    }
     for name, (run, rows) in cases.items():
         tokens = sum(len(r) for r in rows)
         task_s, bare_s = [], []

@@ -41,7 +41,6 @@ def _brute_force_logprob(model, context, continuation):
     return sum(float(logprobs[len(context) + i - 1, t]) for i, t in enumerate(continuation))
 
 
-@pytest.mark.parametrize("arch", ["llama", "gpt2", "bloom", "gemma3", "opt"])
 def test_scores_equal_full_logits_and_do_not_depend_on_batching_or_padding(arch):
     model = tiny_model(arch)
     ids = token_ids(6, 14, seed=5).tolist()
@@ -51,6 +50,28 @@ def test_scores_equal_full_logits_and_do_not_depend_on_batching_or_padding(arch)
     expected = [_brute_force_logprob(model, r.context, r.continuation) for r in requests]
     assert one == pytest.approx(expected, abs=1e-4)
     assert batched == pytest.approx(one, abs=1e-5)
+
+
+def test_shared_prefix_scores_equal_scoring_each_option_from_scratch(arch):
+    """Options of one context from its key/value cache (``shared``) against full rows, on every tiny architecture,
+    with continuations of one, two and four tokens (the right-padded batch) and contexts alone in their group."""
+    model = tiny_model(arch)
+    ids = token_ids(4, 16, seed=7).tolist()
+    requests = [Request(tuple(row[: 4 + 3 * k]), tuple(ids[(k + j) % 4][-length:])) for k, row in enumerate(ids[:3])
+                for j, length in enumerate((1, 2, 4))]  # fmt: skip
+    requests.append(Request(tuple(ids[3][:5]), tuple(ids[3][5:7])))  # a context of its own: the plain path
+    shared = score_requests(model, requests, shared=True)
+    plain = score_requests(model, requests, shared=False)
+    assert shared == pytest.approx(plain, abs=1e-5)
+    assert shared == pytest.approx([_brute_force_logprob(model, r.context, r.continuation) for r in requests], abs=1e-4)
+
+
+def test_a_model_that_changes_its_logits_unknown_to_langprune_is_refused():
+    model = tiny_model("llama")
+    plain = model.forward
+    model.forward = lambda *args, **kwargs: type(out := plain(*args, **kwargs))(logits=out.logits * 3)
+    with pytest.raises(UserError, match="changes its logits after the output head"):
+        score_requests(model, [Request((1, 2, 3), (4,))])
 
 
 def test_cloze_and_choice_prompts_follow_the_templates(tok):

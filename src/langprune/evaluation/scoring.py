@@ -30,10 +30,35 @@ class Request:
 
 
 def logits_for(model, hidden: torch.Tensor) -> torch.Tensor:
-    """The output head on selected hidden states, in float32, with the model's final logit soft-capping."""
+    """The output head on selected hidden states, in float32, with what the model's own forward does after it:
+    Cohere's ``logit_scale``, Granite's ``logits_scaling``, Gemma's final soft-capping. ``check_head`` makes sure
+    nothing else is left out."""
     logits = model.get_output_embeddings()(hidden).float()
-    cap = getattr(model.config, "final_logit_softcapping", None)
+    config = model.config
+    if getattr(config, "logit_scale", None) is not None:
+        logits = logits * config.logit_scale
+    if getattr(config, "logits_scaling", None) is not None:
+        logits = logits / config.logits_scaling
+    cap = getattr(config, "final_logit_softcapping", None)
     return torch.tanh(logits / cap) * cap if cap else logits
+
+
+@torch.no_grad()
+def check_head(model) -> None:
+    """Refuse a model whose forward changes its logits in a way ``logits_for`` does not repeat (checked once per
+    model, on four tokens): scores computed from the head alone would be silently wrong."""
+    if getattr(model, "_langprune_head_checked", False):
+        return
+    device = next(model.parameters()).device
+    ids = torch.arange(4, device=device)[None] % model.get_input_embeddings().num_embeddings
+    hidden = backbone(model)(input_ids=ids, use_cache=False).last_hidden_state[0]
+    expected = model(input_ids=ids, use_cache=False).logits[0].float()
+    if not torch.allclose(logits_for(model, hidden), expected, rtol=1e-3, atol=1e-3 * float(expected.abs().max())):
+        raise UserError(
+            f"{type(model).__name__} changes its logits after the output head in a way langprune does not know "
+            "(a scale or cap it does not read from the config): its scores would be wrong; please report it"
+        )
+    model._langprune_head_checked = True
 
 
 def backbone(model):
@@ -50,6 +75,7 @@ def score_rows(
     Rows are run longest first so that a batch holds rows of similar length
     (less padding); results come back in the input order.
     """
+    check_head(model)
     device = next(model.parameters()).device
     order = sorted(range(len(rows)), key=lambda i: -len(rows[i]))
     results: list[tuple[float, int]] = [(0.0, 0)] * len(rows)
@@ -72,11 +98,61 @@ def score_rows(
     return results
 
 
-def score_requests(model, requests: list[Request], pad: int = 0, batch_size: int = 8, progress=None) -> list[float]:
-    """Sum of log-probabilities of each request's continuation given its context."""
-    rows = [list(r.context) + list(r.continuation) for r in requests]
-    starts = [len(r.context) for r in requests]
-    return [total for total, _ in score_rows(model, rows, starts, pad, batch_size, progress)]
+def score_requests(
+    model, requests: list[Request], pad: int = 0, batch_size: int = 8, progress=None, shared: bool = True
+) -> list[float]:
+    """Sum of log-probabilities of each request's continuation given its context.
+
+    With ``shared`` (the default), requests with the same context (a cloze item's options) run that context once
+    and score every continuation from its key/value cache (``score_shared``); the rest go through ``score_rows``.
+    """
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i, request in enumerate(requests):
+        groups.setdefault(request.context if shared else (i,), []).append(i)
+    results: list[float] = [0.0] * len(requests)
+    alone = [members[0] for members in groups.values() if len(members) == 1]
+    rows = [list(requests[i].context) + list(requests[i].continuation) for i in alone]
+    scored = score_rows(model, rows, [len(requests[i].context) for i in alone], pad, batch_size, progress)
+    for i, (total, _) in zip(alone, scored):
+        results[i] = total
+    for members in (m for m in groups.values() if len(m) > 1):
+        totals = score_shared(model, requests[members[0]].context, [requests[i].continuation for i in members], pad)
+        for i, total in zip(members, totals):
+            results[i] = total
+        if progress:
+            progress(len(members))
+    return results
+
+
+@torch.no_grad()
+def score_shared(model, context, continuations, pad: int = 0) -> list[float]:
+    """Sum of log p(continuation | context) for several continuations of one context, which runs once.
+
+    The context's last hidden state scores every continuation's first token; its key/value cache, repeated once
+    per continuation, lets the continuations (right-padded into one batch) run without the context again. The
+    scores equal ``score_rows`` on the concatenated rows up to float rounding (tests check five architectures).
+    """
+    check_head(model)
+    device = next(model.parameters()).device
+    ids = torch.tensor([list(context)], device=device)
+    first = backbone(model)(input_ids=ids, use_cache=True)
+    first_logp = torch.log_softmax(logits_for(model, first.last_hidden_state[0, -1:]), dim=-1)[0]
+    cache = first.cache
+    rest = [list(c) for c in continuations]
+    totals = [float(first_logp[c[0]].double()) if c else 0.0 for c in rest]
+    longer = [j for j, c in enumerate(rest) if len(c) > 1]
+    if longer:
+        cache.batch_repeat_interleave(len(longer))
+        body, mask = right_padded([rest[j][:-1] for j in longer], pad, device)
+        mask = torch.cat([torch.ones(len(longer), len(context), dtype=mask.dtype, device=device), mask], dim=1)
+        hidden = backbone(model)(input_ids=body, attention_mask=mask, cache=cache, use_cache=True)
+        for row, j in enumerate(longer):
+            targets = torch.tensor(rest[j][1:], device=device)
+            logits = logits_for(model, hidden.last_hidden_state[row, : len(targets)])
+            totals[j] += float(torch.log_softmax(logits, dim=-1).gather(1, targets[:, None]).double().sum())
+    if not all(math.isfinite(t) for t in totals):
+        raise UserError("the model gives NaN or inf log-probabilities: its weights are broken (check the run)")
+    return totals
 
 
 def window_batches(windows: list[list[int]], pad: int, batch_size: int, tag: Tag) -> list[TokenBatch]:
