@@ -51,7 +51,11 @@ def main() -> None:
     parser.add_argument("--seqlen", type=int, default=256)
     parser.add_argument("--budget", type=int, default=4, help="the advisor's trial prunes")
     parser.add_argument("--out", default="serve.json")
+    parser.add_argument("--table", nargs="+", metavar="JSON", help="print the Markdown table of these outputs and stop")
     args = parser.parse_args()
+    if args.table:
+        print(table([row for path in args.table for row in json.loads(Path(path).read_text())["rows"]]))
+        return
 
     import langprune
     from langprune.evaluation import perplexity
@@ -106,6 +110,32 @@ def main() -> None:
                     rows.append(row)
                     print(json.dumps(row), flush=True)
                     write_json(args.out, {"dense": dense_cache, "rows": rows, "args": vars(args)})
+
+
+def table(rows: list[dict]) -> str:
+    """Worst served language's excess (perplexity ratio to dense minus 1) per set, method and calibration, seeds
+    side by side, and in brackets its change against English calibration's (means over seeds)."""
+    configs = [c for c in (*CONFIGS, "english-udhr") if any(r["config"] == c for r in rows)]
+    cells: dict = {}
+    for r in rows:
+        cells.setdefault((r["served"], r["method"]), {}).setdefault(r["config"], {})[r["seed"]] = r["worst_excess"]
+    lines = ["| served | method | " + " | ".join(configs) + " |", "|---|---|" + "---:|" * len(configs)]
+    for (served, method), found in cells.items():
+        english = found.get("english")
+        english_mean = sum(english.values()) / len(english) if english else None
+        texts = []
+        for config in configs:
+            seeds = found.get(config)
+            if not seeds:
+                texts.append("")
+                continue
+            text = " / ".join(f"{seeds[s]:.3g}" for s in sorted(seeds))
+            mean = sum(seeds.values()) / len(seeds)
+            if english_mean and config != "english":
+                text += f" ({mean / english_mean - 1:+.0%})"
+            texts.append(text)
+        lines.append(f"| {served} | {method} | " + " | ".join(texts) + " |")
+    return "\n".join(lines)
 
 
 def write_json(path: str, value: dict) -> None:
