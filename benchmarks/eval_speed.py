@@ -48,9 +48,9 @@ def main():
 
     from langprune import load_model
     from langprune.calibration import evaluation_texts, text_windows
+    from langprune.engine.scoring import score_requests
     from langprune.evaluation.choice import prompts, requests_for
     from langprune.evaluation.perplexity import evaluate_perplexity
-    from langprune.evaluation.scoring import score_requests
     from langprune.evaluation.tasks import catalog
 
     model, tokenizer = load_model(args.model)

@@ -7,12 +7,12 @@ import torch
 from conftest import VOCAB, tiny_model, tiny_tokenizer, token_ids
 
 from langprune.data import Example
+from langprune.engine.scoring import Request, score_requests
 from langprune.errors import UserError
 from langprune.evaluation import EvalOptions, evaluate, text_nll
 from langprune.evaluation.choice import choice_prompt, cloze_prompt, requests_for
 from langprune.evaluation.fidelity import compare_hidden_states
 from langprune.evaluation.rankc import consistency, rankc
-from langprune.evaluation.scoring import Request, score_requests
 from langprune.evaluation.significance import accuracy_test, compare_results, perplexity_test
 from langprune.evaluation.tasks import catalog
 from langprune.evaluation.translation import generate
@@ -316,8 +316,8 @@ def test_harness_bridge_runs_a_local_task_file_on_the_model_in_memory(tmp_path, 
     pytest.importorskip("lm_eval")
     from helpers import harness_task_folder
 
+    from langprune.engine.scoring import Request
     from langprune.evaluation.harness import harness_evaluate
-    from langprune.evaluation.scoring import Request
 
     rows = harness_task_folder(tmp_path / "tasks", 6)
     model = tiny_model("llama")

@@ -11,7 +11,7 @@ LAYERS = [
     {"text"},
     {"data", "engine"},
     {"models"},
-    {"calibration"},
+    {"calibration", "self_generated"},
     {"compress"},
     {"evaluation"},
     {"runs"},

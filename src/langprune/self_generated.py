@@ -69,7 +69,7 @@ def generate_rows(model, tokenizer, language: str, count: int, seqlen: int, seed
     from transformers import GenerationConfig
 
     from .calibration import shares
-    from .evaluation.scoring import score_rows
+    from .engine.scoring import score_rows
 
     if model is None:
         raise UserError(f"gen:{language} has the model write its calibration: build it with the model (prune does)")

@@ -14,8 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..data import Example, get_corpus
+from ..engine.scoring import Request, score_requests
 from ..text import bos_ids, encode, pad_id
-from .scoring import Request, score_requests
 from .tasks import TaskSpec
 
 LETTERS = "ABCDEFGHIJ"

@@ -22,9 +22,9 @@ import torch
 
 from ..calibration import evaluation_texts
 from ..engine import BlockEngine, Tag
+from ..engine.scoring import window_batches
 from ..errors import UserError
 from ..text import pad_id, text_windows
-from .scoring import window_batches
 
 
 class LayerSums:

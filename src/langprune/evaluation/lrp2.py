@@ -21,9 +21,9 @@ import torch
 from ..calibration import calibration_texts
 from ..engine import Tag, find_blocks, sweep
 from ..engine.collection import block_output
+from ..engine.scoring import window_batches
 from ..text import pad_id, text_windows
 from .choice import prompts, score_prompts
-from .scoring import window_batches
 from .tasks import TaskSpec
 
 

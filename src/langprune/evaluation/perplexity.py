@@ -13,8 +13,8 @@ from __future__ import annotations
 import math
 
 from ..calibration import evaluation_texts
+from ..engine.scoring import score_rows
 from ..text import pad_id, text_windows
-from .scoring import score_rows
 
 
 def text_nll(model, tokenizer, texts: list[str], seqlen: int = 512, batch_size: int = 4) -> dict:

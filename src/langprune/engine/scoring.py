@@ -16,9 +16,9 @@ from dataclasses import dataclass
 
 import torch
 
-from ..engine import Tag, TokenBatch
 from ..errors import UserError
 from ..text import right_padded
+from .collection import Tag, TokenBatch
 
 
 @dataclass(frozen=True)
