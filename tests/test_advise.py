@@ -126,6 +126,11 @@ def test_advise_bad_input_is_one_line_exit_2_and_nothing_written(tiny_corpora, l
     assert not (tmp_path / "out").exists()
 
 
+def test_an_option_advise_does_not_take_points_to_its_own_help(cli):
+    done = cli("advise", "--serve", "en", "--calib", "mono:en", "--out", "x")
+    assert done.returncode == 2 and "No such option: --calib (see `langprune advise --help`)" in done.stderr
+
+
 def test_advise_without_serve_is_refused():
     with pytest.raises(UserError, match="advise needs the languages you serve"):
         AdviseSettings(out=None).validate()

@@ -844,7 +844,8 @@ def main() -> None:
     except UserError as exc:
         _fail(str(exc))
     except ClickException as exc:  # usage errors: unknown command or option, a value of the wrong type
-        _fail(f"{exc.format_message()} (see `langprune --help`)", 2)
+        command = getattr(getattr(exc, "ctx", None), "command_path", None) or "langprune"
+        _fail(f"{exc.format_message()} (see `{command} --help`)", 2)
     except (Abort, KeyboardInterrupt):
         _fail("interrupted", 130)
     else:
