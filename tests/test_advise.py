@@ -48,6 +48,7 @@ def test_the_development_part_is_disjoint_from_fitting_and_evaluation(tiny_corpo
     assert keys["development"] == expected
 
 
+@pytest.mark.slow
 def test_advise_reads_only_development_and_fitting_text_and_writes_its_advice(
     tiny_corpora, llama, tmp_path, parts_read, cli
 ):
@@ -70,6 +71,7 @@ def test_advise_reads_only_development_and_fitting_text_and_writes_its_advice(
     assert advice["cost"]["relative_to_one_prune"] > 1 and "provenance" in advice
 
 
+@pytest.mark.slow
 def test_the_search_stops_at_the_budget_and_skips_what_the_method_cannot_take(tiny_corpora, llama, parts_read):
     advice = run_advise(AdviseSettings(model=str(llama), serve="en,fr", method="sparsegpt", budget=3, nsamples=4,
                                        seqlen=12, out=None))  # fmt: skip

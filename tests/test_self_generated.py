@@ -55,6 +55,7 @@ def test_the_kept_rows_are_the_least_perplexing_and_their_perplexity_is_recorded
     assert record["perplexity_dropped_above"] == record["perplexity_kept"]["max"]
 
 
+@pytest.mark.slow
 def test_a_mix_element_and_serve_generate_where_no_corpus_has_the_language(writer, tiny_corpora):
     model, tok = writer
     assert serve_recipe("en,yo=2") == "mix:en=1+yo@gen=2"
