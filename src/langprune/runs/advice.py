@@ -108,12 +108,7 @@ def run_advise(settings: AdviseSettings, reporter: Reporter | None = None) -> di
         if not texts:
             raise UserError(f"corpus {corpus} has no development text in {language}: it is too small to advise on")
         nll = text_nll(model, tokenizer, texts, DEVELOPMENT_SEQLEN)
-        development[language] = {
-            "corpus": corpus,
-            "texts": len(texts),
-            "tokens": nll["tokens"],
-            "dense_ppl": math.exp(nll["nll"] / nll["tokens"]),
-        }
+        development[language] = {"corpus": corpus, "texts": len(texts), "tokens": nll["tokens"], "dense_ppl": _ppl(nll)}
     del model
     trials: list[dict] = []
 
@@ -131,8 +126,7 @@ def run_advise(settings: AdviseSettings, reporter: Reporter | None = None) -> di
         pruned = time.perf_counter() - begun
         ratios = {}
         for language, texts in development_texts.items():
-            nll = text_nll(lm, tok, texts, DEVELOPMENT_SEQLEN)
-            ratios[language] = math.exp(nll["nll"] / nll["tokens"]) / development[language]["dense_ppl"]
+            ratios[language] = _ppl(text_nll(lm, tok, texts, DEVELOPMENT_SEQLEN)) / development[language]["dense_ppl"]
         result = {
             **candidate,
             "ratio_to_dense": ratios,
@@ -148,7 +142,7 @@ def run_advise(settings: AdviseSettings, reporter: Reporter | None = None) -> di
         return result
 
     search(settings, weights, score, trials)
-    pick = min(trials, key=lambda t: (t["objective"], trials.index(t)))
+    pick = best(trials)
     recommended = settings.prune_settings(
         serve=pick["serve"], lang_aggregate=pick["lang_aggregate"], profile=pick["profile"]
     )
@@ -160,7 +154,7 @@ def run_advise(settings: AdviseSettings, reporter: Reporter | None = None) -> di
         "objective": settings.objective,
         "development": development,
         "trials": trials,
-        "pick": {key: pick[key] for key in ("serve", "lang_aggregate", "profile")},
+        "pick": _keys(pick),
         "expected_change": {lang: ratio - 1 for lang, ratio in pick["ratio_to_dense"].items()},
         "command": command,
         "cost": {
@@ -188,13 +182,10 @@ def search(settings: AdviseSettings, weights: dict[str, float], score, trials: l
     tried: set[tuple] = set()
 
     def attempt(candidate: dict) -> None:
-        key = (candidate["serve"], candidate["lang_aggregate"], candidate["profile"])
+        key = tuple(_keys(candidate).values())
         if len(trials) < settings.budget and key not in tried:
             tried.add(key)
             score(candidate)
-
-    def best() -> dict:
-        return min(trials, key=lambda t: (t["objective"], trials.index(t)))
 
     start = {"serve": settings.serve, "lang_aggregate": settings.lang_aggregate, "profile": settings.profile}
     several = len(weights) > 1
@@ -205,17 +196,27 @@ def search(settings: AdviseSettings, weights: dict[str, float], score, trials: l
             f"none of the advisor's candidates suit --method {settings.method}"
             f"{' with --quantize ' + settings.quantize if settings.quantize else ''}: see `langprune prune --help`"
         )
-    leader = best()
+    leader = best(trials)
     attempt({**_keys(leader), "profile": "owl" if leader["profile"] == "uniform" else "uniform"})
     if several:
-        leader = best()
+        leader = best(trials)
         weakest = max(leader["ratio_to_dense"], key=leader["ratio_to_dense"].get)
         tilted = {lang: weight * (2 if lang == weakest else 1) for lang, weight in weights.items()}
         attempt({**_keys(leader), "serve": ",".join(f"{lang}={w:g}" for lang, w in tilted.items())})
 
 
 def _keys(trial: dict) -> dict:
+    """What a candidate chooses: the serving weights, the aggregation and the profile."""
     return {key: trial[key] for key in ("serve", "lang_aggregate", "profile")}
+
+
+def best(trials: list[dict]) -> dict:
+    """The trial with the lowest objective; the earlier one on a tie."""
+    return min(trials, key=lambda t: (t["objective"], trials.index(t)))
+
+
+def _ppl(nll: dict) -> float:
+    return math.exp(nll["nll"] / nll["tokens"])
 
 
 def objective(ratios: dict[str, float], weights: dict[str, float], kind: str) -> float:
