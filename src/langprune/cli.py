@@ -840,7 +840,7 @@ def main() -> None:
     configure_logging(0)  # before any command runs; the root callback applies -v/-q
     _build_commands()
     try:
-        code = app(standalone_mode=False)
+        code = app(standalone_mode=False, prog_name="langprune")  # not click's guess from sys.argv or __main__
     except UserError as exc:
         _fail(str(exc))
     except ClickException as exc:  # usage errors: unknown command or option, a value of the wrong type
