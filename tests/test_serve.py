@@ -188,6 +188,29 @@ def test_mean_aggregated_hessian_is_the_weighted_mean_of_per_language_hessians()
     assert torch.allclose(hessian.value.double(), expected, rtol=1e-5, atol=1e-6)
 
 
+def _owl_ratios(rows: torch.Tensor, languages: list[str], aggregate: str) -> list[float]:
+    from langprune.calibration import CalibrationSet
+    from langprune.compress import prune_model
+
+    sources = [{"language": "en", "weight": 1.0}, {"language": "de", "weight": 1.0}]
+    calibration = CalibrationSet(rows, torch.ones_like(rows), sources, "mix:en+de", row_languages=languages)
+    result = prune_model(tiny_model("llama"), calibration, "magnitude", 0.5, profile="owl", lang_aggregate=aggregate)
+    return result.summary["profile"]["outlier_ratios"]
+
+
+def test_owl_outlier_ratios_follow_the_language_aggregation():
+    """A language repeated three times weighs three times as much in today's mixed norms, and the same in a
+    mean of per-language norms: OWL's ratios read the run's aggregation."""
+    from conftest import token_ids
+
+    en, de = token_ids(2, 12, seed=1), token_ids(2, 12, seed=2) % 7 + 3  # de: a few frequent tokens
+    once, thrice = torch.cat([en, de]), torch.cat([en, de, de, de])
+    languages_once, languages_thrice = ["en"] * 2 + ["de"] * 2, ["en"] * 2 + ["de"] * 6
+    assert _owl_ratios(once, languages_once, "mean") == _owl_ratios(thrice, languages_thrice, "mean")
+    assert _owl_ratios(once, languages_once, "tokens") != _owl_ratios(thrice, languages_thrice, "tokens")
+    assert _owl_ratios(once, languages_once, "max") != _owl_ratios(once, languages_once, "mean")
+
+
 @pytest.mark.parametrize(
     "method, aggregate", [("wanda", "max"), ("wanda", "power:2"), ("ria", "mean"), ("sparsegpt", "mean")]
 )

@@ -143,8 +143,11 @@ def resolve(
             f"{'GPTQ' if quant is not None else chosen.name} takes tokens or mean (a weighted mean of per-language "
             "Hessians)"
         )
-    if mode != "tokens" and chosen.statistic is None and quant is None:
-        raise UserError(f"--lang-aggregate {lang_aggregate}: {chosen.name} reads no calibration statistic to combine")
+    if mode != "tokens" and chosen.statistic is None and quant is None and profile.name != "owl":
+        raise UserError(
+            f"--lang-aggregate {lang_aggregate}: {chosen.name} reads no calibration statistic to combine "
+            "(with --profile owl its outlier ratios would)"
+        )
     plan = Plan(chosen, target, quant, profile, propagate, lang_aggregate)
     if plan.needs_calibration and not has_calibration:
         why = chosen.name if chosen.statistic is not None else "--quantize (GPTQ)" if quant else "--profile owl"
@@ -224,7 +227,7 @@ def prune_model(
         if contrast is not None:
             batches += contrast.batches(batch_size, role=CONTRAST)
         engine = BlockEngine(model, batches, layer_filter)
-    per_block, profile_summary = _block_targets(plan, engine, len(blocks))
+    per_block, profile_summary = _block_targets(plan, engine, len(blocks), aggregation)
     kept, records, tally = _compress_blocks(
         model, plan, engine, per_block, layer_filter, seed, progress, on_block, aggregation
     )
@@ -245,13 +248,14 @@ def prune_model(
     return PruneResult(kept, summary)
 
 
-def _block_targets(plan: Plan, engine, count: int) -> tuple[list[Sparsity], dict]:
-    """Each block's target: the plan's, or OWL's spread from one dense pass; and the profile's record."""
+def _block_targets(plan: Plan, engine, count: int, aggregation) -> tuple[list[Sparsity], dict]:
+    """Each block's target: the plan's, or OWL's spread from one dense pass (its norms combined across languages
+    as the run's statistics are); and the profile's record."""
     record = plan.profile.record()
     if plan.profile.name != "owl":
         return [plan.sparsity] * count, record
     engine.capture()
-    ratios = owl_ratios(engine, plan.profile.m)
+    ratios = owl_ratios(engine, plan.profile.m, aggregation=aggregation)
     engine.release()
     targets = owl_sparsities(ratios, plan.sparsity.ratio, plan.profile.lam)
     record.update(outlier_ratios=ratios, block_sparsity=targets)

@@ -19,7 +19,7 @@ from functools import partial
 import torch
 
 from ..engine import BlockEngine, weight_matrix
-from ..engine.statistics import CONTRAST, SquaredNorms
+from ..engine.statistics import CONTRAST, LanguageAggregation, SquaredNorms
 from ..errors import UserError
 from .kernels import wanda_scores
 from .sparsity import Sparsity
@@ -90,8 +90,15 @@ def owl_sparsities(ratios: list[float], target: float, lam: float) -> list[float
     return (target - (scaled - scaled.mean())).tolist()
 
 
-def owl_ratios(engine: BlockEngine, m: float, progress=None) -> list[float]:
-    """One dense pass: each block's outlier ratio of the Wanda scores of its selected layers (calibration set X only)."""
+def owl_ratios(
+    engine: BlockEngine, m: float, progress=None, aggregation: LanguageAggregation | None = None
+) -> list[float]:
+    """One dense pass: each block's outlier ratio of the Wanda scores of its selected layers (calibration set X only).
+
+    With a language ``aggregation`` the norms are the run's combination of per-language norms, so a served
+    language's outliers count as much as its weight says, not as much as its token count and activation size.
+    A common factor on all norms leaves the ratios unchanged (the threshold is relative to the mean score).
+    """
     placement = engine.placement
     ratios = []
     for index in range(len(engine.blocks)):
@@ -101,7 +108,9 @@ def owl_ratios(engine: BlockEngine, m: float, progress=None) -> list[float]:
             def on_input(leader, x, batch):
                 if batch.tag is not None and batch.tag.role == CONTRAST:
                     return
-                norms.setdefault(leader, SquaredNorms(x.shape[1], leader, x.device)).add_batch(x)
+                norms.setdefault(leader, SquaredNorms(x.shape[1], leader, x.device, aggregation)).add_batch(
+                    x, batch.tag
+                )
 
             groups = engine.run_block(index, on_input, write_outputs=True)
             layers = engine.layers(index)
