@@ -279,6 +279,60 @@ def test_significance_verdicts_count_the_table_as_computed_by_hand(tmp_path):
     ]
 
 
+def _cloze(scores: list[tuple[float, float]], labels=("negative", "positive")) -> dict:
+    """A cloze result from per-review (negative, positive) scores; the gold label is always positive."""
+    items = [
+        {"key": f"r{i}", "options": list(labels), "scores": list(pair), "correct": int(pair[1] > pair[0])}
+        for i, pair in enumerate(scores)
+    ]
+    return {"accuracy": sum(i["correct"] for i in items) / len(items), "items": items}
+
+
+def test_rankc_table_is_the_per_review_consistency_with_english_tested_item_by_item(tmp_path):
+    """Two labels: consist = w1 * [same top] + w2 * 1, with w = softmax(1, 0); computed here by hand."""
+    import math
+
+    from langprune.evaluation.significance import mean_test
+
+    w1 = math.e / (math.e + 1)
+    same, differ = w1 + (1 - w1), 1 - w1  # top-1 agrees / disagrees (top-2 always overlaps fully)
+    english = [(0.0, 1.0)] * 8
+    german_dense = [(0.0, 1.0)] * 6 + [(1.0, 0.0)] * 2  # 6 of 8 reviews ranked as in English
+    german_pruned = [(0.0, 1.0)] * 8
+    cells = [(None, None, german_dense), ("mt:de-en", 0, german_pruned)]
+    grid_cells = []
+    for calib, seed, _ in cells:
+        axes = {"model": "m", "method": "dense" if calib is None else "wanda", "sparsity": None, "calib": calib,
+                "seed": seed}  # fmt: skip
+        grid_cells.append(Cell(axes, None if calib is None else {"calib": calib}, {"tasks": ["multiemo", "rankc"],
+                                                                                    "langs": ["en", "de"]}))  # fmt: skip
+    grid = Grid(tmp_path / "g.yaml", "rankc", tmp_path / "out", grid_cells)
+    for cell, (_, _, german) in zip(grid_cells, cells):
+        folder = grid.folder(cell)
+        folder.mkdir(parents=True)
+        tasks = {"multiemo": {"en": _cloze(english), "de": _cloze(german)}}
+        (folder / "eval.json").write_text(json.dumps({"tasks": tasks}))
+        (folder / CELL_FILE).write_text("{}")
+    for metric in ("rankc", "multiemo:rankc"):
+        table = build_table(grid, metric, "calib", "eval", baseline="dense", ci=True)
+        (section,) = table["sections"]
+        assert section["col_labels"] == ["de"]  # English is the reference, not a column
+        dense, pruned = section["cells"]["dense|de"], section["cells"]["mt:de-en|de"]
+        assert dense["mean"] == pytest.approx((6 * same + 2 * differ) / 8) and pruned["mean"] == pytest.approx(same)
+        expected = mean_test([same] * 6 + [differ] * 2, [same] * 8, "rankc")
+        assert pruned["p_value"] == expected["p_value"] and pruned["mde"] == pytest.approx(expected["mde"])
+    text = render(table, "md")
+    assert "minimum detectable effect against dense" in text and f"rows): de {expected['mde']:.3g}" in text
+
+
+def test_rankc_of_a_grid_with_several_cloze_tasks_names_one(tmp_path):
+    cell = Cell({"model": "m", "method": "dense", "sparsity": None, "calib": None, "seed": None}, None,
+                {"tasks": ["multiemo", "marc"], "langs": ["en"]})  # fmt: skip
+    grid = Grid(tmp_path / "g.yaml", "two", tmp_path / "out", [cell])
+    with pytest.raises(UserError, match="write TASK:rankc, e.g. marc:rankc"):
+        build_table(grid, "rankc", "calib", "eval")
+
+
 def test_table_ci_on_a_metric_without_items_is_refused(tmp_path):
     grid = fake_grid(tmp_path, {(None, None): {"en": (10.0, [[1.0, 1], [2.0, 1]])}})
     with pytest.raises(UserError, match="--ci needs per-item results"):

@@ -31,10 +31,14 @@ def rankc(rankings: dict[str, list], reference: dict[str, list]) -> tuple[float 
     Two languages that share no example have no RankC: the value is None
     (with n = 0), never NaN, so it can be written and tabulated.
     """
-    shared = [key for key in rankings if key in reference]
-    if not shared:
-        return None, 0
-    return sum(consistency(rankings[k], reference[k]) for k in shared) / len(shared), len(shared)
+    values = consistencies(rankings, reference)
+    return (sum(values) / len(values) if values else None), len(values)
+
+
+def consistencies(rankings: dict[str, list], reference: dict[str, list]) -> list[float]:
+    """consist of each example key both languages have, in ``rankings``' order (per-item values a paired test
+    resamples)."""
+    return [consistency(rankings[key], reference[key]) for key in rankings if key in reference]
 
 
 def rankings_of(items: list[dict]) -> dict[str, list]:

@@ -83,7 +83,31 @@ def render(table: dict, fmt: str, png: Path | None = None) -> str:
     if fmt == "csv":
         return buffer.getvalue()
     missing = missing_note(table)
-    return "\n".join(lines + [note] + ([missing] if missing else []))
+    return "\n".join(lines + [note] + mde_lines(table) + ([missing] if missing else []))
+
+
+def mde_lines(table: dict) -> list[str]:
+    """Per section, each column's minimum detectable effect against the baseline (its range over the tested rows):
+    what a difference must reach to be found at p < 0.05 in 80% of repeats, from how much the rows' items differ."""
+    lines = []
+    for section in table["sections"]:
+        spans = []
+        for column in section["col_labels"]:
+            found = [
+                cell["mde"]
+                for row in section["row_labels"]
+                if (cell := section["cells"].get(f"{row}|{column}")) and cell.get("mde") is not None
+            ]
+            if found:
+                low, high = min(found), max(found)
+                spans.append(f"{column} {low:.3g}" + (f"-{high:.3g}" if high > low else ""))
+        if spans:
+            where = f" ({section['section']})" if section["section"] else ""
+            lines.append(
+                f"minimum detectable effect against {table['baseline']}{where} (p < {ALPHA}, power 0.8; range over "
+                f"rows): {', '.join(spans)}"
+            )
+    return lines
 
 
 def _heatmap(table: dict, png: Path | None) -> str:

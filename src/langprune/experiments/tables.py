@@ -21,6 +21,7 @@ import statistics
 from dataclasses import dataclass, field
 
 from ..errors import UserError, did_you_mean
+from ..evaluation.rankc import consistencies, rankings_of
 from ..evaluation.significance import accuracy_test, perplexity_test
 from ..evaluation.tasks import TaskSpec, catalog, select
 from ..evaluation.translation import directions
@@ -31,7 +32,8 @@ from .grid import DENSE, Cell, Grid
 
 TABLE_AXES = ("calib", "method", "sparsity", "model", "seed", "eval")
 ALPHA = 0.05
-PAIRED_TYPES = ("perplexity", "cloze", "choice")  # task types whose results keep per-item values (windows, items)
+PAIRED_TYPES = ("perplexity", "cloze", "choice", "rankc")  # task types whose results keep per-item values
+RANKC = TASK_TYPES["rankc"].headline
 
 
 def metric_spec(metric: str) -> tuple[TaskSpec, Metric]:
@@ -39,6 +41,8 @@ def metric_spec(metric: str) -> tuple[TaskSpec, Metric]:
     carries (``ppl``, ``bpb``, ``snr``, ``error``); anything else is one clear error."""
     tasks = catalog()
     task_name, _, name = metric.partition(":")
+    if name == RANKC.name and task_name in tasks and tasks[task_name].type == "cloze":
+        return tasks[task_name], RANKC  # the RankC of one cloze task's items
     if name:
         if task_name not in tasks:
             raise UserError(f"unknown task {task_name!r} in --metric {metric}{did_you_mean(task_name, tasks)}")
@@ -64,8 +68,6 @@ def metric_spec(metric: str) -> tuple[TaskSpec, Metric]:
         chosen = TASK_TYPES[task.type].metric(metric)
     if chosen.better is None:
         raise UserError(f"{chosen.name} is a count, not a metric to compare: choose another --metric")
-    if task.type == "rankc":
-        raise UserError("RankC results are per cloze task, not per cell and language: `langprune eval` prints them")
     return task, chosen
 
 
@@ -116,6 +118,8 @@ def collect(grid: Grid, metric: str, rows: str, cols: str) -> tuple[dict, int]:
     check_axes(rows, cols)
     task, chosen = metric_spec(metric)
     evaluated = {t.name for cell in grid.cells for t in select(list(cell.evaluation.get("tasks") or []))}
+    if chosen is RANKC:
+        task = _rankc_task(task, evaluated, metric)
     if task.name not in evaluated:
         raise UserError(
             f"the grid does not evaluate {task.name} (--metric {metric}): it evaluates {', '.join(sorted(evaluated))}"
@@ -126,14 +130,21 @@ def collect(grid: Grid, metric: str, rows: str, cols: str) -> tuple[dict, int]:
         done = cell_state(grid, cell) == "done"
         missing += not done
         results = load_eval(grid.folder(cell)).get("tasks", {}).get(task.name, {}) if done else {}
-        keys = list(dict.fromkeys([*_configured_keys(cell, task), *results])) if cols == "eval" else [None]
+        configured = _configured_keys(cell, task)
+        if chosen is RANKC:
+            results, configured = rankc_results(results), [k for k in configured if k != rankc_reference()]
+        keys = list(dict.fromkeys([*configured, *results])) if cols == "eval" else [None]
         for key in keys:
             found = [(k, r) for k, r in results.items() if key is None or k == key]
             if not found:
                 placed.append((cell, {**cell.axes, "eval": key}, None, None))
             for k, result in found:
                 value = result.get(chosen.field)
-                items = result.get("windows") or [i.get("correct") for i in result.get("items", [])] or None
+                items = (
+                    result.get("windows")
+                    or result.get("per_item")
+                    or [i.get("correct") for i in result.get("items", [])]
+                ) or None
                 placed.append((cell, {**cell.axes, "eval": k}, None if value is None else float(value), items))
     sections: dict = {}
 
@@ -158,6 +169,39 @@ def collect(grid: Grid, metric: str, rows: str, cols: str) -> tuple[dict, int]:
             for section in targets or [own if "model" in split else ""]:
                 add(section, axes, value, items)
     return sections, missing
+
+
+def _rankc_task(task: TaskSpec, evaluated: set[str], metric: str) -> TaskSpec:
+    """The cloze task whose RankC a table shows: the named one, or (``--metric rankc``) the grid's only one."""
+    if task.type == "cloze":
+        return task
+    cloze = sorted(name for name in evaluated if catalog()[name].type == "cloze")
+    if len(cloze) != 1:
+        raise UserError(
+            f"--metric {metric}: RankC is per cloze task, and the grid evaluates "
+            + (f"several ({', '.join(cloze)}): write TASK:rankc, e.g. {cloze[0]}:rankc" if cloze else "none")
+        )
+    return catalog()[cloze[0]]
+
+
+def rankc_reference() -> str:
+    """The language RankC compares with (the rankc task's ``reference``)."""
+    return catalog()["rankc"].options.get("reference", "en")
+
+
+def rankc_results(results: dict) -> dict:
+    """{language: {"rankc", "per_item"}} from one cell's results of a cloze task: each example's consistency with the
+    reference language's ranking (``rankc.consistency``), so rows can be tested item by item like accuracy."""
+    base = rankc_reference()
+    if base not in results:
+        return {}
+    reference = rankings_of(results[base]["items"])
+    out = {}
+    for language, result in results.items():
+        values = consistencies(rankings_of(result.get("items", [])), reference)
+        if language != base and values:
+            out[language] = {"rankc": statistics.fmean(values), "per_item": values}
+    return out
 
 
 def _mean_items(items: list):
@@ -231,6 +275,7 @@ def build_table(grid: Grid, metric: str, rows: str, cols: str, baseline: str | N
                     "best": r == best,
                     "p_value": tested and tested["p_value"],
                     "ci": tested and tested["ci"],
+                    "mde": tested and tested["mde"],
                     "improves": moved if tested else None,
                 }
         out["sections"].append({"section": section, "row_labels": row_labels, "col_labels": col_labels, "cells": cells})
