@@ -171,6 +171,57 @@ def test_the_ray_executor_gives_the_same_cells_as_the_local_one(checkpoint, tiny
         assert tasks_a == tasks_b
 
 
+def test_include_entries_add_calibration_free_and_differently_evaluated_rows(checkpoint, tiny_corpora, tmp_path):
+    """random needs no calib; a dense entry with evaluation options is its own row (LRP2's); so is a pruned one."""
+    from langprune.experiments.tables import row_label
+
+    include = [
+        {"model": str(checkpoint), "method": "random", "sparsity": 0.3, "seed": 0},
+        {"model": str(checkpoint), "method": "dense", "evaluation": {"lrp2": True}},
+        {"model": str(checkpoint), "method": "wanda", "sparsity": 0.5, "calib": "mono:en", "seed": 0,
+         "evaluation": {"lrp2": True, "lrp2_stride": 2}},
+    ]  # fmt: skip
+    grid = load_grid(write_grid(tmp_path, checkpoint, include=include, seeds=[0]))
+    labels = [row_label(cell.axes, "method+calib") for cell in grid.cells]
+    assert labels == [
+        "dense",
+        "dense lrp2",
+        "wanda mono:en",
+        "wanda mono:fr",
+        "random",
+        "wanda mono:en lrp2 lrp2_stride=2",
+    ]
+    variants = {label: cell for label, cell in zip(labels, grid.cells)}
+    assert variants["dense lrp2"].dense and variants["dense lrp2"].evaluation["options"]["lrp2"] is True
+    assert variants["dense lrp2"].evaluation["options"]["seqlen"] == 16  # the grid's evaluation, plus its own
+    assert variants["random"].prune["calib"] is None and "lrp2" not in variants["wanda mono:en"].evaluation["options"]
+    assert len({cell.key for cell in grid.cells}) == len(grid.cells)
+
+
+def test_two_models_get_two_dense_cells(checkpoint, tiny_corpora, tmp_path):
+    from conftest import save_checkpoint, tiny_model
+
+    other = save_checkpoint(tiny_model("llama", seed=1), tmp_path / "other")
+    grid = load_grid(write_grid(tmp_path, checkpoint, models=[str(checkpoint), str(other)], include=[]))
+    dense = [cell for cell in grid.cells if cell.dense]
+    assert [cell.axes["model"] for cell in dense] == [str(checkpoint), str(other)]
+    assert dense[0].key != dense[1].key
+
+
+@pytest.mark.parametrize(
+    "entry, message",
+    [
+        ({"method": "dense"}, "a dense include entry changes the evaluation"),
+        ({"method": "dense", "seed": 1, "evaluation": {"lrp2": True}}, "unknown key 'seed' in a dense include entry"),
+        ({"method": "dense", "evaluation": {"lrp3": True}}, "unknown key 'lrp3'"),
+        ({"method": "wanda", "sparsity": 0.5, "seed": 0}, "missing: calib"),
+    ],
+)
+def test_bad_include_entries_are_one_line(checkpoint, tiny_corpora, tmp_path, entry, message):
+    with pytest.raises(UserError, match=message):
+        load_grid(write_grid(tmp_path, checkpoint, include=[{"model": str(checkpoint), **entry}]))
+
+
 def fake_grid(tmp_path: Path, values: dict) -> Grid:
     """A grid whose finished cells hold known perplexities: {(calib, seed): {lang: (ppl, windows)}}."""
     cells = []

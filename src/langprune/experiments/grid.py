@@ -3,8 +3,11 @@
 A grid is YAML. The axes ``models``, ``methods``, ``sparsities``,
 ``calibration`` (recipes) and ``seeds`` multiply; ``exclude`` drops the
 combinations that match every key it names, ``include`` adds combinations
-(after exclusion), each naming every axis and optionally its own
-``settings`` (e.g. a ``contrast`` recipe for wanda-contrastive).
+(after exclusion), each naming every axis (``calib`` may be left out for a
+method that reads no calibration) and optionally its own ``settings`` (e.g.
+a ``contrast`` recipe for wanda-contrastive) and ``evaluation`` options (the
+row adds them to its name); a ``method: dense`` entry with ``evaluation``
+options is the dense model evaluated another way (LRP2).
 ``evaluation`` names tasks, languages and any option of
 ``evaluation.EvalOptions`` (``EVAL_KEYS``). ``settings`` holds the options
 every pruning run shares: any ``langprune prune`` option by its name with
@@ -83,7 +86,10 @@ class Cell:
 
     @property
     def key(self) -> str:
-        text = json.dumps({"version": KEY_VERSION, "prune": self.prune, "evaluation": self.evaluation}, sort_keys=True)
+        content = {"version": KEY_VERSION, "prune": self.prune, "evaluation": self.evaluation}
+        if self.prune is None:  # a dense cell has no prune settings to name its model: two models, two folders
+            content["model"] = self.axes["model"]
+        text = json.dumps(content, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     @property
@@ -156,15 +162,26 @@ def load_grid(path: Path, profile: str | None = None, out: Path | None = None) -
     combos = [dict(zip(values, combo)) for combo in itertools.product(*values.values())]
     for rule in _as_rules(path, spec.get("exclude"), "exclude"):
         combos = [c for c in combos if not all(str(c[k]) == str(v) for k, v in rule.items())]
-    for rule in _as_rules(path, spec.get("include"), "include", extra={"settings"}):
-        missing = [axis for axis in values if axis not in rule]
+    dense_variants = []
+    for rule in _as_rules(path, spec.get("include"), "include", extra={"settings", "evaluation"}):
+        overrides = rule.get("evaluation") or {}
+        _unknown(path, overrides, EVAL_KEYS - {"tasks", "langs"}, "an include entry's evaluation")
+        if rule.get("method") == DENSE:  # the dense model evaluated another way: LRP2's projection, say
+            _unknown(path, rule, {"model", "method", "evaluation"}, "a dense include entry")
+            if not overrides:
+                raise _mistake(path, "a dense include entry changes the evaluation: give evaluation: {lrp2: true}, say")
+            _check_axes(path, {"model": [rule.get("model", values["model"][0])]}, settings)
+            dense_variants.append(rule)
+            continue
+        missing = [axis for axis in values if axis not in rule and not (axis == "calib" and _calibration_free(rule))]
         if missing:
             raise _mistake(path, f"an include entry must name every axis; missing: {', '.join(missing)}")
         own = rule.get("settings") or {}
         _unknown(path, own, setting_keys(), "an include entry's settings")
-        axes = {k: (str(v) if k == "sparsity" else v) for k, v in rule.items() if k != "settings"}
-        _check_axes(path, {k: [v] for k, v in axes.items()}, {**settings, **own})
-        combos.append({**axes, "settings": own} if own else axes)
+        axes = {k: (str(v) if k == "sparsity" else v) for k, v in rule.items() if k not in ("settings", "evaluation")}
+        axes.setdefault("calib", None)
+        _check_axes(path, {k: [v] for k, v in axes.items() if not (k == "calib" and v is None)}, {**settings, **own})
+        combos.append({**axes, "settings": own, "evaluation": overrides})
     if not combos:
         raise _mistake(path, "the grid is empty: exclude removes every combination")
     eval_cell = _evaluation(path, evaluation, settings)
@@ -172,9 +189,16 @@ def load_grid(path: Path, profile: str | None = None, out: Path | None = None) -
         Cell({"model": m, "method": DENSE, "sparsity": None, "calib": None, "seed": None}, None, eval_cell)
         for m in dict.fromkeys(c["model"] for c in combos)
     ]
+    for rule in dense_variants:
+        axes = {"model": rule.get("model", values["model"][0]), "method": DENSE, "sparsity": None, "calib": None,
+                "seed": None, "variant": variant_label(rule["evaluation"])}  # fmt: skip
+        cells.append(Cell(axes, None, _evaluation(path, {**evaluation, **rule["evaluation"]}, settings)))
     seen = {cell.key for cell in cells}
     for combo in combos:
         own = combo.pop("settings", {})
+        overrides = combo.pop("evaluation", {})
+        if overrides:
+            combo["variant"] = variant_label(overrides)
         prune = {
             "model": combo["model"],
             "calib": combo["calib"],
@@ -184,7 +208,8 @@ def load_grid(path: Path, profile: str | None = None, out: Path | None = None) -
             **settings,
             **own,
         }
-        cell = Cell(dict(combo), prune, eval_cell)
+        own_eval = _evaluation(path, {**evaluation, **overrides}, settings) if overrides else eval_cell
+        cell = Cell(dict(combo), prune, own_eval)
         if cell.key not in seen:
             seen.add(cell.key)
             cells.append(cell)
@@ -206,6 +231,20 @@ def load_grid(path: Path, profile: str | None = None, out: Path | None = None) -
 
     check_verdicts(grid)
     return grid
+
+
+def variant_label(overrides: dict) -> str:
+    """How a row whose evaluation differs from the grid's is named: its options (``lrp2``, ``lrp2_stride=2``)."""
+    return " ".join(key if value is True else f"{key}={value}" for key, value in sorted(overrides.items()))
+
+
+def _calibration_free(rule: dict) -> bool:
+    """An include entry for a method that reads no calibration (random, magnitude) may leave out calib."""
+    try:
+        method = get_method(str(rule.get("method")))
+    except UserError:
+        return False
+    return method.statistic is None and not (rule.get("settings") or {}).get("quantize")
 
 
 def _as_rules(path: Path, rules, name: str, extra: frozenset | set = frozenset()) -> list[dict]:

@@ -88,11 +88,14 @@ class Entry:
 
 
 def row_label(axes: dict, rows: str) -> str:
-    """The row of a cell: one axis, or several joined by + (``method+calib``); the dense cell is ``dense``."""
+    """The row of a cell: one axis, or several joined by + (``method+calib``), without the axes a cell has no value
+    for (a random pruning's calibration); the dense cell is ``dense``; a row with its own evaluation options adds
+    them (``dense lrp2``)."""
     names = rows.split("+")
+    variant = [axes["variant"]] if axes.get("variant") else []  # a row evaluated its own way (LRP2, say)
     if axes["method"] == DENSE:
-        return f"{axes['model']} {DENSE}" if "model" in names else DENSE
-    return " ".join(str(axes[name]) for name in names)
+        return " ".join([axes["model"], DENSE] if "model" in names else [DENSE]) + "".join(f" {v}" for v in variant)
+    return " ".join([*(str(axes[name]) for name in names if axes[name] is not None), *variant])
 
 
 def _configured_keys(cell: Cell, task: TaskSpec) -> list[str]:
