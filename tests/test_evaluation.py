@@ -66,6 +66,18 @@ def test_shared_prefix_scores_equal_scoring_each_option_from_scratch(arch):
     assert shared == pytest.approx([_brute_force_logprob(model, r.context, r.continuation) for r in requests], abs=1e-4)
 
 
+def test_one_token_options_of_many_contexts_batched_equal_scoring_each_from_scratch(arch):
+    """Cloze items whose options are one token each (It is positive / negative): their contexts, of different
+    lengths, run together in padded batches, read at each one's last position."""
+    model = tiny_model(arch)
+    ids = token_ids(5, 16, seed=11).tolist()
+    requests = [Request(tuple(row[: 6 + 2 * k]), (option,)) for k, row in enumerate(ids) for option in (7, 9, 30)]
+    for batch_size in (1, 3):
+        shared = score_requests(model, requests, batch_size=batch_size, shared=True)
+        assert shared == pytest.approx(score_requests(model, requests, shared=False), abs=1e-5)
+    assert shared == pytest.approx([_brute_force_logprob(model, r.context, r.continuation) for r in requests], abs=1e-4)
+
+
 def test_a_model_that_changes_its_logits_unknown_to_langprune_is_refused():
     model = tiny_model("llama")
     plain = model.forward

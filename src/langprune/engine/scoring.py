@@ -103,13 +103,25 @@ def score_requests(
 ) -> list[float]:
     """Sum of log-probabilities of each request's continuation given its context.
 
-    With ``shared`` (the default), requests with the same context (a cloze item's options) run that context once
-    and score every continuation from its key/value cache (``score_shared``); the rest go through ``score_rows``.
+    With ``shared`` (the default), requests with the same context (a cloze item's options) run that context once:
+    when every option is one token (``It is positive`` / ``negative``), the contexts of many items run together
+    in length-sorted batches and each option is read from its context's last position (``score_next_tokens``);
+    otherwise each context runs alone and its options follow from its key/value cache (``score_shared``). The rest
+    go through ``score_rows``.
     """
     groups: dict[tuple[int, ...], list[int]] = {}
     for i, request in enumerate(requests):
         groups.setdefault(request.context if shared else (i,), []).append(i)
     results: list[float] = [0.0] * len(requests)
+    one_token = [m for m in groups.values() if len(m) > 1 and all(len(requests[i].continuation) == 1 for i in m)]
+    if one_token:
+        batched = {m[0] for m in one_token}
+        contexts = [requests[m[0]].context for m in one_token]
+        tokens = [[requests[i].continuation[0] for i in m] for m in one_token]
+        for members, totals in zip(one_token, score_next_tokens(model, contexts, tokens, pad, batch_size, progress)):
+            for i, total in zip(members, totals):
+                results[i] = total
+        groups = {key: m for key, m in groups.items() if m[0] not in batched}
     alone = [members[0] for members in groups.values() if len(members) == 1]
     rows = [list(requests[i].context) + list(requests[i].continuation) for i in alone]
     scored = score_rows(model, rows, [len(requests[i].context) for i in alone], pad, batch_size, progress)
@@ -121,6 +133,35 @@ def score_requests(
             results[i] = total
         if progress:
             progress(len(members))
+    return results
+
+
+@torch.no_grad()
+def score_next_tokens(
+    model, contexts: list, tokens: list[list[int]], pad: int = 0, batch_size: int = 8, progress=None
+) -> list[list[float]]:
+    """For each context, log p(token | context) of each of its candidate next tokens.
+
+    Contexts run longest first in right-padded batches (similar lengths, little padding); the head is applied
+    once per context, at its last real position. Equal to ``score_rows`` on context + token up to float rounding.
+    """
+    check_head(model)
+    device = next(model.parameters()).device
+    order = sorted(range(len(contexts)), key=lambda i: -len(contexts[i]))
+    results: list[list[float]] = [[] for _ in contexts]
+    for start in range(0, len(order), batch_size):
+        chunk = order[start : start + batch_size]
+        ids, mask = right_padded([list(contexts[i]) for i in chunk], pad, device)
+        hidden = backbone(model)(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
+        last = torch.tensor([len(contexts[i]) - 1 for i in chunk], device=device)
+        logp = torch.log_softmax(logits_for(model, hidden[torch.arange(len(chunk), device=device), last]), dim=-1)
+        for row, i in enumerate(chunk):
+            values = logp[row, torch.tensor(tokens[i], device=device)].double().tolist()
+            if not all(math.isfinite(v) for v in values):
+                raise UserError("the model gives NaN or inf log-probabilities: its weights are broken (check the run)")
+            results[i] = values
+        if progress:
+            progress(sum(len(tokens[i]) for i in chunk))
     return results
 
 
