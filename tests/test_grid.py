@@ -416,8 +416,43 @@ def test_bad_grid_files_give_one_line_and_exit_2(checkpoint, tiny_corpora, tmp_p
     assert not (tmp_path / "grid-out").exists()
 
 
+SHIPPED = sorted(p.stem for p in (Path(__file__).parents[1] / "experiments").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_grids_validate_in_every_profile(name):
+    """Each shipped grid and each of its profiles loads: axes, recipes, tasks, rows its verdicts name."""
+    path = Path(__file__).parents[1] / "experiments" / f"{name}.yaml"
+    profiles = yaml.safe_load(path.read_text()).get("profiles") or {}
+    for profile in [None, *profiles]:
+        grid = load_grid(path, profile)
+        assert grid.cells and any(cell.dense for cell in grid.cells)
+
+
+def test_the_zero_shot_grid_has_the_papers_rows():
+    """Section 5's design: dense, LRP2, random, five translation pairs (two seeds for fr and zh), monolingual
+    controls, contrastive twins; multiemo in the paper's MARC languages with RankC."""
+    from langprune.experiments.tables import row_label
+
+    path = Path(__file__).parents[1] / "experiments" / "zero-shot-gains.yaml"
+    for profile, seeded_twice in (
+        (None, {"mt:fr-en", "mt:zh-en"}),
+        ("paper", {f"mt:{x}-en" for x in "fr es zh hi sw".split()}),
+    ):
+        grid = load_grid(path, profile)
+        rows = {row_label(cell.axes, "method+calib") for cell in grid.cells}
+        assert {"dense", "dense lrp2", "random", "wanda demo:fr", "wanda-contrastive mt:fr-en"} <= rows
+        assert {f"wanda mt:{x}-en" for x in ("fr", "es", "zh", "hi", "sw")} <= rows
+        twice = {c.axes["calib"] for c in grid.cells if c.axes.get("seed") == 1}
+        assert twice == seeded_twice
+        assert {"multiemo", "rankc"} <= set(grid.cells[0].evaluation["tasks"])
+    paper = load_grid(path, "paper")
+    assert set(paper.cells[0].evaluation["langs"]) == {"en", "de", "es", "fr", "ja", "zh"}
+    assert paper.cells[0].evaluation["options"]["limit"] == 1000
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["calibration-language", "translation-features"])
+@pytest.mark.parametrize("name", SHIPPED)
 def test_shipped_experiments_run_quick_on_gemma_and_print_a_verdict(name, tmp_path):
     """Each shipped grid's --quick profile on the real model and real text, then its table."""
     path = Path(__file__).parents[1] / "experiments" / f"{name}.yaml"
@@ -427,8 +462,10 @@ def test_shipped_experiments_run_quick_on_gemma_and_print_a_verdict(name, tmp_pa
         text=True,
     )
     assert run.returncode == 0, run.stderr
-    assert "0 failed, 0 pending" in run.stdout and "calibrating on the evaluated language gives the best" in run.stdout
-    metric = "ppl" if name == "calibration-language" else "translation:chrf"
+    verdict = {"zero-shot-gains": "RankC with English rises: wanda mt:fr-en: significantly better rankc than dense"}
+    assert "0 failed, 0 pending" in run.stdout
+    assert verdict.get(name, "calibrating on the evaluated language gives the best") in run.stdout
+    metric = {"calibration-language": "ppl", "translation-features": "translation:chrf"}.get(name, "multiemo")
     table = subprocess.run(
         [
             sys.executable,

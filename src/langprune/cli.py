@@ -475,7 +475,7 @@ def compare_command(
             f"{r['delta']:+.4g}",
             f"[{low:+.4g}, {high:+.4g}]",
             f"{r['p_value']:.4f}{mark}",
-            f"{r['mde']:.3g}",
+            "–" if r["mde"] is None else f"{r['mde']:.3g}",
             str(r["n"]),
         )
     console.print(table)

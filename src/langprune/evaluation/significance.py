@@ -20,7 +20,8 @@ resampled differences d* = metric_b* - metric_a*:
   standard deviation of d* (normal approximation). It depends on how much the
   paired items disagree: two accuracy runs that differ on a share q of n items
   have SE near sqrt(q / n), so 300 items with q = 0.1 detect about 5 points,
-  and 3 points need about 900.
+  and 3 points need about 900. Where no resample differs (the runs agree on
+  every item) there is nothing to estimate it from, and it is None.
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ def two_sided(deltas: np.ndarray, observed_a: float, observed_b: float) -> dict:
     return {
         "p_value": 1.0 if equal else float(min(1.0, 2 * min(below, above))),
         "ci": [float(low), float(high)],
-        "mde": float(_Z * deltas.std()),
+        "mde": float(_Z * deltas.std()) if deltas.std() > 0 else None,  # no item differs: nothing to estimate it from
     }
 
 
