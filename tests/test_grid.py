@@ -387,7 +387,33 @@ def test_rankc_of_a_grid_with_several_cloze_tasks_names_one(tmp_path):
 def test_table_ci_on_a_metric_without_items_is_refused(tmp_path):
     grid = fake_grid(tmp_path, {(None, None): {"en": (10.0, [[1.0, 1], [2.0, 1]])}})
     with pytest.raises(UserError, match="--ci needs per-item results"):
-        build_table(grid, "translation:chrf", "calib", "eval", baseline="dense", ci=True)
+        build_table(grid, "snr", "calib", "eval", baseline="dense", ci=True)
+
+
+def test_translation_tables_test_chrf_sentence_by_sentence_against_the_baseline(tmp_path):
+    from langprune.evaluation.significance import translation_tests
+
+    references = ["the cat sat on the mat", "a dog ran in the park", "it is raining today", "we eat bread"]
+    outputs = {None: ["the cat sat on a mat", "a dog ran", "it rains today", "we eat"], "mt:fr-en": references}
+    cells = []
+    for calib in outputs:
+        axes = {"model": "m", "method": "dense" if calib is None else "wanda", "sparsity": None, "calib": calib,
+                "seed": None if calib is None else 0}  # fmt: skip
+        cells.append(
+            Cell(axes, None if calib is None else {"calib": calib}, {"tasks": ["translation"], "langs": ["fr"]})
+        )
+    grid = Grid(tmp_path / "g.yaml", "mt", tmp_path / "out", cells)
+    for cell, hypotheses in zip(cells, outputs.values()):
+        folder = grid.folder(cell)
+        folder.mkdir(parents=True)
+        chrf = translation_tests(hypotheses, hypotheses, references, "en")[1]["a"]
+        result = {"chrf": chrf, "bleu": 0.0, "hypotheses": hypotheses, "references": references}
+        (folder / "eval.json").write_text(json.dumps({"tasks": {"translation": {"fr-en": result}}}))
+        (folder / CELL_FILE).write_text("{}")
+    table = build_table(grid, "translation:chrf", "calib", "eval", baseline="dense", ci=True)
+    cell = table["sections"][0]["cells"]["mt:fr-en|fr-en"]
+    expected = translation_tests(outputs[None], references, references, "en")[1]
+    assert cell["p_value"] == expected["p_value"] and cell["ci"] == expected["ci"] and cell["mde"] == expected["mde"]
 
 
 @pytest.mark.parametrize(

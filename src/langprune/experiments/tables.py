@@ -9,7 +9,8 @@ dense cell of each model is the ``dense`` row (when rows are ``calib`` or
 column is marked, in the direction the metric declares (``evaluation.types``);
 with ``baseline`` each value is tested against that row's with a paired
 bootstrap over the evaluation's items (windows for perplexity, examples for
-accuracy; per-item values averaged over seeds first), and p < 0.05 is
+accuracy and RankC, per-item values averaged over seeds first; sentences for
+BLEU and chrF, for a row with one seed), and p < 0.05 is
 marked (two-sided, with its 95% interval of the difference: ``evaluation.significance``). Every configured row and column appears: a cell that has not
 finished is ``None`` (printed ``–``), and the table counts them. Rendering
 lives in ``render``, verdicts in ``verdicts``.
@@ -22,7 +23,7 @@ from dataclasses import dataclass, field
 
 from ..errors import UserError, did_you_mean
 from ..evaluation.rankc import consistencies, rankings_of
-from ..evaluation.significance import accuracy_test, perplexity_test
+from ..evaluation.significance import accuracy_test, perplexity_test, translation_tests
 from ..evaluation.tasks import TaskSpec, catalog, select
 from ..evaluation.translation import directions
 from ..evaluation.types import TASK_TYPES, Metric
@@ -32,7 +33,7 @@ from .grid import DENSE, Cell, Grid
 
 TABLE_AXES = ("calib", "method", "sparsity", "model", "seed", "eval")
 ALPHA = 0.05
-PAIRED_TYPES = ("perplexity", "cloze", "choice", "rankc")  # task types whose results keep per-item values
+PAIRED_TYPES = ("perplexity", "cloze", "choice", "rankc", "translation")  # results that keep per-item values
 RANKC = TASK_TYPES["rankc"].headline
 
 
@@ -147,6 +148,7 @@ def collect(grid: Grid, metric: str, rows: str, cols: str) -> tuple[dict, int]:
                     result.get("windows")
                     or result.get("per_item")
                     or [i.get("correct") for i in result.get("items", [])]
+                    or _sentences(result, k, chosen.name)
                 ) or None
                 placed.append((cell, {**cell.axes, "eval": k}, None if value is None else float(value), items))
     sections: dict = {}
@@ -207,9 +209,19 @@ def rankc_results(results: dict) -> dict:
     return out
 
 
+def _sentences(result: dict, key: str, metric: str) -> dict | None:
+    """A translation result's hypotheses and references, which BLEU and chrF resample sentence by sentence."""
+    if "hypotheses" not in result:
+        return None
+    return {"hypotheses": result["hypotheses"], "references": result["references"], "target": key.split("-")[-1],
+            "metric": metric}  # fmt: skip
+
+
 def _mean_items(items: list):
     if any(i is None for i in items) or not items:
         return None
+    if isinstance(items[0], dict):  # translations: hypotheses of different seeds do not average; one seed is tested
+        return items[0] if len(items) == 1 else None
     if isinstance(items[0][0], list):  # windows: (nll, tokens) pairs, averaged over seeds
         return [[statistics.fmean(w[k][0] for w in items), items[0][k][1]] for k in range(len(items[0]))]
     return [statistics.fmean(i[k] for i in items) for k in range(len(items[0]))]
@@ -218,7 +230,12 @@ def _mean_items(items: list):
 def _test(entry: Entry, base: Entry) -> dict | None:
     """The paired test of ``entry`` against ``base`` (p-value and interval), or None where items do not pair."""
     a, b = _mean_items(base.items), _mean_items(entry.items)
-    if a is None or b is None or len(a) != len(b) or len(a) < 2:
+    if isinstance(a, dict) and isinstance(b, dict):
+        if a["references"] != b["references"] or len(a["references"]) < 2:
+            return None
+        tests = translation_tests(a["hypotheses"], b["hypotheses"], a["references"], a["target"])
+        return next((t for t in tests if t["metric"] == a["metric"]), None)
+    if a is None or b is None or isinstance(a, dict) or isinstance(b, dict) or len(a) != len(b) or len(a) < 2:
         return None
     try:
         return perplexity_test(a, b) if isinstance(a[0], list) else accuracy_test(a, b)
