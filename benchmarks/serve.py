@@ -55,6 +55,9 @@ def main() -> None:
     args = parser.parse_args()
     if args.table:
         rows = [row for path in args.table for row in json.loads(Path(path).read_text())["rows"]]
+        sets = args.sets.split(",")
+        order = lambda r: (list(METHODS).index(r["method"]), sets.index(r["served"]) if r["served"] in sets else 99)
+        rows.sort(key=order)  # stable: seeds and configs keep their order
         print(table(rows) + "\n\n" + "\n".join(targets(rows)))
         return
 
