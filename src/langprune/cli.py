@@ -240,10 +240,13 @@ def _prune(
     ),
 ) -> None:
     """Run a prune from its settings and print what it did."""
+    from .engine.distributed import leader_process
     from .runs import run_prune
 
     with _reporting() as reporter:
         report = run_prune(settings, reporter)
+    if not leader_process():
+        return  # rank 0 of a torchrun launch speaks for the run
     console.print(
         f"{'quantized' if report['method'] == 'none' else 'pruned'} {len(report['layers'])} layers: "
         f"{report['sparsity_pruned_layers']:.2%} zeros in those layers, "
@@ -368,10 +371,13 @@ def inspect_command(
 
 def _eval(settings, as_json: bool = typer.Option(False, "--json", help=JSON_HELP)) -> None:
     """Run an evaluation from its settings and print its table."""
+    from .engine.distributed import leader_process
     from .runs import run_eval
 
     with _reporting(quiet=as_json) as reporter:
         results = run_eval(settings, reporter)
+    if not leader_process():
+        return  # rank 0 of a torchrun launch speaks for the run
     if as_json:
         _print_json(results)
         return

@@ -23,6 +23,7 @@ from torch import nn
 from ..calibration import CalibrationSet
 from ..engine import BlockEngine, LayerFilter, find_blocks, prunable_layers, weight_matrix
 from ..engine.architecture import is_conv1d
+from ..engine.distributed import check_share, world
 from ..engine.memory import return_freed_memory
 from ..engine.placement import outside_blocks, placement_of
 from ..engine.statistics import CONTRAST, Hessian, LanguageAggregation, parse_aggregation
@@ -226,7 +227,8 @@ def prune_model(
         batches = calibration.batches(batch_size, by_language=aggregation.active)
         if contrast is not None:
             batches += contrast.batches(batch_size, role=CONTRAST)
-        engine = BlockEngine(model, batches, layer_filter)
+        check_share(len(batches))
+        engine = BlockEngine(model, world().share(batches), layer_filter)
     per_block, profile_summary = _block_targets(plan, engine, len(blocks), aggregation)
     kept, records, tally = _compress_blocks(
         model, plan, engine, per_block, layer_filter, seed, progress, on_block, aggregation
@@ -380,6 +382,9 @@ def _prune_block(
         engine.run_block(
             index, on_input, write_outputs=False, stop_after=groups.order[-1], batches=range(1, len(engine.batches))
         )
+    for gathered in statistics.values():  # the same leaders in the same order on every rank
+        for statistic in gathered.values():
+            statistic.synchronize()
     changes = {}
     for leader, gathered in statistics.items():
         group = {name: weight_matrix(layers[name]) for name in groups.members(leader)}

@@ -113,6 +113,8 @@ def owl_ratios(
                 )
 
             groups = engine.run_block(index, on_input, write_outputs=True)
+            for statistic in norms.values():
+                statistic.synchronize()
             layers = engine.layers(index)
             scores = [
                 partial(wanda_scores, weight_matrix(layers[name]), norms[leader].value)

@@ -19,6 +19,7 @@ import torch
 from ..errors import UserError
 from ..text import right_padded
 from .collection import Tag, TokenBatch
+from .distributed import run_shared
 
 
 @dataclass(frozen=True)
@@ -78,11 +79,11 @@ def score_rows(
     check_head(model)
     device = next(model.parameters()).device
     order = sorted(range(len(rows)), key=lambda i: -len(rows[i]))
-    results: list[tuple[float, int]] = [(0.0, 0)] * len(rows)
-    for start in range(0, len(order), batch_size):
-        chunk = order[start : start + batch_size]
+
+    def run(chunk: list[int]) -> dict[int, tuple[float, int]]:
         ids, mask = right_padded([rows[i] for i in chunk], pad, device)
         hidden = backbone(model)(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
+        out = {}
         for row, i in enumerate(chunk):
             begin, end = max(first_scored[i], 1), len(rows[i])
             if end <= begin:
@@ -92,10 +93,14 @@ def score_rows(
             value = float(picked.double().sum())
             if not math.isfinite(value):
                 raise UserError("the model gives NaN or inf log-probabilities: its weights are broken (check the run)")
-            results[i] = (value, end - begin)
+            out[i] = (value, end - begin)
         if progress:
             progress(len(chunk))
-    return results
+        return out
+
+    batches = [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
+    done = run_shared(batches, run)  # with torchrun, each rank runs its share of the batches
+    return [done.get(i, (0.0, 0)) for i in range(len(rows))]
 
 
 def score_requests(
@@ -127,12 +132,15 @@ def score_requests(
     scored = score_rows(model, rows, [len(requests[i].context) for i in alone], pad, batch_size, progress)
     for i, (total, _) in zip(alone, scored):
         results[i] = total
-    for members in (m for m in groups.values() if len(m) > 1):
+
+    def run_group(members: list[int]) -> dict[int, float]:
         totals = score_shared(model, requests[members[0]].context, [requests[i].continuation for i in members], pad)
-        for i, total in zip(members, totals):
-            results[i] = total
         if progress:
             progress(len(members))
+        return dict(zip(members, totals))
+
+    for i, total in run_shared([m for m in groups.values() if len(m) > 1], run_group).items():
+        results[i] = total
     return results
 
 
@@ -161,20 +169,24 @@ def score_next_tokens(
     """
     check_head(model)
     device = next(model.parameters()).device
-    results: list[list[float]] = [[] for _ in contexts]
-    for chunk in length_batches([len(c) for c in contexts], batch_size):
+
+    def run(chunk: list[int]) -> dict[int, list[float]]:
         ids, mask = right_padded([list(contexts[i]) for i in chunk], pad, device)
         hidden = backbone(model)(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
         last = torch.tensor([len(contexts[i]) - 1 for i in chunk], device=device)
         logp = torch.log_softmax(logits_for(model, hidden[torch.arange(len(chunk), device=device), last]), dim=-1)
+        out = {}
         for row, i in enumerate(chunk):
             values = logp[row, torch.tensor(tokens[i], device=device)].double().tolist()
             if not all(math.isfinite(v) for v in values):
                 raise UserError("the model gives NaN or inf log-probabilities: its weights are broken (check the run)")
-            results[i] = values
+            out[i] = values
         if progress:
             progress(sum(len(tokens[i]) for i in chunk))
-    return results
+        return out
+
+    done = run_shared(length_batches([len(c) for c in contexts], batch_size), run)
+    return [done[i] for i in range(len(contexts))]
 
 
 @torch.no_grad()

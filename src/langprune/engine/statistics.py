@@ -17,6 +17,7 @@ import torch
 
 from ..errors import UserError
 from .collection import Tag
+from .distributed import all_reduce_sum_, sum_count
 
 
 def accumulate_gram_upper_(acc: torch.Tensor, x: torch.Tensor, block: int = 256) -> None:
@@ -145,6 +146,13 @@ class InputStatistic:
     def free(self) -> None:
         raise NotImplementedError
 
+    def synchronize(self) -> None:
+        """Sum what every rank accumulated (data-parallel calibration); every rank then reads the same value.
+
+        A single process has nothing to sum. Called once, after the last batch and before the value is read.
+        """
+        raise NotImplementedError
+
     def _check_finite(self, value: torch.Tensor) -> torch.Tensor:
         if not torch.isfinite(value).all():
             raise UserError(
@@ -176,6 +184,18 @@ class SquaredNorms(InputStatistic):
             target += (chunk * chunk).sum(0, dtype=torch.float32).to(torch.float64)
         self.tokens += x.shape[0]
 
+    def synchronize(self) -> None:
+        self._sum = all_reduce_sum_(self._sum)
+        self.tokens = sum_count(self.tokens, self.device)
+        if self.aggregation is None:
+            return
+        # Every rank reduces every language in one order, also those its own share of batches lacked.
+        for language in sorted(self.aggregation.weights):
+            entry = self._by_language.setdefault(language, [torch.zeros_like(self._sum), 0])
+            entry[0] = all_reduce_sum_(entry[0])
+            entry[1] = sum_count(entry[1], self.device)
+        self._by_language = {k: entry for k, entry in self._by_language.items() if entry[1] > 0}
+
     @property
     def value(self) -> torch.Tensor:
         if self.aggregation is not None:
@@ -200,8 +220,13 @@ class ContrastedNorms(InputStatistic):
         self.z = SquaredNorms(features, name, device)
 
     def add_batch(self, x: torch.Tensor, tag: Tag | None = None) -> None:
-        (self.z if tag is not None and tag.role == CONTRAST else self.x).add_batch(x)
+        (self.z if tag is not None and tag.role == CONTRAST else self.x).add_batch(x, tag)
         self.tokens += x.shape[0]
+
+    def synchronize(self) -> None:
+        self.x.synchronize()
+        self.z.synchronize()
+        self.tokens = self.x.tokens + self.z.tokens
 
     @property
     def value(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -236,6 +261,12 @@ class Hessian(InputStatistic):
             x = x * math.sqrt(self.aggregation.scale(self.aggregation.language(tag)))
         accumulate_gram_upper_(self._gram, x)
         self.tokens += x.shape[0]
+
+    def synchronize(self) -> None:
+        if self._finished:
+            raise RuntimeError(f"{self.name}: the Hessian was already read; it cannot be summed over ranks now")
+        self._gram = all_reduce_sum_(self._gram)  # the upper block triangles, mirrored once afterwards
+        self.tokens = sum_count(self.tokens, self.device)
 
     @property
     def value(self) -> torch.Tensor:

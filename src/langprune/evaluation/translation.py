@@ -18,6 +18,7 @@ import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 
 from ..data import get_corpus
+from ..engine.distributed import run_shared
 from ..errors import UserError
 from ..languages import english_name
 from ..text import demonstration_ids, encode, pad_id
@@ -70,8 +71,8 @@ def generate(
     """Continuations of each prompt up to the first newline (greedy unless ``sampling`` is given)."""
     device = next(model.parameters()).device
     pad = pad_id(tokenizer)
-    outputs = []
-    for start in range(0, len(prompts), batch_size):
+
+    def run(start: int) -> dict[int, str]:
         chunk = prompts[start : start + batch_size]
         width = max(len(p) for p in chunk)
         ids = torch.tensor([[pad] * (width - len(p)) + p for p in chunk], device=device)
@@ -90,9 +91,14 @@ def generate(
                 pad_token_id=pad,
                 stopping_criteria=StoppingCriteriaList([_StopAtNewline(tokenizer, width)]),
             )
-        for row in generated[:, width:]:
-            outputs.append(tokenizer.decode(row, skip_special_tokens=True).split("\n")[0].strip())
-    return outputs
+        rows = generated[:, width:]
+        return {
+            start + k: tokenizer.decode(row, skip_special_tokens=True).split("\n")[0].strip()
+            for k, row in enumerate(rows)
+        }
+
+    done = run_shared(list(range(0, len(prompts), batch_size)), run)  # with torchrun, each rank its share
+    return [done[i] for i in range(len(prompts))]
 
 
 def evaluate_translation(

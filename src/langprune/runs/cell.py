@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -22,7 +22,8 @@ from ..compress.loop import Plan, resolve
 from ..compress.methods import METHODS, method_options
 from ..compress.profiles import OWL_LAMBDA, OWL_M, Profile
 from ..data import get_corpus
-from ..engine.placement import PlacementSettings
+from ..engine import distributed
+from ..engine.placement import PlacementSettings, resolve_device
 from ..errors import UserError, check_at_least
 from ..evaluation import EvalOptions, evaluate, perplexity
 from ..evaluation.harness import check_harness_tasks, model_arguments
@@ -120,6 +121,7 @@ class PruneSettings(PlacementSettings):
     eval_corpus: str = setting("udhr", "Corpus whose evaluation part --eval-langs reads.")
     overwrite: bool = setting(False, "Replace an existing --out run folder.")
     report_to: tuple[str, ...] = setting((), REPORT_TO_HELP, envvar="LANGPRUNE_REPORT_TO")
+    dist_backend: str = setting("auto", distributed.BACKEND_HELP, envvar="LANGPRUNE_DIST_BACKEND")
     method_options: dict = setting({}, "Options of the method by key (ria_alpha, mask_selection...).", cli=False)
 
     @classmethod
@@ -221,6 +223,7 @@ class PruneSettings(PlacementSettings):
     def check(self) -> None:
         """Every check of the prune itself, without its output folder."""
         self.check_placement()
+        distributed.check_backend(self.dist_backend)
         check_trackers(self.report_to)
         self.plan()
         check_model(self.model)
@@ -265,31 +268,44 @@ def check_not_quantized(model: str) -> None:
 
 def run_prune(settings: PruneSettings, reporter: Reporter | None = None) -> dict:
     """Validate, load, build calibration, prune, measure, write the run folder; returns the report (and logs it to
-    the ``report_to`` trackers)."""
-    reporter = reporter or Reporter()
+    the ``report_to`` trackers).
+
+    Started by torchrun as several ranks, each rank calibrates on its share of the batches (see
+    ``engine.distributed``); rank 0 alone reports, logs to trackers and writes the folder, and every rank returns
+    its report.
+    """
     settings.validate()
-    with tracking(settings.report_to, "prune", Path(settings.out).name, settings.record()) as tracked:
-        report = _prune(settings, reporter)
-        tracked.log(prune_metrics(report))
-        tracked.save(Path(settings.out))
+    with distributed.session(settings.dist_backend, resolve_device(settings.device)) as world:
+        distributed.check_agreement(settings.record())
+        if not world.leader:
+            return _prune(settings, Reporter())
+        reporter = reporter or Reporter()
+        with tracking(settings.report_to, "prune", Path(settings.out).name, settings.record()) as tracked:
+            report = _prune(settings, reporter)
+            tracked.log(prune_metrics(report))
+            tracked.save(Path(settings.out))
     return report
 
 
 def _prune(settings: PruneSettings, reporter: Reporter) -> dict:
     plan = settings.plan()
     pretokenized = calibration_module.load_tokens(settings.tokens) if settings.tokens else None
-    languages = list(settings.eval_langs)
-    with RunWriter(Path(settings.out), settings.overwrite) as run:  # a folder that cannot be written fails here, early
+    world = distributed.world()
+    languages = list(settings.eval_langs) if world.leader else []  # rank 0 measures perplexity for the report
+    # A folder that cannot be written fails here, early; only rank 0 writes one.
+    with RunWriter(Path(settings.out), settings.overwrite) if world.leader else nullcontext() as run:
         started = time.perf_counter()
+        device = distributed.rank_device(resolve_device(settings.device))
         with reporter.loading(settings.model):
-            lm, tokenizer = load_model(settings.model, settings.dtype, settings.device, settings.offload)
+            lm, tokenizer = load_model(settings.model, settings.dtype, device, settings.offload)
         log.info("loaded %s in %.1f s (%s)", settings.model, time.perf_counter() - started, settings.dtype)
         recipe = settings.calibration_recipe
         if recipe or settings.contrast:
             calibration_module.check_seqlen(settings.seqlen, lm)
         calibration, contrast = settings.calibration_sets(lm, tokenizer, reporter, pretokenized)
         before = perplexity(lm, tokenizer, languages, corpus=settings.eval_corpus) if languages else {}
-        result = settings.compress(lm, calibration, contrast, plan, reporter, lambda i, c: run.add_block(lm, i, c))
+        write = (lambda i, c: run.add_block(lm, i, c)) if run is not None else (lambda i, c: None)
+        result = settings.compress(lm, calibration, contrast, plan, reporter, write)
         after = perplexity(lm, tokenizer, languages, corpus=settings.eval_corpus) if languages else {}
         report = {
             "model": settings.model,
@@ -301,7 +317,11 @@ def _prune(settings: PruneSettings, reporter: Reporter) -> dict:
             report["perplexity"] = {"corpus": settings.eval_corpus, "dense": before, "pruned": after}
         if settings.serve:
             report["serve"] = serving_plan(calibration)
-        run.finish(lm, tokenizer, report)
+        if world.active:
+            report["distributed"] = {"ranks": world.size, "backend": distributed.backend_name()}
+        if run is not None:
+            run.finish(lm, tokenizer, report)
+    distributed.barrier("rank 0 wrote the run folder")  # every rank fails if writing failed
     return report
 
 
@@ -340,9 +360,11 @@ class EvalSettings(PlacementSettings):
     options: EvalOptions = field(default_factory=EvalOptions)
     out: Path | None = setting(None, "Folder for eval.json (default: the run folder; runs/<model>-dense with --model).")
     report_to: tuple[str, ...] = setting((), REPORT_TO_HELP, envvar="LANGPRUNE_REPORT_TO")
+    dist_backend: str = setting("auto", distributed.BACKEND_HELP, envvar="LANGPRUNE_DIST_BACKEND")
 
     def validate(self) -> None:
         self.check_placement()
+        distributed.check_backend(self.dist_backend)
         check_trackers(self.report_to)
         if (self.run is None) == (self.model is None):
             raise UserError("give a run folder or --model, not both and not neither")
@@ -369,15 +391,18 @@ def run_eval(settings: EvalSettings, reporter: Reporter | None = None) -> dict:
     cell then raises one error naming the failures (their results are not in
     eval.json, so the next run retries exactly those).
     """
-    reporter = reporter or Reporter()
     settings.validate()
     name = Path(settings.run).name if settings.run is not None else f"{Path(str(settings.model)).name}-dense"
     config = {"run": str(settings.run), "model": settings.model, "tasks": list(settings.tasks)}
     config.update(langs=list(settings.langs), **jsonable(asdict(settings.options)))
-    with tracking(settings.report_to, "eval", name, config) as tracked:
-        results = _evaluate(settings, reporter)
-        tracked.log(metric_values(results))
-        tracked.save(settings.target.parent)
+    with distributed.session(settings.dist_backend, resolve_device(settings.device)) as world:
+        distributed.check_agreement({**config, **jsonable(asdict(settings))})
+        if not world.leader:  # runs its share of every batch list; rank 0 writes eval.json
+            return _evaluate(settings, Reporter())
+        with tracking(settings.report_to, "eval", name, config) as tracked:
+            results = _evaluate(settings, reporter or Reporter())
+            tracked.log(metric_values(results))
+            tracked.save(settings.target.parent)
     return results
 
 
@@ -391,18 +416,21 @@ def _evaluate(settings: EvalSettings, reporter: Reporter) -> dict:
     previous = _resumable(target, header)
     if previous:
         reporter.note(f"resuming {target}: {sum(len(v) for v in previous.values())} finished results kept")
+    leader = distributed.world().leader
+    device = distributed.rank_device(resolve_device(settings.device))
     with reporter.loading(source):
-        lm, tokenizer = load_model(source, settings.dtype, settings.device, settings.offload)
+        lm, tokenizer = load_model(source, settings.dtype, device, settings.offload)
         dense = None
         if any(t == "fidelity" for t in settings.tasks) and dense_name:
             # The dense model is read block by block from its checkpoint: never two whole models in memory.
             offload = "disk" if safetensors_folder(dense_name) else settings.offload
-            dense = load_model(dense_name, settings.dtype, settings.device, offload)[0]
+            dense = load_model(dense_name, settings.dtype, device, offload)[0]
         elif any(t == "fidelity" for t in settings.tasks):
             dense = lm
 
     def save(results: dict) -> None:
-        write_json_atomic(target, {**results, **header, "provenance": provenance()})
+        if leader:
+            write_json_atomic(target, {**results, **header, "provenance": provenance()})
 
     results = evaluate(
         lm,
@@ -418,8 +446,10 @@ def _evaluate(settings: EvalSettings, reporter: Reporter) -> dict:
         model_name=Path(source).name if Path(source).exists() else source,  # a folder by its name, a hub id whole
     )
     results.update(header, provenance=provenance())
-    write_json_atomic(target, results)
-    if settings.run is not None and target.parent.resolve() == Path(settings.run).resolve():
+    if leader:
+        write_json_atomic(target, results)
+    distributed.barrier("rank 0 wrote eval.json")
+    if leader and settings.run is not None and target.parent.resolve() == Path(settings.run).resolve():
         write_card(settings.run, load_report(settings.run), results)  # the card shows the new numbers
     if results["failed"]:
         failures = "; ".join(f"{job}: {why}" for job, why in results["failed"].items())
