@@ -181,6 +181,7 @@ def test_masks_on_disk_take_one_bit_per_weight(checkpoints, tmp_path):
     )
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not GPU, reason=NO_GPU)
 @pytest.mark.parametrize("offload", ["none", "cpu", "disk"])
 def test_cuda_matches_cpu(checkpoints, tmp_path, offload):
