@@ -65,6 +65,36 @@ def test_disk_offload_gives_bit_identical_masks_and_weights(checkpoints, tmp_pat
     assert disk["sparsity_all_parameters"] == memory["sparsity_all_parameters"]
 
 
+def test_disk_offload_reads_ahead_and_writes_behind_with_two_blocks_at_most(checkpoints, tmp_path, monkeypatch):
+    """Block k+1 is read on the I/O thread while block k computes, pruned block k is written there while k+1
+    computes, and block k+2 is read only after block k is written: never more than two blocks resident."""
+    import threading
+
+    from langprune.engine.placement import Placement
+
+    events = []
+    read, saved = Placement._read, Placement.saved
+
+    def reading(self, index):
+        events.append(("read", index, threading.current_thread().name))
+        return read(self, index)
+
+    def writing(self, path):
+        saved(self, path)
+        events.append(("written", int(path.stem.rsplit("-", 1)[1]), threading.current_thread().name))
+
+    monkeypatch.setattr(Placement, "_read", reading)
+    monkeypatch.setattr(Placement, "saved", writing)
+    prune_to(checkpoints[("llama", "float32")], tmp_path / "run", "wanda", offload="disk")
+    reads = [(index, thread) for kind, index, thread in events if kind == "read"]
+    assert [index for index, _ in reads] == [0, 1, 2]
+    assert all(thread.startswith("langprune-io") for index, thread in reads[1:])  # read ahead
+    written = [(index, thread) for kind, index, thread in events if kind == "written"]
+    assert [index for index, _ in written] == [0, 1, 2] and all(t.startswith("langprune-io") for _, t in written)
+    position = {(kind, index): n for n, (kind, index, _) in enumerate(events)}
+    assert position[("written", 0)] < position[("read", 2)]  # block 2 comes in once block 0 is out
+
+
 def test_cpu_offload_on_the_cpu_matches_memory(checkpoints, tmp_path):
     folder = checkpoints[("llama", "float32")]
     prune_to(folder, tmp_path / "memory", "sparsegpt", offload="none")

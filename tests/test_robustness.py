@@ -241,9 +241,10 @@ def test_output_folders_that_cannot_be_written_are_refused_before_loading(checkp
     assert (tmp_path / "afile").read_text() == "x"
 
 
+@pytest.mark.parametrize("offload", ["none", "disk"])  # disk: the blocks are written on the I/O thread
 @pytest.mark.parametrize("number, message", [(errno.EROFS, "read-only"), (errno.ENOSPC, "no space left")])
 def test_read_only_and_full_disks_are_one_line_and_leave_nothing(
-    checkpoint, tmp_path, run, monkeypatch, number, message
+    checkpoint, tmp_path, run, monkeypatch, number, message, offload
 ):
     import langprune.runs.folder as folder
 
@@ -251,7 +252,7 @@ def test_read_only_and_full_disks_are_one_line_and_leave_nothing(
         raise OSError(number, os.strerror(number))
 
     monkeypatch.setattr(folder, "save_file", failing)
-    code, _, err = run(*prune_args(checkpoint, tmp_path / "out"))
+    code, _, err = run(*prune_args(checkpoint, tmp_path / "out", "--offload", offload))
     assert_one_line_error(code, err, message)
     assert list(tmp_path.iterdir()) == []
 

@@ -236,6 +236,7 @@ class BlockEngine:
             )
         try:
             with self.placement.hold(index), self.placement.paused():  # held here: no streaming hooks
+                self.placement.prefetch(index + 1)  # read while this block computes (disk offloading)
                 for b in batches if batches is not None else range(len(self.batches)):
                     current["batch"] = b
                     call = self.calls[index][b]

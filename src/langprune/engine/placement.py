@@ -10,7 +10,12 @@
 
 The block engine asks for a block with ``hold(index)`` (nested holds load it
 once) and pauses the placement while it only records calls (``paused``), so
-its capture coexists with offloading. A plain forward pass (scoring,
+its capture coexists with offloading. With ``disk``, reading and writing
+overlap with computing: while block k runs, block k+1 is read on a
+background I/O thread (``prefetch``), and a pruned block is written there
+too (``behind``), while the next one computes. The thread runs its tasks in
+the order given, so block k+2 is read only once block k is written: at most
+two blocks are resident. A plain forward pass (scoring,
 generation, lm-evaluation-harness) streams the blocks through forward
 hooks. Every model that langprune loads carries its placement
 (``placement_of``); a model built in code gets a resident one.
@@ -19,6 +24,8 @@ hooks. Every model that langprune loads carries its placement
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -146,6 +153,9 @@ class Placement:
         self.prefix = getattr(model, "base_model_prefix", "")
         self._holds = [0] * len(self.blocks)
         self._paused = 0
+        self._io: ThreadPoolExecutor | None = None  # the background reader and writer (disk offloading)
+        self._queued: list[Future] = []
+        self._prefetched: dict[int, Future] = {}
         if offload != "none":
             for index, block in enumerate(self.blocks):
                 block.register_forward_pre_hook(self._streaming_enter(index))
@@ -192,8 +202,41 @@ class Placement:
 
     def saved_folder(self, folder) -> None:
         """The pruned checkpoint moved into ``folder``: an offloaded model reads it from there."""
+        self.drain()
         if self.offload == "disk":
+            self._prefetched.clear()  # read from the old files
             self.checkpoint = Checkpoint(folder)
+
+    def prefetch(self, index: int) -> None:
+        """Start reading block ``index`` in the background (disk offloading), unless it is resident or on its way."""
+        if self.offload != "disk" or not 0 <= index < len(self.blocks):
+            return
+        if self._holds[index] or index in self._prefetched:
+            return
+        self._prefetched[index] = self._submit(lambda: self._read(index))
+
+    def behind(self, task: Callable[[], None]) -> None:
+        """Run ``task`` (writing a finished block) on the I/O thread after what is queued, so the next block computes
+        meanwhile; without disk offloading, at once. Its error is raised by the next ``behind`` or ``drain``."""
+        if self.offload != "disk":
+            task()
+            return
+        self._raise_finished()
+        self._queued.append(self._submit(task))
+
+    def drain(self) -> None:
+        """Wait for every queued write; raise the first error one of them met."""
+        while self._queued:
+            self._queued.pop(0).result()
+
+    def _submit(self, task) -> Future:
+        if self._io is None:
+            self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="langprune-io")
+        return self._io.submit(task)
+
+    def _raise_finished(self) -> None:
+        while self._queued and self._queued[0].done():
+            self._queued.pop(0).result()
 
     def _acquire(self, index: int) -> None:
         if self._holds[index] == 0 and self.offload != "none":
@@ -210,13 +253,19 @@ class Placement:
         if self.offload == "cpu":
             block.to(self.device)
             return
-        keys = {name: self.key(f"{self.block_prefix(index)}.{name}") for name, _ in block.named_parameters()}
+        pending = self._prefetched.pop(index, None)
+        for name, tensor in (pending.result() if pending is not None else self._read(index)).items():
+            _set_parameter(block, name, tensor)
+
+    def _read(self, index: int) -> dict[str, torch.Tensor]:
+        """Block ``index``'s parameters from the checkpoint, by their names in the block, on the device."""
+        names = [name for name, _ in self.blocks[index].named_parameters()]
+        keys = {name: self.key(f"{self.block_prefix(index)}.{name}") for name in names}
         missing = [f"{self.block_prefix(index)}.{name}" for name, key in keys.items() if key is None]
         if missing:
             raise _missing(missing)
         tensors = self.checkpoint.read_many(list(keys.values()), self.dtype, self.device)
-        for name, key in keys.items():
-            _set_parameter(block, name, tensors[key])
+        return {name: tensors[key] for name, key in keys.items()}
 
     def _unload(self, index: int) -> None:
         block = self.blocks[index]

@@ -15,7 +15,7 @@ import copy
 import json
 import math
 import shutil
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, suppress
 from pathlib import Path
 
 import torch
@@ -100,11 +100,15 @@ class RunWriter:
         self.total_size = 0
         self.quantized: set[str] = set()  # layers stored in the compressed-tensors format
         self.quant_spec: QuantSpec | None = None
+        self._placement = None  # the model's, once a block was added: its I/O thread may be writing
 
     def __enter__(self) -> RunWriter:
         return self
 
     def __exit__(self, *exc) -> None:
+        if self._placement is not None and self.partial.exists():
+            with suppress(Exception):  # the error that brought us here is the one to report
+                self._placement.drain()  # no write may still be going into the folder removed next
         if self.partial.exists():  # not finished: an error or an interrupt
             shutil.rmtree(self.partial, ignore_errors=True)
         self._writing.close()
@@ -119,12 +123,11 @@ class RunWriter:
             for name, change in changes.items()
             if change.keep is not None
         }
+        self._placement = placement
         if layouts:
             shard = f"{len(set(self.index.values())):05d}.safetensors"
             packed = {name: pack_bits(keep).cpu() for name, keep in layouts.items()}
             shapes = json.dumps({name: list(keep.shape) for name, keep in layouts.items()})
-            with _disk_errors(self.out):
-                save_file(packed, str(self.partial / MASKS_DIR / shard), metadata={PACKED: shapes})
             self.index.update({name: shard for name in layouts})
         tensors = {}
         for name, tensor in block.state_dict().items():
@@ -140,8 +143,15 @@ class RunWriter:
                 continue
             tensors[full] = _saved_tensor(placement, full, tensor, change, layouts.get(layer))
         path = self.partial / f"model-block-{index:05d}.safetensors"
-        self._save_weights(tensors, path)
-        placement.saved(path)
+
+        def write() -> None:  # on the I/O thread with disk offloading, while the next block computes
+            if layouts:
+                with _disk_errors(self.out):
+                    save_file(packed, str(self.partial / MASKS_DIR / shard), metadata={PACKED: shapes})
+            self._save_weights(tensors, path)
+            placement.saved(path)
+
+        placement.behind(write)
 
     def _save_weights(self, tensors: dict[str, torch.Tensor], path: Path) -> None:
         with _disk_errors(self.out):
@@ -152,6 +162,7 @@ class RunWriter:
     def finish(self, model, tokenizer, report: dict) -> Path:
         """Write what lies outside the blocks, the index, config, tokenizer and report; swap the folder into place."""
         placement = placement_of(model)
+        placement.drain()  # every block written
         copied, held, seen = {}, {}, set()
         for name, tensor in model.state_dict(keep_vars=True).items():
             if name.startswith(placement.blocks_name + ".") or id(tensor) in seen:
