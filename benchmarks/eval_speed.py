@@ -12,7 +12,11 @@ every option's row from scratch (what langprune did before), ``cloze``
 runs each review once and its options from the key/value cache; the largest
 score difference between the two and whether any prediction changed are
 printed too. Tokens count the plain rows, so both cloze lines divide the
-same work. Medians over --repeat runs.
+same work. ``cloze-bf16`` is the shared scorer on the model loaded with
+``--dtype bfloat16``; the largest score difference against float32, the
+predictions that changed and both accuracies are printed before the timings
+(the tolerance a grid's ``evaluation: {dtype: bfloat16}`` relies on). Medians
+over --repeat runs.
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ def main():
     parser.add_argument("--seqlen", type=int, default=512)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--cases", default="perplexity,cloze-plain,cloze,cloze-bf16", help="which timings to take")
     args = parser.parse_args()
 
     from langprune import load_model
@@ -84,12 +89,32 @@ def main():
     print(
         f"cloze: {len(prompted)} reviews, largest score difference {difference:.2e} nats, {changed} predictions changed"
     )
+    low, _ = load_model(args.model, dtype="bfloat16")
+    run_bf16 = lambda: score_requests(low, cloze_requests, pad, args.batch_size)  # noqa: E731
+    in_bf16 = run_bf16()
+    picks = {name: [] for name in ("float32", "bfloat16")}
+    at = 0
+    for p in prompted:
+        for name, scores in (("float32", after), ("bfloat16", in_bf16)):
+            picks[name].append(max(range(len(p.options)), key=lambda i: scores[at + i]))
+        at += len(p.options)
+    accuracy = {
+        name: sum(x == p.gold for x, p in zip(chosen, prompted)) / len(prompted) for name, chosen in picks.items()
+    }
+    flips = sum(a != b for a, b in zip(picks["float32"], picks["bfloat16"]))
+    print(
+        f"cloze in bfloat16: largest score difference {max(abs(x - y) for x, y in zip(after, in_bf16)):.3f} nats, "
+        f"{flips} of {len(prompted)} predictions changed, accuracy {accuracy['bfloat16']:.4f} against float32's "
+        f"{accuracy['float32']:.4f}",
+        flush=True,
+    )
     cases = {
         "perplexity": (run_ppl, ppl_rows),
         "cloze-plain": (lambda: run_cloze(False), cloze_rows),
         "cloze": (run_cloze, cloze_rows),
+        "cloze-bf16": (run_bf16, cloze_rows),
     }
-    for name, (run, rows) in cases.items():
+    for name, (run, rows) in ((n, cases[n]) for n in args.cases.split(",")):
         tokens = sum(len(r) for r in rows)
         task_s, bare_s = [], []
         for _ in range(args.repeat):  # interleaved, so drifts of the machine hit both alike

@@ -49,6 +49,17 @@ def test_axes_multiply_with_include_and_exclude_and_keys_do_not_depend_on_order(
     assert len(cut.cells) == 5 and not any(c.axes["calib"] == "mono:fr" and c.axes["seed"] == 1 for c in cut.cells)
 
 
+def test_evaluation_may_compute_in_another_dtype_than_the_prune(checkpoint, tiny_corpora, tmp_path):
+    evaluation = {"tasks": ["ppl"], "langs": ["en"], "seqlen": 16}
+    plain = load_grid(write_grid(tmp_path, checkpoint, evaluation=evaluation))
+    bf16 = load_grid(write_grid(tmp_path, checkpoint, evaluation={**evaluation, "dtype": "bfloat16"}))
+    assert {c.evaluation["dtype"] for c in plain.cells} == {"auto"}
+    assert {c.evaluation["dtype"] for c in bf16.cells} == {"bfloat16"}
+    assert "dtype" not in bf16.cells[0].evaluation["options"]
+    assert [c.prune for c in plain.cells] == [c.prune for c in bf16.cells]  # the prunes are the same
+    assert not {c.key for c in plain.cells} & {c.key for c in bf16.cells}  # their evaluations are not
+
+
 def grid_files(grid: Grid) -> dict[str, float]:
     return {str(p.relative_to(grid.out)): p.stat().st_mtime_ns for p in grid.out.rglob("*") if p.is_file()}
 
@@ -432,6 +443,7 @@ def test_translation_tables_test_chrf_sentence_by_sentence_against_the_baseline(
         ({"verdict": {"kind": "wins"}}, "one of own-language-best"),
         ({"verdict": {"kind": "significant", "baseline": "dense", "columns": ["zh"]}}, "names column 'zh'"),
         ({"verdict": {"kind": "pairs"}}, "needs pairs"),
+        ({"evaluation": {"tasks": ["ppl"], "langs": ["en"], "dtype": "float8"}}, "evaluation: unknown dtype 'float8'"),
     ],
 )
 def test_bad_grid_files_give_one_line_and_exit_2(checkpoint, tiny_corpora, tmp_path, cli, change, message):

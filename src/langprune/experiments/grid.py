@@ -8,8 +8,10 @@ method that reads no calibration) and optionally its own ``settings`` (e.g.
 a ``contrast`` recipe for wanda-contrastive) and ``evaluation`` options (the
 row adds them to its name); a ``method: dense`` entry with ``evaluation``
 options is the dense model evaluated another way (LRP2).
-``evaluation`` names tasks, languages and any option of
-``evaluation.EvalOptions`` (``EVAL_KEYS``). ``settings`` holds the options
+``evaluation`` names tasks, languages, any option of
+``evaluation.EvalOptions`` (``EVAL_KEYS``) and ``dtype``, the dtype the
+evaluation computes in when it differs from the pruning's (bfloat16 scoring
+of a float32 prune). ``settings`` holds the options
 every pruning run shares: any ``langprune prune`` option by its name with
 underscores (``setting_keys()``: nsamples, seqlen, batch_size, shots,
 contrast, tokens, propagate, include, exclude, quantize, profile, owl_m,
@@ -38,7 +40,7 @@ from pathlib import Path
 from .. import calibration
 from ..compress.methods import get_method, method_options
 from ..compress.sparsity import Sparsity
-from ..engine.placement import check_placement
+from ..engine.placement import check_dtype, check_placement
 from ..errors import UserError, did_you_mean
 from ..evaluation import EvalOptions
 from ..evaluation.harness import check_harness_tasks
@@ -64,7 +66,7 @@ TOP_KEYS = set(AXES) | {
 # and its pruning-time perplexity (the grid evaluates through ``evaluation``), plus every method's options.
 # grid run has its own --report-to: a cell's prune and evaluation are logged as one tracker run
 NOT_SETTINGS = {"out", "overwrite", "method_options", "eval_langs", "eval_corpus", "report_to", *AXES.values()}
-EVAL_KEYS = {"tasks", "langs", *(f.name for f in dataclasses.fields(EvalOptions))}
+EVAL_KEYS = {"tasks", "langs", "dtype", *(f.name for f in dataclasses.fields(EvalOptions))}
 
 
 def setting_keys() -> set[str]:
@@ -287,7 +289,7 @@ def _check_axes(path: Path, values: dict, settings: dict) -> None:
 def _evaluation(path: Path, evaluation: dict, settings: dict) -> dict:
     tasks = _as_list(path, evaluation.get("tasks", ["ppl"]), "evaluation tasks")
     langs = _as_list(path, evaluation.get("langs", ["en"]), "evaluation langs")
-    options = {k: v for k, v in evaluation.items() if k not in ("tasks", "langs")}
+    options = {k: v for k, v in evaluation.items() if k not in ("tasks", "langs", "dtype")}
     try:
         for language in langs:
             check_language(language)
@@ -298,4 +300,10 @@ def _evaluation(path: Path, evaluation: dict, settings: dict) -> dict:
     except (UserError, TypeError) as exc:
         raise _mistake(path, str(exc)) from None
     placement = {k: settings.get(k, "auto") for k in ("device", "dtype", "offload")}
+    if "dtype" in evaluation:  # evaluate in another dtype than the prune computes in (bfloat16 scoring)
+        try:
+            check_dtype(evaluation["dtype"])
+        except UserError as exc:
+            raise _mistake(path, f"evaluation: {exc}") from None
+        placement["dtype"] = evaluation["dtype"]
     return {"tasks": list(tasks), "langs": list(langs), "options": options, **placement}
