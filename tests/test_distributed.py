@@ -68,7 +68,9 @@ def block_tensors(run: Path) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method", [["--method", "wanda", "--profile", "owl"], ["--method", "sparsegpt"]])
+@pytest.mark.parametrize(
+    "method", [["--method", "wanda", "--profile", "owl"], ["--method", "sparsegpt"], ["--method", "ria"]]
+)
 def test_two_ranks_prune_as_one_process_does(llama, tmp_path, cli, method):
     from langprune.runs.folder import load_masks, load_report
 
