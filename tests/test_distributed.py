@@ -108,6 +108,33 @@ def test_two_ranks_evaluate_as_one_process_does(llama, tmp_path, cli, tiny_corpo
     assert len(one["tasks"]["multiemo"]["fr"]["items"]) == 13
 
 
+def close(a, b, rel: float = 1e-9) -> bool:
+    """Equal JSON values, floats within ``rel`` (sums taken in another order)."""
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(close(a[k], b[k], rel) for k in a)
+    if isinstance(a, list):
+        return isinstance(b, list) and len(a) == len(b) and all(close(x, y, rel) for x, y in zip(a, b))
+    if isinstance(a, float) and isinstance(b, float):
+        return a == pytest.approx(b, rel=rel, abs=1e-12)
+    return a == b
+
+
+@pytest.mark.slow
+def test_two_ranks_count_lape_neurons_as_one_process_does(llama, tmp_path, cli, tiny_corpora):
+    env = {"LANGPRUNE_CACHE": str(tiny_corpora)}
+    args = ["analyze", "lape", "--model", llama, "--langs", "en,fr,de", "--seqlen", 24, "--batch-size", 16,
+            "--device", "cpu"]  # fmt: skip
+    assert cli(*args, "--out", tmp_path / "one").returncode == 0
+    result = torchrun(*args, "--out", tmp_path / "two", env=env)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.count("wrote ") == 1
+    one, two = (json.loads((tmp_path / side / "analysis.json").read_text()) for side in ("one", "two"))
+    for side in (one, two):
+        for key in ("provenance", "seconds", "settings"):
+            side.pop(key)
+    assert close(one, two)
+
+
 @pytest.mark.slow
 def test_more_ranks_than_batches_is_one_error_per_rank(llama, tmp_path):
     out = tmp_path / "run"

@@ -623,10 +623,13 @@ def _analysis_command(cls, typer_app: typer.Typer) -> None:
     """``langprune analyze NAME``: options made from the analysis' settings, its summary printed after it runs."""
     from . import settings as settings_module
     from .analysis import run_analysis
+    from .engine.distributed import leader_process
 
     def run(analysis) -> None:
         with _reporting() as reporter:
             result = run_analysis(analysis, reporter)
+        if not leader_process():
+            return  # rank 0 of a torchrun launch speaks for the run
         for line in cls.summary(result):
             console.print(line, highlight=False)
         console.print(f"wrote {analysis.out} ({result['seconds']:.1f} s)")

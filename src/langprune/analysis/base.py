@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import gc
 import math
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +27,8 @@ from typing import ClassVar
 
 from .. import calibration
 from ..data import get_corpus
-from ..engine.placement import PlacementSettings
+from ..engine import distributed
+from ..engine.placement import PlacementSettings, resolve_device
 from ..errors import UserError, check_at_least
 from ..languages import check_language
 from ..models import load_model
@@ -122,7 +124,8 @@ class TextAnalysis(ModelAnalysis):
         found, batches = {}, None
         labels = [self.model] + [Path(run).name for run in self.pruned]
         for label, source in zip(labels, [self.model, *map(str, self.pruned)]):
-            model, tokenizer = load_model(source, self.dtype, self.device, self.offload)
+            device = distributed.rank_device(resolve_device(self.device))
+            model, tokenizer = load_model(source, self.dtype, device, self.offload)
             if batches is None:
                 batches = sentence_batches(
                     tokenizer, list(self.langs), self.corpus, self.limit, self.seqlen, self.batch_size
@@ -148,9 +151,21 @@ def register(cls: type[Analysis]) -> type[Analysis]:
 
 
 def run_analysis(analysis: Analysis, reporter: Reporter | None = None) -> dict:
-    """Validate, compute, write ``analysis.json`` and the figures into ``analysis.out``; returns the result."""
-    reporter = reporter or Reporter()
+    """Validate, compute, write ``analysis.json`` and the figures into ``analysis.out``; returns the result.
+
+    Under torchrun every rank computes (LAPE splits its sentence batches over the ranks and sums the counts;
+    the other analyses run whole on each rank) and rank 0 writes.
+    """
     analysis.validate()
+    device = resolve_device(getattr(analysis, "device", "cpu"))
+    with distributed.session(os.environ.get("LANGPRUNE_DIST_BACKEND", "auto"), device) as world:
+        distributed.check_agreement(analysis.record())
+        result = _analyse(analysis, (reporter or Reporter()) if world.leader else Reporter(), world.leader)
+        distributed.barrier("rank 0 wrote the analysis")
+    return result
+
+
+def _analyse(analysis: Analysis, reporter: Reporter, write: bool) -> dict:
     start = time.perf_counter()
     result = analysis.compute(reporter)
     result = {
@@ -165,7 +180,8 @@ def run_analysis(analysis: Analysis, reporter: Reporter | None = None) -> dict:
         write_json_atomic(partial / RESULT_FILE, result)
         type(analysis).draw(result, partial)
 
-    publish_folder(Path(analysis.out), analysis.overwrite, fill)
+    if write:
+        publish_folder(Path(analysis.out), analysis.overwrite, fill)
     return result
 
 

@@ -31,6 +31,7 @@ from torch import nn
 
 from ..engine import find_blocks, sweep
 from ..engine.architecture import is_prunable
+from ..engine.distributed import all_reduce_sum_, check_share, world
 from ..errors import UserError
 from ..runs import Reporter, load_report
 from ..settings import setting
@@ -112,7 +113,10 @@ def count_neurons(model, batches, languages: list[str], tap: str | None = None, 
         if name.endswith("." + output_layer):
             add("magnitude", block_index(name, blocks_name), inputs.abs(), batch)
 
-    sweep(model, batches, on_input=on_input, taps={tap: on_activation}, progress=progress)
+    check_share(len(batches), "sentence batches")
+    sweep(model, world().share(batches), on_input=on_input, taps={tap: on_activation}, progress=progress)
+    for kind in ("active", "magnitude"):  # under torchrun each rank counted its share of the batches
+        all_reduce_sum_(sums[kind], "summing neuron counts")
     tokens = torch.zeros(len(languages), dtype=torch.float64)
     for batch in batches:
         tokens[column[batch.tag.language]] += int(batch.attention_mask.sum())
