@@ -398,6 +398,7 @@ def runs(checkpoint, tiny_corpora, cli, tmp_path):
     return made
 
 
+@pytest.mark.slow  # 13 s: every analysis end to end with its figures drawn twice
 def test_every_analysis_runs_from_the_cli_and_redraws_from_json(checkpoint, runs, cli, tmp_path):
     done = cli("analyze", "masks", *runs, "--out", tmp_path / "iou")
     assert done.returncode == 0, done.stderr
