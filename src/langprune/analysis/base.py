@@ -123,8 +123,8 @@ class TextAnalysis(ModelAnalysis):
         """Run ``collect(model, batches, tokenizer, progress)`` on every model in turn, on the same sentences."""
         found, batches = {}, None
         labels = [self.model] + [Path(run).name for run in self.pruned]
+        device = distributed.rank_device(resolve_device(self.device))  # this rank's GPU under torchrun
         for label, source in zip(labels, [self.model, *map(str, self.pruned)]):
-            device = distributed.rank_device(resolve_device(self.device))
             model, tokenizer = load_model(source, self.dtype, device, self.offload)
             if batches is None:
                 batches = sentence_batches(
