@@ -16,7 +16,8 @@ same work. ``cloze-bf16`` is the shared scorer on the model loaded with
 ``--dtype bfloat16``; the largest score difference against float32, the
 predictions that changed and both accuracies are printed before the timings
 (the tolerance a grid's ``evaluation: {dtype: bfloat16}`` relies on). Medians
-over --repeat runs.
+over --repeat runs; ``--no-bare`` skips the bare forward, whose full logits at
+every position cost more than the task itself.
 """
 
 from __future__ import annotations
@@ -49,6 +50,9 @@ def main():
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--cases", default="perplexity,cloze-plain,cloze,cloze-bf16", help="which timings to take")
+    parser.add_argument(
+        "--no-bare", action="store_true", help="skip the bare forward reference (full logits at every position: slow)"
+    )
     args = parser.parse_args()
 
     from langprune import load_model
@@ -124,13 +128,16 @@ def main():
             start = time.perf_counter()
             run()
             task_s.append(time.perf_counter() - start)
-            bare_s.append(bare_forward(model, rows, pad, args.batch_size))
-        t, b = statistics.median(task_s), statistics.median(bare_s)
-        print(
-            f"{name:10s} {len(rows):5d} rows {tokens:7d} tokens   task {tokens / t:8.0f} tok/s ({t:6.2f} s)   "
-            f"bare forward {tokens / b:8.0f} tok/s ({b:6.2f} s)   ratio {b / t:.3f}",
-            flush=True,
-        )
+            if not args.no_bare:
+                bare_s.append(bare_forward(model, rows, pad, args.batch_size))
+        t = statistics.median(task_s)
+        line = f"{name:10s} {len(rows):5d} rows {tokens:7d} tokens   task {tokens / t:8.0f} tok/s ({t:6.2f} s)"
+        if bare_s:
+            b = statistics.median(bare_s)
+            line += f"   bare forward {tokens / b:8.0f} tok/s ({b:6.2f} s)   ratio {b / t:.3f}"
+        if name.startswith("cloze"):
+            line += f"   {t / len(prompted):.3f} s per review"
+        print(line, flush=True)
 
 
 if __name__ == "__main__":
