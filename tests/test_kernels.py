@@ -169,3 +169,38 @@ def test_sparsegpt_warns_and_survives_an_indefinite_hessian():
     with pytest.warns(UserWarning):
         pruned, _ = sparsegpt_prune(w, hessian, Sparsity.parse("0.5"), blocksize=8)
     assert torch.isfinite(pruned).all()
+
+
+@pytest.mark.parametrize("permuted", [False, True], ids=["in-order", "act-order"])
+def test_in_place_inverse_factor_equals_the_textbook_one_and_leaves_the_hessian_alone(permuted):
+    """One buffer, factorised in place: U with UᵀU = (H + damp·mean(diag)·I)⁻¹, dead inputs on a unit diagonal,
+    columns permuted as act-order asks; the caller's Hessian is only read. Brute force in float64."""
+    _, x = _layer_problem(cols=24, seed=5)
+    x[:, 3] = 0  # a dead input
+    hessian = 2 * x.T @ x / x.shape[0]
+    before = hessian.clone()
+    dead = torch.diagonal(hessian) == 0
+    perm = torch.randperm(24, generator=torch.Generator().manual_seed(0)) if permuted else None
+    upper = kernels._inverse_cholesky_upper(hessian, 0.01, "layer", dead, perm)
+    assert torch.equal(hessian, before)
+    h = hessian.double().clone()
+    h[3, 3] = 1.0
+    if permuted:
+        h = h[perm][:, perm]
+    h += 0.01 * h.diagonal().mean() * torch.eye(24, dtype=torch.float64)
+    expected = torch.linalg.cholesky(torch.linalg.inv(h), upper=True)
+    assert torch.allclose(upper.double(), expected, rtol=1e-4, atol=1e-5)
+    assert torch.allclose(upper.double().T @ upper.double(), torch.linalg.inv(h), rtol=1e-4, atol=1e-5)
+
+
+def test_in_place_inverse_factor_dampens_more_when_it_must():
+    """A Hessian with a negative eigenvalue fails at 1% dampening; the retry reloads the buffer from the untouched
+    Hessian with ten times the dampening (a warning says so), so the factor is that of the more damped matrix."""
+    q, _ = torch.linalg.qr(torch.randn(12, 12, generator=torch.Generator().manual_seed(1), dtype=torch.float64))
+    eigenvalues = torch.tensor([-0.05] + [1.0] * 11, dtype=torch.float64)
+    hessian = (q @ torch.diag(eigenvalues) @ q.T).float()
+    dead = torch.zeros(12, dtype=torch.bool)
+    with pytest.warns(UserWarning, match="needed dampening 0.1"):
+        upper = kernels._inverse_cholesky_upper(hessian, 0.01, "layer", dead)
+    h = hessian.double() + 0.1 * hessian.double().diagonal().mean() * torch.eye(12, dtype=torch.float64)
+    assert torch.allclose(upper.double().T @ upper.double(), torch.linalg.inv(h), rtol=1e-3, atol=1e-4)

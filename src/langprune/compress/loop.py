@@ -24,7 +24,7 @@ from ..calibration import CalibrationSet
 from ..engine import BlockEngine, LayerFilter, find_blocks, prunable_layers, weight_matrix
 from ..engine.architecture import is_conv1d
 from ..engine.distributed import check_share, world
-from ..engine.memory import return_freed_memory
+from ..engine.memory import all_finite, return_freed_memory
 from ..engine.placement import outside_blocks, placement_of
 from ..engine.statistics import CONTRAST, Hessian, LanguageAggregation, parse_aggregation
 from ..errors import UserError, check_at_least
@@ -85,7 +85,7 @@ def check_shapes(
 def check_finite(layers: dict[str, nn.Module]) -> None:
     """Refuse NaN or infinite weights, naming the layer; run per block, just before its weights are pruned."""
     for name, layer in layers.items():
-        if not bool(torch.isfinite(layer.weight).all()):
+        if not all_finite(layer.weight):
             raise UserError(
                 f"layer {name} has NaN or infinite weights: the checkpoint is broken; "
                 "langprune refuses to prune (and save) it"

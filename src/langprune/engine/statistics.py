@@ -18,6 +18,7 @@ import torch
 from ..errors import UserError
 from .collection import Tag
 from .distributed import all_reduce_sum_, sum_count
+from .memory import all_finite
 
 
 def accumulate_gram_upper_(acc: torch.Tensor, x: torch.Tensor, block: int = 256) -> None:
@@ -154,7 +155,7 @@ class InputStatistic:
         raise NotImplementedError
 
     def _check_finite(self, value: torch.Tensor) -> torch.Tensor:
-        if not torch.isfinite(value).all():
+        if not all_finite(value):
             raise UserError(
                 f"non-finite activations reached {self.name}: the model overflows on the calibration text "
                 "in this dtype; load it in float32 or check the input"
