@@ -110,6 +110,7 @@ def test_disk_offload_holds_one_block_at_a_time(checkpoints):
     placement = model.langprune_placement
     on_meta = lambda block: all(p.device.type == "meta" for p in block.parameters())  # noqa: E731
     assert all(on_meta(block) for block in placement.blocks)
+    assert on_meta(model.lm_head) and not on_meta(model.model.embed_tokens)  # the head waits for its first use
     with placement.hold(1):
         assert not on_meta(placement.blocks[1]) and on_meta(placement.blocks[0])
     assert on_meta(placement.blocks[1])
@@ -119,6 +120,27 @@ def test_disk_offload_holds_one_block_at_a_time(checkpoints):
     with torch.no_grad():
         assert torch.equal(model(ids).logits, resident(ids).logits)
     assert all(on_meta(block) for block in placement.blocks)
+    assert torch.equal(model.lm_head.weight, resident.lm_head.weight)  # read once, then resident
+
+
+def test_disk_offload_prunes_without_reading_the_output_head(checkpoints, tiny_corpora, tmp_path, monkeypatch):
+    """Pruning never runs the head, so with --offload disk it is never read; the run folder still has it, copied
+    from the source; evaluating after the prune reads it."""
+    from safetensors import safe_open
+
+    from langprune.engine.placement import Placement
+
+    reads = []
+    enter = Placement._head_enter
+    monkeypatch.setattr(Placement, "_head_enter", lambda self, m, a: reads.append(1) or enter(self, m, a))
+    folder = checkpoints[("llama", "float32")]
+    prune_to(folder, tmp_path / "run", "wanda", offload="disk")
+    assert reads == []
+    with safe_open(str(folder / "model.safetensors"), "pt") as source:
+        head = source.get_tensor("lm_head.weight")
+    assert torch.equal(saved_tensors(tmp_path / "run")["lm_head.weight"], head)
+    prune_to(folder, tmp_path / "evaluated", "wanda", offload="disk", eval_langs=("en",), eval_corpus="udhr")
+    assert reads
 
 
 def test_pruned_model_reloads_from_the_sharded_checkpoint(checkpoints, tmp_path):

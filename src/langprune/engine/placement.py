@@ -4,9 +4,11 @@
 - ``cpu``: the weights stay in host memory; each decoder block moves to the
   execution device only while it runs (a GPU holds one block at a time).
 - ``disk``: only what lies outside the decoder blocks (embeddings, final
-  norm, head) is loaded; each block is read from the checkpoint's
-  safetensors files when it runs and dropped afterwards. Once a block is
-  pruned and saved, later reads of it come from the saved file.
+  norm) is loaded; each block is read from the checkpoint's safetensors
+  files when it runs and dropped afterwards. Once a block is pruned and
+  saved, later reads of it come from the saved file. A separate (untied)
+  output head is read the first time it runs: pruning never does, so it
+  costs no memory there (1 GB for a Llama-3-8B head in bfloat16).
 
 The block engine asks for a block with ``hold(index)`` (nested holds load it
 once) and pauses the placement while it only records calls (``paused``), so
@@ -160,6 +162,9 @@ class Placement:
             for index, block in enumerate(self.blocks):
                 block.register_forward_pre_hook(self._streaming_enter(index))
                 block.register_forward_hook(self._streaming_leave(index))
+        head = model.get_output_embeddings()
+        if head is not None and any(p.device.type == "meta" for p in head.parameters()):
+            head.register_forward_pre_hook(self._head_enter)  # left unread by ``load_skeleton``
         setattr(model, ATTRIBUTE, self)
 
     def describe(self) -> dict:
@@ -275,6 +280,17 @@ class Placement:
         for name, param in list(block.named_parameters()):
             _set_parameter(block, name, torch.empty(param.shape, dtype=param.dtype, device="meta"))
 
+    def _head_enter(self, module, args) -> None:
+        """Read the output head from the checkpoint the first time it runs (disk offloading leaves it unread)."""
+        if not any(p.device.type == "meta" for p in module.parameters()):
+            return
+        prefix = next(name for name, m in self.model.named_modules() if m is module)
+        for name, _param in list(module.named_parameters()):
+            key = self.key(f"{prefix}.{name}")
+            if key is None:
+                raise _missing([f"{prefix}.{name}"])
+            _set_parameter(module, name, self.checkpoint.read(key, self.dtype, self.device))
+
     def _streaming_enter(self, index):
         def hook(module, args):
             if not self._paused:
@@ -328,12 +344,19 @@ def load_skeleton(config, checkpoint: Checkpoint, device: torch.device, dtype: t
         model = AutoModelForCausalLM.from_config(config, dtype=dtype)
     blocks_name, _ = find_blocks(model)
     prefix = getattr(model, "base_model_prefix", "")
+    head = model.get_output_embeddings()
+    head_name = next((name for name, m in model.named_modules() if m is head), None) if head is not None else None
+    in_head = lambda name: head_name is not None and name.startswith(head_name + ".")  # noqa: E731
     for name, _param in outside_blocks(model, blocks_name):
         key = checkpoint.key_for(name, prefix)
-        if key is not None:
+        if key is not None and not in_head(name):  # the head: read when it first runs (Placement._head_enter)
             _set_parameter(model, name, checkpoint.read(key, dtype, device))
-    model.tie_weights()
-    missing = [name for name, p in outside_blocks(model, blocks_name) if p.device.type == "meta"]
+    model.tie_weights()  # a tied head is the embedding, read above
+    missing = [
+        name
+        for name, p in outside_blocks(model, blocks_name)
+        if p.device.type == "meta" and not (in_head(name) and checkpoint.key_for(name, prefix) is not None)
+    ]
     if missing:
         raise _missing(missing)
     for module in model.modules():
