@@ -103,19 +103,17 @@ def _inverse_cholesky_upper(
     info = torch.empty((), dtype=torch.int32, device=hessian.device)
     rows = max(1, (1 << 22) // n)
 
+    base_diagonal = torch.diagonal(hessian).to(torch.float32).masked_fill(dead, 1.0)
+    if perm is not None:
+        base_diagonal = base_diagonal[perm]
+
     def load(work: torch.Tensor, damp_total: float) -> None:
         for start in range(0, n, rows):  # a slice of rows at a time: permuting never copies the whole matrix
             index = slice(start, start + rows) if perm is None else perm[start : start + rows]
             chunk = hessian[index]
             work[start : start + rows] = chunk if perm is None else chunk[:, perm]
-        diagonal = work.diagonal()
-        diagonal[dead if perm is None else dead[perm]] = 1.0
-        diagonal.add_(damp_total)
+        work.diagonal().copy_(base_diagonal).add_(damp_total)
 
-    base_diagonal = torch.diagonal(hessian).to(torch.float32).clone()
-    base_diagonal[dead] = 1.0
-    if perm is not None:
-        base_diagonal = base_diagonal[perm]
     mean_diag = abs(base_diagonal.mean().item()) or 1.0
     damp = percdamp
     for attempt in range(6):

@@ -284,7 +284,7 @@ class Placement:
         """Read the output head from the checkpoint the first time it runs (disk offloading leaves it unread)."""
         if not any(p.device.type == "meta" for p in module.parameters()):
             return
-        prefix = next(name for name, m in self.model.named_modules() if m is module)
+        prefix = _module_name(self.model, module)
         for name, _param in list(module.named_parameters()):
             key = self.key(f"{prefix}.{name}")
             if key is None:
@@ -331,6 +331,10 @@ def move_outside_blocks(model: nn.Module, device: torch.device) -> None:
                 tensor.data = tensor.data.to(device)
 
 
+def _module_name(model: nn.Module, module: nn.Module) -> str:
+    return next(name for name, m in model.named_modules() if m is module)
+
+
 def load_skeleton(config, checkpoint: Checkpoint, device: torch.device, dtype: torch.dtype) -> nn.Module:
     """A model whose decoder blocks hold no memory (meta tensors) and whose other weights come from ``checkpoint``.
 
@@ -345,7 +349,7 @@ def load_skeleton(config, checkpoint: Checkpoint, device: torch.device, dtype: t
     blocks_name, _ = find_blocks(model)
     prefix = getattr(model, "base_model_prefix", "")
     head = model.get_output_embeddings()
-    head_name = next((name for name, m in model.named_modules() if m is head), None) if head is not None else None
+    head_name = _module_name(model, head) if head is not None else None
     in_head = lambda name: head_name is not None and name.startswith(head_name + ".")  # noqa: E731
     for name, _param in outside_blocks(model, blocks_name):
         key = checkpoint.key_for(name, prefix)
