@@ -246,6 +246,25 @@ def test_cuda_matches_cpu(checkpoints, tmp_path, offload):
     assert agree >= 0.999
 
 
+@pytest.mark.cuda
+@pytest.mark.skipif(not GPU, reason=NO_GPU)
+def test_cpu_offload_on_a_gpu_copies_the_next_block_in_ahead_and_streams_the_same_logits(checkpoints, monkeypatch):
+    from langprune.engine.placement import Placement
+    from langprune.models import load_model
+
+    folder = str(checkpoints[("llama", "float32")])
+    copies = []
+    copy_in = Placement._copy_in
+    monkeypatch.setattr(Placement, "_copy_in", lambda self, index: copies.append(index) or copy_in(self, index))
+    model, _ = load_model(folder, device="cuda", offload="cpu")
+    resident, _ = load_model(folder, device="cuda", offload="none")
+    ids = token_ids(2, 10).cuda()
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids).logits, resident(ids).logits)
+    assert copies == list(range(len(model.langprune_placement.blocks)))  # each block once, read ahead
+    assert all(p.device.type == "cpu" for block in model.langprune_placement.blocks for p in block.parameters())
+
+
 @pytest.mark.skipif(GPU, reason="this machine has a GPU: the no-GPU error cannot happen here")
 def test_cuda_without_a_gpu_is_one_line(cli, checkpoint, tmp_path):
     result = cli(

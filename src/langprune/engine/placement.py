@@ -2,7 +2,8 @@
 
 - ``none``: the whole model sits on the execution device.
 - ``cpu``: the weights stay in host memory; each decoder block moves to the
-  execution device only while it runs (a GPU holds one block at a time).
+  execution device only while it runs (a GPU holds one block at a time, two
+  while the next one is copied in).
 - ``disk``: only what lies outside the decoder blocks (embeddings, final
   norm) is loaded; each block is read from the checkpoint's safetensors
   files when it runs and dropped afterwards. Once a block is pruned and
@@ -17,9 +18,13 @@ overlap with computing: while block k runs, block k+1 is read on a
 background I/O thread (``prefetch``), and a pruned block is written there
 too (``behind``), while the next one computes. The thread runs its tasks in
 the order given, so block k+2 is read only once block k is written: at most
-two blocks are resident. A plain forward pass (scoring,
-generation, lm-evaluation-harness) streams the blocks through forward
-hooks. Every model that langprune loads carries its placement
+two blocks are resident. With ``cpu`` on a GPU, the same thread copies block
+k+1 to the device on a CUDA stream of its own while block k computes; the
+block's first kernel waits on that copy's event, not the host. Its copy
+back to host memory stays synchronous (tens of milliseconds a block over
+PCIe, and the pruned weights must be in host memory before anything reads
+them). A plain forward pass (scoring, generation, lm-evaluation-harness)
+streams the blocks through forward hooks, reading one block ahead too. Every model that langprune loads carries its placement
 (``placement_of``); a model built in code gets a resident one.
 """
 
@@ -158,6 +163,9 @@ class Placement:
         self._io: ThreadPoolExecutor | None = None  # the background reader and writer (disk offloading)
         self._queued: list[Future] = []
         self._prefetched: dict[int, Future] = {}
+        # offload cpu on a GPU: block k+1's copy to the device runs on this stream while block k computes
+        self._copies = torch.cuda.Stream(self.device) if offload == "cpu" and self.device.type == "cuda" else None
+        self._host: dict[int, dict[str, torch.Tensor]] = {}  # a resident block's weights in host memory
         if offload != "none":
             for index, block in enumerate(self.blocks):
                 block.register_forward_pre_hook(self._streaming_enter(index))
@@ -213,12 +221,14 @@ class Placement:
             self.checkpoint = Checkpoint(folder)
 
     def prefetch(self, index: int) -> None:
-        """Start reading block ``index`` in the background (disk offloading), unless it is resident or on its way."""
-        if self.offload != "disk" or not 0 <= index < len(self.blocks):
+        """Start bringing block ``index`` in the background (read from disk, or copied from host memory to a GPU),
+        unless it is resident or on its way; otherwise nothing."""
+        if not 0 <= index < len(self.blocks) or self._holds[index] or index in self._prefetched:
             return
-        if self._holds[index] or index in self._prefetched:
-            return
-        self._prefetched[index] = self._submit(lambda: self._read(index))
+        if self.offload == "disk":
+            self._prefetched[index] = self._submit(lambda: self._read(index))
+        elif self._copies is not None:
+            self._prefetched[index] = self._submit(lambda: self._copy_in(index))
 
     def behind(self, task: Callable[[], None]) -> None:
         """Run ``task`` (writing a finished block) on the I/O thread after what is queued, so the next block computes
@@ -256,7 +266,16 @@ class Placement:
     def _load(self, index: int) -> None:
         block = self.blocks[index]
         if self.offload == "cpu":
-            block.to(self.device)
+            if self._copies is not None:
+                pending = self._prefetched.pop(index, None)
+                tensors, copied = pending.result() if pending is not None else self._copy_in(index)
+                stream = torch.cuda.current_stream(self.device)
+                stream.wait_event(copied)  # the GPU waits for the copy; the host goes on queueing work
+                self._host[index] = {name: p.data for name, p in block.named_parameters()}
+                for name, tensor in tensors.items():
+                    tensor.record_stream(stream)  # made on the copy stream, used and freed on this one
+                    _set_parameter(block, name, tensor)
+            block.to(self.device)  # buffers (and, without a copy stream, the weights)
             return
         pending = self._prefetched.pop(index, None)
         for name, tensor in (pending.result() if pending is not None else self._read(index)).items():
@@ -272,9 +291,24 @@ class Placement:
         tensors = self.checkpoint.read_many(list(keys.values()), self.dtype, self.device)
         return {name: tensors[key] for name, key in keys.items()}
 
+    def _copy_in(self, index: int) -> tuple[dict[str, torch.Tensor], torch.cuda.Event]:
+        """Block ``index``'s weights copied to the GPU on the copy stream, and the event that marks the copy done."""
+        with torch.cuda.stream(self._copies):
+            tensors = {
+                name: p.data.to(self.device, non_blocking=True) for name, p in self.blocks[index].named_parameters()
+            }
+            copied = torch.cuda.Event()
+            copied.record(self._copies)
+        return tensors, copied
+
     def _unload(self, index: int) -> None:
         block = self.blocks[index]
         if self.offload == "cpu":
+            host = self._host.pop(index, {})
+            for name, param in list(block.named_parameters()):
+                if name in host and host[name].shape == param.shape and host[name].dtype == param.dtype:
+                    host[name].copy_(param.data)  # the pruned weights, back where they live
+                    _set_parameter(block, name, host[name])
             block.to("cpu")
             return
         for name, param in list(block.named_parameters()):
@@ -295,6 +329,7 @@ class Placement:
         def hook(module, args):
             if not self._paused:
                 self._acquire(index)
+                self.prefetch(index + 1)  # brought in while this block computes
 
         return hook
 
