@@ -370,3 +370,30 @@ def test_harness_bridge_runs_a_local_task_file_on_the_model_in_memory(tmp_path, 
     assert accuracy == pytest.approx(sum(best == r["answer"] for r in rows) / 6)
     with pytest.raises(UserError, match="knows no task"):
         harness_evaluate(model, tok, ["no_such_task"], tmp_path / "tasks")
+
+
+def test_translation_directions_choose_which_pairs_are_translated(tiny_corpora, tok):
+    from langprune.evaluation.runner import plan
+
+    def keys(directions):
+        settings = EvalOptions(limit=2, translation_corpus="udhr", translation_directions=directions)
+        return sorted(job.key for job in plan(["translation"], ["fr", "de"], settings)[0])
+
+    assert keys(None) == ["de-en", "en-de", "en-fr", "fr-en"]  # the task's own: both
+    assert keys(("to-en",)) == ["de-en", "fr-en"]
+    assert keys("from-en") == ["en-de", "en-fr"]  # a grid file's single word
+    model = tiny_model("llama")
+    results = evaluate(
+        model,
+        tok,
+        ["translation"],
+        ["fr"],
+        EvalOptions(limit=2, translation_corpus="udhr", translation_directions=("to-en",)),
+    )
+    assert set(results["tasks"]["translation"]) == {"fr-en"}
+
+
+@pytest.mark.parametrize("directions", [("into-en",), ()])
+def test_an_unknown_translation_direction_is_refused(directions):
+    with pytest.raises(UserError, match="use to-en, from-en or to-en,from-en"):
+        EvalOptions(translation_directions=directions)

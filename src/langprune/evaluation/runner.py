@@ -20,7 +20,7 @@ from .harness import harness_evaluate
 from .lrp2 import language_projection, projected, search_layers
 from .rankc import rankc, rankings_of
 from .tasks import GROUPS, TaskSpec, catalog, select, with_overrides
-from .translation import directions
+from .translation import check_directions, directions
 from .types import TASK_TYPES
 
 
@@ -40,6 +40,11 @@ class EvalOptions:
     corpus: str | None = setting(None, "Corpus for ppl and fidelity (default: udhr).")
     translation_corpus: str | None = setting(
         None, "Parallel corpus for translation (default: flores if fetched, else libreoffice-help).", flag="mt-corpus"
+    )
+    translation_directions: tuple[str, ...] | None = setting(
+        None,
+        "Translation directions, comma-separated: to-en, from-en or both (default: the task's own, both).",
+        flag="mt-directions",
     )
     skip_missing: bool = setting(False, "Skip (and record) tasks without data for a language instead of failing.")
     lrp2: bool = setting(
@@ -69,6 +74,9 @@ class EvalOptions:
             ("--num-fewshot", self.num_fewshot, 0),
         ):
             check_at_least(option, value, minimum)
+        if isinstance(self.translation_directions, str):  # a grid file may give one direction as a word
+            self.translation_directions = tuple(self.translation_directions.split(","))
+        check_directions(self.translation_directions)
         harness_only = {
             "--num-fewshot": self.num_fewshot is not None,
             "--log-samples": self.log_samples,
@@ -92,7 +100,10 @@ def plan(names: list[str], languages: list[str], settings: EvalOptions) -> tuple
     """Jobs for every task and language that has data; the rest is an error, or skipped with ``skip_missing``."""
     for language in languages:
         check_language(language)
-    tasks = [with_overrides(t, settings.corpus, settings.translation_corpus) for t in select(names)]
+    tasks = [
+        with_overrides(t, settings.corpus, settings.translation_corpus, settings.translation_directions)
+        for t in select(names)
+    ]
     if any(t.type == "rankc" for t in tasks) and not any(t.type == "cloze" for t in tasks):
         tasks += select(["cloze"])  # RankC ranks the labels of cloze tasks
     jobs, missing = [], []

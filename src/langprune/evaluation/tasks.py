@@ -52,8 +52,15 @@ def catalog() -> dict[str, TaskSpec]:
     return tasks
 
 
-def with_overrides(task: TaskSpec, text_corpus: str | None, translation_corpus: str | None) -> TaskSpec:
-    """The task reading a user-chosen corpus: ``text_corpus`` for ppl and fidelity, ``translation_corpus`` for translation."""
+def with_overrides(
+    task: TaskSpec, text_corpus: str | None, translation_corpus: str | None, translation_directions=None
+) -> TaskSpec:
+    """The task reading a user-chosen corpus (``text_corpus`` for ppl and fidelity, ``translation_corpus`` for
+    translation), and translating in the chosen directions only."""
+    if task.type == "translation" and translation_directions:
+        task = TaskSpec(
+            task.name, task.type, task.corpora, {**task.options, "directions": list(translation_directions)}
+        )
     corpus = {"perplexity": text_corpus, "fidelity": text_corpus, "translation": translation_corpus}.get(task.type)
     if corpus is None:
         return task

@@ -25,6 +25,16 @@ from ..text import demonstration_ids, encode, pad_id
 from .tasks import TaskSpec
 
 BLEU_TOKENIZER = {"zh": "zh", "ja": "char", "th": "char", "ko": "char"}
+DIRECTIONS = ("to-en", "from-en")
+
+
+def check_directions(chosen) -> None:
+    """None (the task's own) or a non-empty choice of ``to-en`` and ``from-en``."""
+    if chosen is None:
+        return
+    unknown = [d for d in chosen if d not in DIRECTIONS]
+    if unknown or not chosen:
+        raise UserError(f"unknown translation direction {(unknown or [''])[0]!r}: use to-en, from-en or to-en,from-en")
 
 
 def directions(task: TaskSpec, language: str) -> list[tuple[str, str]]:

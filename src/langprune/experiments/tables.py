@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from ..errors import UserError, did_you_mean
 from ..evaluation.rankc import consistencies, rankings_of
 from ..evaluation.significance import accuracy_test, perplexity_test, translation_tests
-from ..evaluation.tasks import TaskSpec, catalog, select
+from ..evaluation.tasks import TaskSpec, catalog, select, with_overrides
 from ..evaluation.translation import directions
 from ..evaluation.types import TASK_TYPES, Metric
 from ..runs.folder import load_eval
@@ -103,6 +103,7 @@ def _configured_keys(cell: Cell, task: TaskSpec) -> list[str]:
     """The evaluation keys a cell will have for the task: its languages, or translation directions."""
     langs = cell.evaluation.get("langs") or []
     if task.type == "translation":
+        task = with_overrides(task, None, None, (cell.evaluation.get("options") or {}).get("translation_directions"))
         return [f"{s}-{t}" for lang in langs for s, t in directions(task, lang)]
     return [str(lang) for lang in langs]
 
