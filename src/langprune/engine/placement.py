@@ -268,6 +268,8 @@ class Placement:
         if self.offload == "cpu":
             if self._copies is not None:
                 pending = self._prefetched.pop(index, None)
+                if pending is None:  # a copy left by a forward pass cut short may predate edits to the host weights
+                    self._prefetched.clear()
                 tensors, copied = pending.result() if pending is not None else self._copy_in(index)
                 stream = torch.cuda.current_stream(self.device)
                 stream.wait_event(copied)  # the GPU waits for the copy; the host goes on queueing work
