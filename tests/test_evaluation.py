@@ -393,7 +393,7 @@ def test_translation_directions_choose_which_pairs_are_translated(tiny_corpora, 
     assert set(results["tasks"]["translation"]) == {"fr-en"}
 
 
-@pytest.mark.parametrize("directions", [("into-en",), ()])
+@pytest.mark.parametrize("directions", [("into-en",), ("to-en", "both")])
 def test_an_unknown_translation_direction_is_refused(directions):
     with pytest.raises(UserError, match="use to-en, from-en or to-en,from-en"):
         EvalOptions(translation_directions=directions)

@@ -30,10 +30,10 @@ DIRECTIONS = ("to-en", "from-en")
 
 def check_directions(chosen) -> None:
     """None (the task's own) or a non-empty choice of ``to-en`` and ``from-en``."""
-    if chosen is None:
+    if not chosen:  # unset (the command line gives an empty tuple): the task's own
         return
     unknown = [d for d in chosen if d not in DIRECTIONS]
-    if unknown or not chosen:
+    if unknown:
         raise UserError(f"unknown translation direction {(unknown or [''])[0]!r}: use to-en, from-en or to-en,from-en")
 
 
