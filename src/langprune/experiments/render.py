@@ -161,6 +161,7 @@ def _heatmap(table: dict, png: Path | None) -> str:
                     axis.text(j, i, "–", ha="center", va="center", fontsize=7, color="grey")
         figure.colorbar(image, ax=axis, label=table["metric"])
     partial = partial_path(Path(png))
-    figure.savefig(partial, format="png", dpi=130)
+    # tight: a narrow table (two columns) would otherwise clip its section title
+    figure.savefig(partial, format="png", dpi=130, bbox_inches="tight")
     partial.replace(png)
     return str(png)
