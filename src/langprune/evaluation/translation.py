@@ -29,12 +29,12 @@ DIRECTIONS = ("to-en", "from-en")
 
 
 def check_directions(chosen) -> None:
-    """None (the task's own) or a non-empty choice of ``to-en`` and ``from-en``."""
+    """Unset (None or empty: the task's own) or a choice of ``to-en`` and ``from-en``."""
     if not chosen:  # unset (the command line gives an empty tuple): the task's own
         return
     unknown = [d for d in chosen if d not in DIRECTIONS]
     if unknown:
-        raise UserError(f"unknown translation direction {(unknown or [''])[0]!r}: use to-en, from-en or to-en,from-en")
+        raise UserError(f"unknown translation direction {unknown[0]!r}: use to-en, from-en or to-en,from-en")
 
 
 def directions(task: TaskSpec, language: str) -> list[tuple[str, str]]:
