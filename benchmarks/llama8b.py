@@ -1,6 +1,7 @@
 """A Llama-3-8B-shaped run on this machine: peak RSS, wall time and time per block of pruning with --offload disk.
 
     python benchmarks/llama8b.py [--methods wanda,sparsegpt] [--nsamples 4] [--seqlen 128] [--blocks 32] [--build-only]
+    python benchmarks/llama8b.py --blocks 2 --timeline DIR    # where the peak goes: DIR/<method>.json and .png
 
 The checkpoint has Llama-3-8B's shapes (32 blocks, hidden 4096, FFN 14336,
 GQA 32/8 heads, vocabulary 128256) with random bfloat16 weights: about
@@ -14,6 +15,8 @@ The aim: peak RSS below 4 GB, whatever the model's 16 GB. ``--blocks N``
 builds and prunes the same widths with N blocks instead of 32 (its own cache
 folder): offloading keeps at most two blocks resident, so the peak RSS of a
 short model is the full model's, in minutes instead of an hour.
+``--timeline DIR`` also records RSS against the run's phases and prints
+the measured components of the peak (see ``rss_timeline.py``).
 """
 
 from __future__ import annotations
@@ -98,9 +101,13 @@ def write_shaped_checkpoint(folder: Path, shape: dict, dtype: torch.dtype = torc
     return folder
 
 
-def run_one(folder: str, method: str, nsamples: int, seqlen: int) -> dict:
-    """One offloaded prune in this process: wall time, pruning time, time per block, peak RSS."""
+def run_one(folder: str, method: str, nsamples: int, seqlen: int, timeline: Path | None = None) -> dict:
+    """One offloaded prune in this process: wall time, pruning time, time per block, peak RSS; with ``timeline`` (a
+    folder), also the RSS timeline and its breakdown, written to ``<timeline>/<method>.json`` and ``.png``."""
+    from contextlib import nullcontext
+
     from prune_speed import PeakRSS
+    from rss_timeline import Timeline, breakdown, draw, probed
 
     from langprune import PruneSettings, run_prune
 
@@ -117,11 +124,21 @@ def run_one(folder: str, method: str, nsamples: int, seqlen: int) -> dict:
             batch_size=nsamples,
             offload="disk",
         )
-        with PeakRSS() as rss:
+        recorder = Timeline() if timeline else None
+        with recorder or PeakRSS() as rss, probed(recorder) if recorder else nullcontext():
             start = time.perf_counter()
             report = run_prune(settings)
             seconds = time.perf_counter() - start
     blocks = json.loads((Path(folder) / "config.json").read_text())["num_hidden_layers"]
+    parts = None
+    if recorder:
+        record = {"title": f"{method}, {Path(folder).name}, --offload disk", **recorder.to_json()}
+        parts = breakdown(record)
+        timeline.mkdir(parents=True, exist_ok=True)
+        partial = timeline / f"{method}.json.partial"
+        partial.write_text(json.dumps({**record, "breakdown": parts}))
+        partial.rename(timeline / f"{method}.json")
+        draw(record, timeline / f"{method}.png")
     return {
         "method": method,
         "seconds": seconds,
@@ -129,10 +146,13 @@ def run_one(folder: str, method: str, nsamples: int, seqlen: int) -> dict:
         "seconds_per_block": report["seconds"] / blocks,
         "rss_peak_mb": rss.peak / 2**20,
         "placement": report["placement"],
+        "breakdown": parts,
     }
 
 
 def main():
+    from rss_timeline import describe
+
     from langprune.storage import cache_dir
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -141,10 +161,11 @@ def main():
     parser.add_argument("--seqlen", type=int, default=128)
     parser.add_argument("--blocks", type=int, default=LLAMA_3_8B["num_hidden_layers"], help="decoder blocks")
     parser.add_argument("--build-only", action="store_true")
+    parser.add_argument("--timeline", type=Path, help="folder for each method's RSS timeline (JSON, PNG)")
     parser.add_argument("--one", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
-        print(json.dumps(run_one(args.one[0], args.one[1], args.nsamples, args.seqlen)))
+        print(json.dumps(run_one(args.one[0], args.one[1], args.nsamples, args.seqlen, args.timeline)))
         return
     shape = {**LLAMA_3_8B, "num_hidden_layers": args.blocks}
     full = args.blocks == LLAMA_3_8B["num_hidden_layers"]
@@ -158,6 +179,8 @@ def main():
     for method in args.methods.split(","):
         command = [sys.executable, __file__, "--one", str(folder), method, "--nsamples", str(args.nsamples),
                    "--seqlen", str(args.seqlen)]  # fmt: skip
+        if args.timeline:
+            command += ["--timeline", str(args.timeline.resolve())]
         done = subprocess.run(command, capture_output=True, text=True, check=True)
         r = json.loads(done.stdout.strip().splitlines()[-1])
         print(
@@ -166,6 +189,8 @@ def main():
             f"the model is {on_disk / 2**30:.1f} GB), {args.nsamples} x {args.seqlen} calibration tokens",
             flush=True,
         )
+        if r["breakdown"]:
+            print(describe(r["breakdown"]), flush=True)
         if not math.isfinite(r["rss_peak_mb"]):
             raise SystemExit("no peak RSS was sampled")
 
