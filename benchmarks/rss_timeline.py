@@ -41,12 +41,18 @@ LANES = ["outside blocks", "resident", "read", "compress", "write", "finish"]
 
 
 class Timeline:
-    """RSS samples (seconds, bytes) every ``period`` seconds and labelled intervals, both from one clock."""
+    """RSS samples (seconds, bytes, file-backed bytes) every ``period`` seconds and labelled intervals, one clock.
+
+    The file-backed part is the RSS of mapped files (``shared`` in ``/proc/self/statm``): the shared libraries'
+    code (torch's alone is a few hundred MB) and the checkpoint, which safetensors maps, so a block's weights read
+    from disk count as file pages until they are written to. Those pages are clean: the kernel can drop them under
+    pressure, unlike the anonymous rest.
+    """
 
     def __init__(self, period: float = 0.005):
         self.process, self.period = psutil.Process(), period
-        # two flat arrays (16 bytes a sample), so an hour's samples add a few MB to the RSS they measure
-        self.times, self.values = array("d"), array("q")
+        # flat arrays (24 bytes a sample), so an hour's samples add a few MB to the RSS they measure
+        self.times, self.values, self.files = array("d"), array("q"), array("q")
         self.intervals: list[dict] = []
         self._stop, self._lock, self._open = threading.Event(), threading.Lock(), {}
 
@@ -56,10 +62,15 @@ class Timeline:
     def rss(self) -> int:
         return self.process.memory_info().rss
 
+    def _record(self, at: float) -> None:
+        info = self.process.memory_info()
+        self.times.append(at)
+        self.values.append(info.rss)
+        self.files.append(info.shared)
+
     def __enter__(self):
         self.start = time.perf_counter()
-        self.times.append(0.0)
-        self.values.append(self.rss())
+        self._record(0.0)
         self._thread = threading.Thread(target=self._sample, daemon=True)
         self._thread.start()
         return self
@@ -70,8 +81,7 @@ class Timeline:
 
     def _sample(self):
         while not self._stop.is_set():
-            self.times.append(self.now())
-            self.values.append(self.rss())
+            self._record(self.now())
             time.sleep(self.period)
 
     def begin(self, label: str, detail: str) -> dict:
@@ -87,7 +97,7 @@ class Timeline:
         return max(self.values)
 
     def to_json(self) -> dict:
-        samples = [[round(t, 4), rss] for t, rss in zip(self.times, self.values)]
+        samples = [[round(t, 4), rss, file] for t, rss, file in zip(self.times, self.values, self.files)]
         return {"samples": samples, "intervals": sorted(self.intervals, key=lambda i: i["start"])}
 
 
@@ -156,7 +166,7 @@ def probed(timeline: Timeline):
 
 
 def _max_within(samples, start: float, end: float, fallback: int) -> int:
-    inside = [rss for t, rss in samples if start <= t <= end]
+    inside = [sample[1] for sample in samples if start <= sample[0] <= end]
     return max(inside, default=fallback)
 
 
@@ -175,7 +185,9 @@ def breakdown(record: dict) -> dict:
         ]
         return max(rises, default=(0, ""))
 
-    peak_time, peak = max(samples, key=lambda s: s[1])
+    peak_time, peak, *file_at_peak = max(samples, key=lambda s: s[1])
+    # the file-backed column (absent in a two-column record): what of the RSS is mapped checkpoint pages
+    anonymous = [s[1] - s[2] for s in samples if len(s) > 2]
     skeleton = by_label.get("outside blocks", [])
     reads = [i["rss_end"] - i["rss_start"] for i in by_label.get("read", [])]
     compress_rise, compress_group = transient("compress")
@@ -183,6 +195,8 @@ def breakdown(record: dict) -> dict:
     return {
         "peak_mb": peak / mb,
         "peak_at_s": peak_time,
+        "file_backed_at_peak_mb": file_at_peak[0] / mb if file_at_peak else None,
+        "anonymous_peak_mb": max(anonymous) / mb if anonymous else None,
         "open_at_peak": [
             f"{i['label']} {i['detail']}".strip() for i in intervals if i["start"] <= peak_time <= i["end"]
         ],
@@ -224,6 +238,15 @@ def describe(parts: dict) -> str:
         [
             f"  peak RSS {parts['peak_mb'] / 1024:.2f} GB at {parts['peak_at_s']:.1f} s, open then: "
             f"{', '.join(parts['open_at_peak']) or 'nothing probed'}",
+            *(
+                [
+                    f"  of the peak, file-backed pages (shared libraries, mapped checkpoint pages): "
+                    f"{parts['file_backed_at_peak_mb']:.0f} MB; the anonymous RSS peaked at "
+                    f"{parts['anonymous_peak_mb'] / 1024:.2f} GB"
+                ]
+                if parts.get("anonymous_peak_mb") is not None
+                else []
+            ),
             f"  before the model loads (python, torch, transformers, tokenizer): {parts['before_model_mb']:.0f} MB",
             f"  weights outside the blocks (embeddings, final norm): +{parts['outside_blocks_mb']:.0f} MB",
             f"  one block's read (median of {parts['reads']}): +{parts['block_read_median_mb']:.0f} MB; at most "
@@ -245,8 +268,11 @@ def draw(record: dict, path: Path) -> Path:
     figure, (top, lanes) = plt.subplots(
         2, 1, sharex=True, figsize=(10, 5.5), gridspec_kw={"height_ratios": [3, 2]}, constrained_layout=True
     )
-    times = [t for t, _ in record["samples"]]
-    top.plot(times, [rss / 2**30 for _, rss in record["samples"]], linewidth=0.8)
+    times = [s[0] for s in record["samples"]]
+    top.plot(times, [s[1] / 2**30 for s in record["samples"]], linewidth=0.8, label="RSS")
+    if all(len(s) > 2 for s in record["samples"]):
+        top.plot(times, [(s[1] - s[2]) / 2**30 for s in record["samples"]], linewidth=0.8, label="anonymous")
+        top.legend(loc="upper left")
     top.set_ylabel("RSS (GB)")
     top.set_title(record.get("title", "RSS over a pruning run"))
     top.grid(alpha=0.3)

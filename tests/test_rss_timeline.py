@@ -20,8 +20,10 @@ def _interval(label, detail, start, end, rss_start, rss_end):
 def test_the_breakdown_of_a_made_up_record_matches_a_hand_count():
     from rss_timeline import breakdown
 
-    samples = [[t, rss * MB] for t, rss in
-               [(0, 400), (1, 500), (2, 900), (3, 1300), (4, 1800), (5, 1500), (6, 1700), (7, 1350), (8, 1300)]]  # fmt: skip
+    # (seconds, RSS, of it file-backed): the anonymous part peaks at 6 s (1700 - 300), not at the RSS peak
+    samples = [[t, rss * MB, file * MB] for t, rss, file in
+               [(0, 400, 50), (1, 500, 60), (2, 900, 400), (3, 1300, 800), (4, 1800, 700), (5, 1500, 300),
+                (6, 1700, 300), (7, 1350, 300), (8, 1300, 300)]]  # fmt: skip
     intervals = [
         _interval("outside blocks", "", 0.5, 1.5, 400, 900),
         _interval("read", "block 0", 1.8, 2.6, 900, 1300),
@@ -35,6 +37,8 @@ def test_the_breakdown_of_a_made_up_record_matches_a_hand_count():
     parts = breakdown({"samples": samples, "intervals": intervals})
     assert parts["peak_mb"] == 1800 and parts["peak_at_s"] == 4
     assert parts["open_at_peak"] == ["resident block 0", "compress model.layers.0.mlp.down_proj"]
+    assert parts["file_backed_at_peak_mb"] == 700 and parts["anonymous_peak_mb"] == 1400
+    assert breakdown({"samples": [s[:2] for s in samples], "intervals": intervals})["anonymous_peak_mb"] is None
     assert parts["before_model_mb"] == 400 and parts["outside_blocks_mb"] == 500
     assert parts["block_read_median_mb"] == 400 and parts["reads"] == 2
     assert parts["compress_transient_mb"] == 300  # the 4 s sample (1800) against the 1500 at its start

@@ -222,7 +222,7 @@ def obs_sweep(
     """
     if selection not in MASK_SELECTIONS:
         raise ValueError(f"mask selection must be one of {MASK_SELECTIONS}, not {selection!r}")
-    w = weight.detach().to(torch.float32).clone()
+    w = weight.detach().to(torch.float32, copy=True)  # one copy: a float32 working matrix, whatever the input
     rows, cols = w.shape
     dead = torch.diagonal(hessian) == 0
     w[:, dead] = 0.0

@@ -209,8 +209,7 @@ class SparseGPT(Method):
         return self._compress(weights, hessian, sparsity, statistic.name)
 
     def _compress(self, weights, hessian, sparsity, label):
-        names = list(weights)
-        stacked = torch.cat([weights[n] for n in names], dim=0)
+        stacked = _stacked(weights)
         result = kernels.obs_sweep(
             stacked,
             hessian,
@@ -225,22 +224,33 @@ class SparseGPT(Method):
         return _write_back(weights, stacked, result, hessian, self.quant, "dense")
 
 
+def _stacked(weights: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Layers sharing an input, stacked by rows for one sweep; a lone layer (a 14336-wide down projection) is its own
+    weight, with no stacked copy beside it."""
+    return next(iter(weights.values())) if len(weights) == 1 else torch.cat(list(weights.values()), dim=0)
+
+
 def _write_back(weights, before, result, hessian, quant, against: str) -> dict[str, LayerChange]:
     """Copy a stacked sweep's rows back into each layer; for quantized layers, record the grid and the output error."""
     changes, row = {}, 0
+    alone = len(weights) == 1  # the sweep's rows are this layer's: nothing to slice, nothing to copy out
+
+    def own(tensor: torch.Tensor, rows: slice) -> torch.Tensor:
+        return tensor if alone else tensor[rows].clone()  # a slice would keep the whole stacked tensor alive
+
     for name, weight in weights.items():
         rows = slice(row, row + weight.shape[0])
         record = {}
-        if quant is not None:
+        if quant is not None:  # before the copy below: with one layer, ``before`` is the weight itself
             error = kernels.relative_output_error(before[rows], result.weight[rows], hessian)
             record = {**quant.record(), "output_error": error, "error_against": against}
         weight.copy_(result.weight[rows])
         changes[name] = LayerChange(
-            result.keep[rows].clone(),
+            own(result.keep, rows),
             weights_updated=True,
             quantization=record,
-            scale=None if quant is None else result.scale[rows].clone(),
-            zero_point=None if quant is None else result.zero_point[rows].clone(),
+            scale=None if quant is None else own(result.scale, rows),
+            zero_point=None if quant is None else own(result.zero_point, rows),
         )
         row += weight.shape[0]
     return changes
@@ -259,7 +269,7 @@ class GPTQ:
         self, weights: dict[str, torch.Tensor], hessian: Hessian, pruned: dict[str, LayerChange]
     ) -> dict[str, LayerChange]:
         names = list(weights)
-        stacked = torch.cat([weights[n] for n in names], dim=0)
+        stacked = _stacked(weights)
         masks = [
             pruned[n].keep if pruned[n].keep is not None else torch.ones_like(weights[n], dtype=torch.bool)
             for n in names
