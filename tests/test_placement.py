@@ -131,16 +131,47 @@ def test_disk_offload_prunes_without_reading_the_output_head(checkpoints, tiny_c
     from langprune.engine.placement import Placement
 
     reads = []
-    enter = Placement._head_enter
-    monkeypatch.setattr(Placement, "_head_enter", lambda self, m, a: reads.append(1) or enter(self, m, a))
+    enter = Placement._read_on_entry
+    monkeypatch.setattr(
+        Placement, "_read_on_entry", lambda self, m, a: reads.append(type(m).__name__) or enter(self, m, a)
+    )
     folder = checkpoints[("llama", "float32")]
     prune_to(folder, tmp_path / "run", "wanda", offload="disk")
-    assert reads == []
+    assert "Linear" not in reads
     with safe_open(str(folder / "model.safetensors"), "pt") as source:
         head = source.get_tensor("lm_head.weight")
     assert torch.equal(saved_tensors(tmp_path / "run")["lm_head.weight"], head)
     prune_to(folder, tmp_path / "evaluated", "wanda", offload="disk", eval_langs=("en",), eval_corpus="udhr")
-    assert reads
+    assert "Linear" in reads
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_disk_offload_sets_the_embedding_aside_while_blocks_run(checkpoints, arch):
+    """Once the batches are embedded the input embedding (and a head tied to it) holds no memory while the blocks
+    run; the next forward pass reads it again, tied as before, and gives the resident model's logits."""
+    from langprune.engine import BlockEngine, TokenBatch
+    from langprune.models import load_model
+
+    folder = checkpoints[(arch, "float32")]
+    model, _ = load_model(str(folder), offload="disk")
+    resident, _ = load_model(str(folder), offload="none")
+    embedding, head = model.get_input_embeddings(), model.get_output_embeddings()
+    ids = token_ids(2, 10)
+    engine = BlockEngine(model, [TokenBatch(ids, torch.ones_like(ids))])
+    engine.capture()
+    assert embedding.weight.device.type == "meta"
+    assert (head.weight is embedding.weight) == (arch == "gpt2")  # a tied head stays tied, set aside with it
+    for index in range(len(engine.blocks)):  # the blocks run without it
+        engine.run_block(index)
+    assert embedding.weight.device.type == "meta"
+    with torch.no_grad():
+        final = resident.base_model(ids).last_hidden_state.flatten(0, 1)
+        assert torch.allclose(engine.final_states(0), final, atol=1e-5)  # embeds again, for the mask
+    engine.release()  # the model is whole again
+    assert torch.equal(embedding.weight, resident.get_input_embeddings().weight)
+    assert (head.weight is embedding.weight) == (arch == "gpt2")
+    with torch.no_grad():
+        assert torch.equal(model(ids).logits, resident(ids).logits)
 
 
 def test_pruned_model_reloads_from_the_sharded_checkpoint(checkpoints, tmp_path):

@@ -157,6 +157,7 @@ class BlockEngine:
         finally:
             for block in self.blocks:
                 del block.forward
+        self.placement.set_aside_embedding()  # every batch is embedded: the blocks never read it
 
     def _activation_store(self, share: float = 0.5) -> torch.device:
         """The execution device when every batch's activations fit in ``share`` of its free memory, else the host."""
@@ -319,6 +320,7 @@ class BlockEngine:
 
     def release(self) -> None:
         self.hidden, self.calls = [], []
+        self.placement.restore_embedding()
 
 
 def sweep(
