@@ -171,19 +171,28 @@ def test_sparsegpt_warns_and_survives_an_indefinite_hessian():
     assert torch.isfinite(pruned).all()
 
 
-@pytest.mark.parametrize("permuted", [False, True], ids=["in-order", "act-order"])
-def test_in_place_inverse_factor_equals_the_textbook_one_and_leaves_the_hessian_alone(permuted):
-    """One buffer, factorised in place: U with UᵀU = (H + damp·mean(diag)·I)⁻¹, dead inputs on a unit diagonal,
-    columns permuted as act-order asks; the caller's Hessian is only read. Brute force in float64."""
+MODES = [(False, False), (True, False), (False, True)]  # (act-order permutation, hessian consumed)
+
+
+@pytest.mark.parametrize(("permuted", "consume"), MODES, ids=["in-order", "act-order", "over-the-hessian"])
+def test_in_place_inverse_factor_equals_the_textbook_one(permuted, consume):
+    """U with UᵀU = (H + damp·mean(diag)·I)⁻¹, dead inputs on a unit diagonal, columns permuted as act-order asks.
+    In one buffer the caller's Hessian is only read; consumed, U is written over H's upper triangle and H's strict
+    lower one is left as it was. Brute force in float64."""
     _, x = _layer_problem(cols=24, seed=5)
     x[:, 3] = 0  # a dead input
     hessian = 2 * x.T @ x / x.shape[0]
     before = hessian.clone()
     dead = torch.diagonal(hessian) == 0
     perm = torch.randperm(24, generator=torch.Generator().manual_seed(0)) if permuted else None
-    upper = kernels._inverse_cholesky_upper(hessian, 0.01, "layer", dead, perm)
-    assert torch.equal(hessian, before)
-    h = hessian.double().clone()
+    upper = kernels._inverse_cholesky_upper(hessian, 0.01, "layer", dead, perm, consume=consume)
+    if consume:
+        assert upper.data_ptr() == hessian.data_ptr()  # no second matrix
+        assert torch.equal(hessian.tril(-1), before.tril(-1))
+        upper = upper.triu()  # below the diagonal lies H, which the sweep never reads
+    else:
+        assert torch.equal(hessian, before)
+    h = before.double().clone()
     h[3, 3] = 1.0
     if permuted:
         h = h[perm][:, perm]
@@ -193,14 +202,33 @@ def test_in_place_inverse_factor_equals_the_textbook_one_and_leaves_the_hessian_
     assert torch.allclose(upper.double().T @ upper.double(), torch.linalg.inv(h), rtol=1e-4, atol=1e-5)
 
 
-def test_in_place_inverse_factor_dampens_more_when_it_must():
-    """A Hessian with a negative eigenvalue fails at 1% dampening; the retry reloads the buffer from the untouched
-    Hessian with ten times the dampening (a warning says so), so the factor is that of the more damped matrix."""
+@pytest.mark.parametrize("consume", [False, True], ids=["buffer", "over-the-hessian"])
+def test_in_place_inverse_factor_dampens_more_when_it_must(consume):
+    """A Hessian with a negative eigenvalue fails at 1% dampening; the retry reloads the matrix (from the untouched
+    Hessian, or from the strict lower triangle a consumed Hessian keeps) with ten times the dampening (a warning says
+    so), so the factor is that of the more damped matrix."""
     q, _ = torch.linalg.qr(torch.randn(12, 12, generator=torch.Generator().manual_seed(1), dtype=torch.float64))
     eigenvalues = torch.tensor([-0.05] + [1.0] * 11, dtype=torch.float64)
     hessian = (q @ torch.diag(eigenvalues) @ q.T).float()
+    h = hessian.double() + 0.1 * hessian.double().diagonal().mean() * torch.eye(12, dtype=torch.float64)
     dead = torch.zeros(12, dtype=torch.bool)
     with pytest.warns(UserWarning, match="needed dampening 0.1"):
-        upper = kernels._inverse_cholesky_upper(hessian, 0.01, "layer", dead)
-    h = hessian.double() + 0.1 * hessian.double().diagonal().mean() * torch.eye(12, dtype=torch.float64)
+        upper = kernels._inverse_cholesky_upper(hessian, 0.01, "layer", dead, consume=consume).triu()
     assert torch.allclose(upper.double().T @ upper.double(), torch.linalg.inv(h), rtol=1e-3, atol=1e-4)
+
+
+def test_a_consumed_hessian_gives_the_same_sparsegpt_sweep():
+    """Handing the Hessian over changes where the factor is computed, not the pruned weights or the mask (within
+    float32 rounding of two LAPACK builds); a Hessian statistic refuses to be read after it is taken."""
+    from langprune.compress.kernels import obs_sweep
+    from langprune.engine.statistics import Hessian
+
+    w, x = _layer_problem(rows=16, cols=64, seed=3)
+    statistic = Hessian(64, "layer")
+    statistic.add_batch(x)
+    kept = obs_sweep(w, statistic.value.clone(), sparsity=Sparsity.parse("0.5"), blocksize=16)
+    consumed = obs_sweep(w, statistic.take(), sparsity=Sparsity.parse("0.5"), blocksize=16, consume_hessian=True)
+    assert torch.equal(kept.keep, consumed.keep)
+    assert torch.allclose(kept.weight, consumed.weight, rtol=1e-4, atol=1e-5)
+    with pytest.raises(RuntimeError, match="handed over"):
+        statistic.value

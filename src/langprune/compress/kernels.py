@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..engine.memory import all_finite
+from ..engine.memory import all_finite, mirror_upper_
 from .quantization import QuantSpec, grid_params, group_grid
 from .sparsity import Sparsity
 
@@ -84,7 +84,12 @@ def prune_lowest(scores: torch.Tensor, k: int) -> torch.Tensor:
 
 
 def _inverse_cholesky_upper(
-    hessian: torch.Tensor, percdamp: float, name: str, dead: torch.Tensor, perm: torch.Tensor | None = None
+    hessian: torch.Tensor,
+    percdamp: float,
+    name: str,
+    dead: torch.Tensor,
+    perm: torch.Tensor | None = None,
+    consume: bool = False,
 ) -> torch.Tensor:
     """Upper Cholesky factor of H⁻¹ (H with unit diagonal at ``dead`` inputs, permuted by ``perm``), dampening more
     (with a warning) until it exists.
@@ -96,43 +101,95 @@ def _inverse_cholesky_upper(
     (a clone, a factor, an inverse, the upper factor and a finite check)
     held six Hessian-sized matrices at its peak: 4.9 GB for a 14336-wide
     down projection. A failed attempt reloads the buffer from ``hessian``.
+
+    With ``consume`` (the caller never reads ``hessian`` again) a float32
+    Hessian on the CPU in its own column order needs no buffer at all:
+    ``_factor_over_upper_triangle`` writes the factor over H's upper
+    triangle and leaves its strict lower one intact, so a failed attempt
+    mirrors H back from there. The result is then ``hessian`` itself, valid
+    on and above the diagonal (below it lies H, which the sweep never reads).
     """
     n = hessian.shape[0]
-    buffer = torch.empty(n, n, dtype=torch.float32, device=hessian.device)
-    work = buffer.mT  # column-major: LAPACK's own layout, so out=work is truly in place
-    info = torch.empty((), dtype=torch.int32, device=hessian.device)
     rows = max(1, (1 << 22) // n)
-
     base_diagonal = torch.diagonal(hessian).to(torch.float32).masked_fill(dead, 1.0)
     if perm is not None:
         base_diagonal = base_diagonal[perm]
+    over_hessian = consume and perm is None and hessian.device.type == "cpu" and hessian.dtype == torch.float32
 
-    def load(work: torch.Tensor, damp_total: float) -> None:
-        for start in range(0, n, rows):  # a slice of rows at a time: permuting never copies the whole matrix
-            index = slice(start, start + rows) if perm is None else perm[start : start + rows]
-            chunk = hessian[index]
-            work[start : start + rows] = chunk if perm is None else chunk[:, perm]
-        work.diagonal().copy_(base_diagonal).add_(damp_total)
+    if over_hessian:
+        work = hessian
+
+        def load(damp_total: float, attempt: int) -> None:
+            if attempt:  # H's upper triangle holds a failed factor; its strict lower one is still H
+                mirror_upper_(hessian.mT)
+            hessian.diagonal().copy_(base_diagonal).add_(damp_total)
+
+        def factor() -> bool:
+            return _factor_over_upper_triangle(hessian)
+
+    else:
+        buffer = torch.empty(n, n, dtype=torch.float32, device=hessian.device)
+        work = buffer.mT  # column-major: LAPACK's own layout, so out=work is truly in place
+        info = torch.empty((), dtype=torch.int32, device=hessian.device)
+
+        def load(damp_total: float, attempt: int) -> None:
+            for start in range(0, n, rows):  # a slice of rows at a time: permuting never copies the whole matrix
+                index = slice(start, start + rows) if perm is None else perm[start : start + rows]
+                chunk = hessian[index]
+                work[start : start + rows] = chunk if perm is None else chunk[:, perm]
+            work.diagonal().copy_(base_diagonal).add_(damp_total)
+
+        def factor() -> bool:
+            torch.linalg.cholesky_ex(work, out=(work, info))
+            if info.item():
+                return False
+            torch.cholesky_inverse(work, out=work)
+            torch.linalg.cholesky_ex(work, upper=True, out=(work, info))
+            return info.item() == 0
 
     mean_diag = abs(base_diagonal.mean().item()) or 1.0
     damp = percdamp
     for attempt in range(6):
-        load(work, damp * mean_diag)
-        torch.linalg.cholesky_ex(work, out=(work, info))
-        if info.item() == 0:
-            torch.cholesky_inverse(work, out=work)
-            torch.linalg.cholesky_ex(work, upper=True, out=(work, info))
-            if info.item() == 0 and all_finite(buffer):
-                if attempt:
-                    warnings.warn(
-                        f"{name}: Hessian needed dampening {damp:g} (asked {percdamp:g}) to factorise", stacklevel=2
-                    )
-                return work
+        load(damp * mean_diag, attempt)
+        if factor() and all_finite(work):
+            if attempt:
+                warnings.warn(
+                    f"{name}: Hessian needed dampening {damp:g} (asked {percdamp:g}) to factorise", stacklevel=2
+                )
+            return work
         damp = damp * 10 if damp else 1e-4
-    del buffer, work
+    work = buffer = None  # noqa: F841  (the failed attempts' matrix goes before the diagonal comes)
     warnings.warn(f"{name}: Hessian could not be factorised; falling back to its diagonal", stacklevel=2)
     diag = base_diagonal.abs()
     return torch.diag(1.0 / torch.sqrt(torch.where(diag > 0, diag, torch.ones_like(diag))))
+
+
+def _factor_over_upper_triangle(hessian: torch.Tensor) -> bool:
+    """U with UᵀU = H⁻¹ written over the upper triangle of the float32 CPU matrix ``hessian``, in place; False when
+    H is not positive definite.
+
+    Seen column-major (``hessian.mT``), H's upper triangle is LAPACK's lower
+    one: potrf factorises it, potri inverts the factor, potrf factorises the
+    inverse (H⁻¹ = L Lᵀ, so U = Lᵀ, which row-major is that same triangle).
+    scipy's wrappers are used because they leave the other triangle alone
+    (``clean=0``), which torch's ``cholesky_ex`` zeroes; BLAS threads follow
+    torch's thread count.
+    """
+    from scipy.linalg import lapack
+    from threadpoolctl import threadpool_limits
+
+    lower = hessian.mT.numpy()  # Fortran-ordered, sharing memory: overwrite_a works on it directly
+    with threadpool_limits(limits=torch.get_num_threads(), user_api="blas"):
+        for step in ("potrf", "potri", "potrf"):
+            if step == "potrf":
+                out, info = lapack.spotrf(lower, lower=1, clean=0, overwrite_a=1)
+            else:
+                out, info = lapack.spotri(lower, lower=1, overwrite_c=1)
+            if out.ctypes.data != lower.ctypes.data:
+                raise RuntimeError(f"LAPACK {step} copied the Hessian instead of working in place")
+            if info:
+                return False
+    return True
 
 
 def ria_scores(weight: torch.Tensor, input_sq_norms: torch.Tensor, alpha: float = 0.5) -> torch.Tensor:
@@ -190,6 +247,7 @@ def obs_sweep(
     percdamp: float = 0.01,
     name: str = "layer",
     inner: int = 16,
+    consume_hessian: bool = False,
 ) -> ObsResult:
     """The optimal-brain-surgeon column sweep shared by SparseGPT and GPTQ (and both at once).
 
@@ -218,7 +276,10 @@ def obs_sweep(
     diagonal; a Hessian that does not factorise is dampened further, with a
     warning. The column updates are organised for CPUs: each block is held
     transposed, rank-1 updates touch only the next ``inner`` columns, the
-    rest receive the accumulated errors as matrix products.
+    rest receive the accumulated errors as matrix products. With
+    ``consume_hessian`` the caller hands ``hessian`` over: the inverse factor
+    may be computed in its storage (no second Hessian-sized matrix), leaving
+    it overwritten.
     """
     if selection not in MASK_SELECTIONS:
         raise ValueError(f"mask selection must be one of {MASK_SELECTIONS}, not {selection!r}")
@@ -239,7 +300,7 @@ def obs_sweep(
         perm = torch.argsort(diagonal, descending=True, stable=True)
         w, keep = w[:, perm], keep[:, perm]
     group_of = _group_index(cols, quant, perm)
-    hinv = _inverse_cholesky_upper(hessian, percdamp, name, dead, perm)
+    hinv = _inverse_cholesky_upper(hessian, percdamp, name, dead, perm, consume=consume_hessian)
     blocksize, inner = _chunk_sizes(blocksize, inner, sparsity, quant)
     if quant is not None and not static:
         scale = torch.empty(rows, cols // quant.group_size, dtype=torch.float32, device=w.device)

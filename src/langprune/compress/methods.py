@@ -200,15 +200,19 @@ class SparseGPT(Method):
         return replace(self, quant=spec, scale_dtype=scale_dtype)
 
     def prune_group(self, weights, statistic, sparsity, seed):
-        hessian = statistic.value
-        if self.selection == "block":  # the reference's threshold spans one layer's rows: one solve per layer
+        # One solve reads the Hessian, and with no quantization nothing reads it afterwards (the output error of
+        # ``_write_back`` does): the solve may then factorise it in place.
+        one_solve = self.selection == "row" or len(weights) == 1
+        consume = one_solve and self.quant is None
+        hessian = statistic.take() if consume else statistic.value
+        if not one_solve:  # the reference's threshold spans one layer's rows: one solve per layer
             return {
                 name: self._compress({name: weight}, hessian, sparsity, statistic.name)[name]
                 for name, weight in weights.items()
             }
-        return self._compress(weights, hessian, sparsity, statistic.name)
+        return self._compress(weights, hessian, sparsity, statistic.name, consume)
 
-    def _compress(self, weights, hessian, sparsity, label):
+    def _compress(self, weights, hessian, sparsity, label, consume=False):
         stacked = _stacked(weights)
         result = kernels.obs_sweep(
             stacked,
@@ -220,6 +224,7 @@ class SparseGPT(Method):
             blocksize=self.blocksize,
             percdamp=self.percdamp,
             name=label,
+            consume_hessian=consume,
         )
         return _write_back(weights, stacked, result, hessian, self.quant, "dense")
 

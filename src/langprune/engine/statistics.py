@@ -18,7 +18,7 @@ import torch
 from ..errors import UserError
 from .collection import Tag
 from .distributed import all_reduce_sum_, sum_count
-from .memory import all_finite
+from .memory import all_finite, mirror_upper_
 
 
 def accumulate_gram_upper_(acc: torch.Tensor, x: torch.Tensor, block: int = 256) -> None:
@@ -39,11 +39,9 @@ def accumulate_gram_upper_(acc: torch.Tensor, x: torch.Tensor, block: int = 256)
 
 
 def symmetrize_upper_(acc: torch.Tensor, block: int = 256) -> torch.Tensor:
-    """Mirror, in place, the upper block triangle written by ``accumulate_gram_upper_``."""
-    if acc.shape[0] > block:
-        strict_upper = torch.triu(acc, 1)
-        acc.tril_().triu_().add_(strict_upper).add_(strict_upper.T)
-    return acc
+    """Mirror, in place and with no second matrix, the upper block triangle written by ``accumulate_gram_upper_``
+    (at most one block wide, it computed the full product)."""
+    return mirror_upper_(acc) if acc.shape[0] > block else acc
 
 
 CONTRAST = "contrast"
@@ -252,7 +250,7 @@ class Hessian(InputStatistic):
     def __init__(self, features: int, name: str, device: torch.device | str = "cpu", aggregation=None):
         super().__init__(features, name, device, aggregation)
         self._gram = torch.zeros(features, features, dtype=torch.float32, device=self.device)
-        self._finished = False
+        self._finished = self._taken = False
 
     def add_batch(self, x: torch.Tensor, tag: Tag | None = None) -> None:
         if self._finished:
@@ -274,10 +272,19 @@ class Hessian(InputStatistic):
         """The finished Hessian; computed in place on first read, so no second matrix is allocated."""
         if self.tokens == 0:
             raise UserError(f"no calibration tokens reached {self.name}: give non-empty calibration text")
+        if self._taken:
+            raise RuntimeError(f"{self.name}: the Hessian was handed over (take) and may be overwritten")
         if not self._finished:
             symmetrize_upper_(self._gram).mul_(2.0 if self.aggregation is not None else 2.0 / self.tokens)
             self._finished = True
         return self._check_finite(self._gram)
+
+    def take(self) -> torch.Tensor:
+        """The finished Hessian, handed over: the statistic lets go of it, so the caller may overwrite it (SparseGPT
+        factorises it in place) and nothing can read it from here again."""
+        value = self.value
+        self._gram, self._taken = None, True
+        return value
 
     def free(self) -> None:
         self._gram = None
