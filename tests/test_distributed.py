@@ -102,9 +102,12 @@ def four_bit_codes(packed: torch.Tensor) -> torch.Tensor:
 
 @pytest.mark.slow
 def test_two_ranks_quantize_with_gptq_as_one_process_does(llama, tmp_path, cli):
-    """GPTQ's Hessians are all-reduced like SparseGPT's. Summed in another order, a Hessian differs by float32
-    rounding, which moves a few weights across a rounding boundary; GPTQ's error feedback then shifts later codes
-    in that row (17 of 27648 codes, by up to 3 steps, when written), while each layer's output error stays equal."""
+    """GPTQ's Hessians are all-reduced like SparseGPT's (whose pruned weights the test above holds to 1e-4). Summed
+    in another order, a Hessian differs by float32 rounding, which moves a few weights across a rounding boundary;
+    GPTQ's error feedback then carries the flip along the row, and a dynamic group's scale follows, so how many codes
+    move depends on the CPU's BLAS (17 of 27648 on an AMD EPYC, 4.1% by up to 8 steps on an Intel Xeon with AMX).
+    What must not move is the quality: each layer's output error within 15% of the one-process run's (6.5% at most
+    measured), nearly every code the same, the tensors quantization does not touch identical."""
     from langprune.runs.folder import load_report
 
     args = ["--method", "sparsegpt", "--sparsity", "0.5", "--quantize", "w4g16"]
@@ -118,14 +121,14 @@ def test_two_ranks_quantize_with_gptq_as_one_process_does(llama, tmp_path, cli):
     assert len(packed) == 21
     codes_one = torch.cat([four_bit_codes(tensors_one[n]) for n in packed])
     codes_two = torch.cat([four_bit_codes(tensors_two[n]) for n in packed])
-    assert (codes_one != codes_two).float().mean() < 1e-3  # a handful of the 27648 codes, if any
+    assert (codes_one != codes_two).float().mean() < 0.1
     reports = load_report(one)["layers"], load_report(two)["layers"]
-    for name, info in reports[0].items():  # a flipped code is compensated along its row: same output error
-        error_two = reports[1][name]["quantization"]["output_error"]
-        assert abs(info["quantization"]["output_error"] - error_two) < 1e-4, name
+    for name, info in reports[0].items():  # a flipped code is compensated along its row: the same output error
+        error_one, error_two = info["quantization"]["output_error"], reports[1][name]["quantization"]["output_error"]
+        assert abs(error_one - error_two) <= 0.15 * error_one + 1e-6, name
     for name, tensor in tensors_one.items():
-        if tensor.is_floating_point():
-            torch.testing.assert_close(tensors_two[name], tensor, rtol=1e-3, atol=1e-5)
+        if tensor.is_floating_point() and not name.endswith("weight_scale"):
+            assert torch.equal(tensors_two[name], tensor), name
     assert result.stdout.count("quantized 21 layers") == 1
 
 

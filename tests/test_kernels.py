@@ -231,4 +231,4 @@ def test_a_consumed_hessian_gives_the_same_sparsegpt_sweep():
     assert torch.equal(kept.keep, consumed.keep)
     assert torch.allclose(kept.weight, consumed.weight, rtol=1e-4, atol=1e-5)
     with pytest.raises(RuntimeError, match="handed over"):
-        statistic.value
+        _ = statistic.value
