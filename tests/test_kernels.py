@@ -232,3 +232,32 @@ def test_a_consumed_hessian_gives_the_same_sparsegpt_sweep():
     assert torch.allclose(kept.weight, consumed.weight, rtol=1e-4, atol=1e-5)
     with pytest.raises(RuntimeError, match="handed over"):
         _ = statistic.value
+
+
+@pytest.mark.parametrize("spec", [Sparsity.parse("0.5"), Sparsity.parse("2:4")], ids=str)
+@pytest.mark.parametrize("method", ["magnitude", "wanda", "wanda-contrastive"])
+def test_row_local_methods_mask_a_slice_of_rows_at_a_time_with_the_same_result(monkeypatch, method, spec):
+    """Slices of 2 rows (ROW_SLICE 40 over 16 columns) give the whole layer's mask bit for bit, ties and
+    N:M included, and the weight is zeroed exactly where the mask says."""
+    from langprune.compress import methods
+    from langprune.compress.methods import get_method
+    from langprune.engine.statistics import ContrastedNorms, SquaredNorms
+
+    g = torch.Generator().manual_seed(2)
+    weight = torch.randn(11, 16, generator=g)
+    weight[2, :8] = 0.5  # ties
+    kind = ContrastedNorms if method == "wanda-contrastive" else SquaredNorms
+    statistic = kind(16, "layer")
+    statistic.add_batch(torch.randn(30, 16, generator=g))
+    if kind is ContrastedNorms:
+        from langprune.engine.collection import Tag
+
+        statistic.add_batch(torch.randn(30, 16, generator=g), Tag(role="contrast"))
+    chosen = get_method(method)
+    assert chosen.row_local
+    whole = kernels.mask_from_scores(chosen.scores("layer", weight, statistic, 0), spec)
+    monkeypatch.setattr(methods, "ROW_SLICE", 40)
+    pruned = weight.clone()
+    keep = chosen.prune_group({"layer": pruned}, statistic, spec, 0)["layer"].keep
+    assert torch.equal(keep, whole)
+    assert torch.equal(pruned, weight * whole)

@@ -32,6 +32,8 @@ from .quantization import QuantSpec
 from .result import LayerChange
 from .sparsity import Sparsity
 
+ROW_SLICE = 1 << 22  # score elements per slice of rows (16 MB of float32 scores)
+
 
 def option(default: Any, flag: str, help: str) -> Any:
     """A method field the user sets: ``--FLAG`` on ``prune``, ``FLAG_WITH_UNDERSCORES`` in grid and config files."""
@@ -45,6 +47,9 @@ class Method:
     name: ClassVar[str] = ""
     statistic: ClassVar[type[InputStatistic] | None] = None
     prunes: ClassVar[bool] = True  # False: the sparsity target is ignored (quantization alone)
+    # A row's scores depend on that row alone (not on column sums or a random stream drawn for the whole layer): the
+    # mask is then made a slice of rows at a time, so scores and selection never span a whole 14336-wide layer.
+    row_local: ClassVar[bool] = False
 
     def check(self, quant: QuantSpec | None, sparsity: Sparsity) -> None:
         """Refuse, before anything loads, a pairing with quantization or a sparsity pattern this method cannot do."""
@@ -72,10 +77,22 @@ class Method:
     ) -> dict[str, LayerChange]:
         changes = {}
         for name, weight in weights.items():
-            keep = kernels.mask_from_scores(self.scores(name, weight, statistic, seed), sparsity)
-            weight[~keep] = 0
+            keep = self.keep_mask(name, weight, statistic, sparsity, seed)
+            weight.masked_fill_(~keep, 0)  # not weight[~keep] = 0, which makes int64 indices of every pruned weight
             changes[name] = LayerChange(keep)
         return changes
+
+    def keep_mask(self, name: str, weight: torch.Tensor, statistic, sparsity: Sparsity, seed: int) -> torch.Tensor:
+        """The layer's keep mask from its scores; for a row-local score, made ``ROW_SLICE`` elements at a time (masks
+        compare within rows, so the result is the same bit for bit, with a fraction of the temporaries)."""
+        if not self.row_local:
+            return kernels.mask_from_scores(self.scores(name, weight, statistic, seed), sparsity)
+        keep = torch.empty(weight.shape, dtype=torch.bool, device=weight.device)
+        step = max(1, ROW_SLICE // weight.shape[1])
+        for start in range(0, weight.shape[0], step):
+            rows = slice(start, start + step)
+            keep[rows] = kernels.mask_from_scores(self.scores(name, weight[rows], statistic, seed), sparsity)
+        return keep
 
 
 class NoPruning(Method):
@@ -94,6 +111,7 @@ class NoPruning(Method):
 
 class Magnitude(Method):
     name = "magnitude"
+    row_local = True
 
     def scores(self, layer_name, weight, statistic, seed):
         return kernels.magnitude_scores(weight)
@@ -114,6 +132,7 @@ class Random(Method):
 class Wanda(Method):
     name = "wanda"
     statistic = SquaredNorms
+    row_local = True
 
     def with_contrast(self, has_contrast):
         """With a contrast set, Wanda becomes the translation-feature paper's contrastive score."""
@@ -148,6 +167,7 @@ class ContrastiveWanda(Method):
 
     name = "wanda-contrastive"
     statistic = ContrastedNorms
+    row_local = True
     eps: float = 1e-8
 
     def with_contrast(self, has_contrast):
