@@ -2,6 +2,7 @@
 
     python benchmarks/llama8b.py [--methods wanda,sparsegpt] [--nsamples 4] [--seqlen 128] [--blocks 32] [--build-only]
     python benchmarks/llama8b.py --blocks 2 --timeline DIR    # where the peak goes: DIR/<method>.json and .png
+    python benchmarks/llama8b.py --blocks 2 --dtype float32     # computing in float32 (the default: the checkpoint's)
 
 The checkpoint has Llama-3-8B's shapes (32 blocks, hidden 4096, FFN 14336,
 GQA 32/8 heads, vocabulary 128256) with random bfloat16 weights: about
@@ -101,7 +102,9 @@ def write_shaped_checkpoint(folder: Path, shape: dict, dtype: torch.dtype = torc
     return folder
 
 
-def run_one(folder: str, method: str, nsamples: int, seqlen: int, timeline: Path | None = None) -> dict:
+def run_one(
+    folder: str, method: str, nsamples: int, seqlen: int, timeline: Path | None = None, dtype: str = "auto"
+) -> dict:
     """One offloaded prune in this process: wall time, pruning time, time per block, peak RSS; with ``timeline`` (a
     folder), also the RSS timeline and its breakdown, written to ``<timeline>/<method>.json`` and ``.png``."""
     from contextlib import nullcontext
@@ -123,6 +126,7 @@ def run_one(folder: str, method: str, nsamples: int, seqlen: int, timeline: Path
             seqlen=seqlen,
             batch_size=nsamples,
             offload="disk",
+            dtype=dtype,
         )
         recorder = Timeline() if timeline else None
         with recorder or PeakRSS() as rss, probed(recorder) if recorder else nullcontext():
@@ -162,10 +166,11 @@ def main():
     parser.add_argument("--blocks", type=int, default=LLAMA_3_8B["num_hidden_layers"], help="decoder blocks")
     parser.add_argument("--build-only", action="store_true")
     parser.add_argument("--timeline", type=Path, help="folder for each method's RSS timeline (JSON, PNG)")
+    parser.add_argument("--dtype", default="auto", help="compute dtype (auto: the checkpoint's bfloat16)")
     parser.add_argument("--one", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
-        print(json.dumps(run_one(args.one[0], args.one[1], args.nsamples, args.seqlen, args.timeline)))
+        print(json.dumps(run_one(args.one[0], args.one[1], args.nsamples, args.seqlen, args.timeline, args.dtype)))
         return
     shape = {**LLAMA_3_8B, "num_hidden_layers": args.blocks}
     full = args.blocks == LLAMA_3_8B["num_hidden_layers"]
@@ -178,7 +183,7 @@ def main():
         return
     for method in args.methods.split(","):
         command = [sys.executable, __file__, "--one", str(folder), method, "--nsamples", str(args.nsamples),
-                   "--seqlen", str(args.seqlen)]  # fmt: skip
+                   "--seqlen", str(args.seqlen), "--dtype", args.dtype]  # fmt: skip
         if args.timeline:
             command += ["--timeline", str(args.timeline.resolve())]
         done = subprocess.run(command, capture_output=True, text=True, check=True)
@@ -186,7 +191,7 @@ def main():
         print(
             f"{method}: {r['seconds']:.0f} s ({r['prune_seconds']:.0f} s pruning, {r['seconds_per_block']:.1f} s per "
             f"block), peak RSS {r['rss_peak_mb']:.0f} MB ({r['rss_peak_mb'] / 1024:.2f} GB; aim below 4 GB; "
-            f"the model is {on_disk / 2**30:.1f} GB), {args.nsamples} x {args.seqlen} calibration tokens",
+            f"the model is {on_disk / 2**30:.1f} GB), {args.nsamples} x {args.seqlen} calibration tokens, dtype {args.dtype}",
             flush=True,
         )
         if r["breakdown"]:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import require_real_corpus
 
 from langprune import UserError
 from langprune.experiments import build_table, load_grid, render, run_grid
@@ -494,6 +495,8 @@ def test_the_zero_shot_grid_has_the_papers_rows():
 @pytest.mark.parametrize("name", SHIPPED)
 def test_shipped_experiments_run_quick_on_gemma_and_print_a_verdict(name, tmp_path):
     """Each shipped grid's --quick profile on the real model and real text, then its table."""
+    if name == "zero-shot-gains":
+        require_real_corpus("multiemo")
     path = Path(__file__).parents[1] / "experiments" / f"{name}.yaml"
     run = subprocess.run(
         [sys.executable, "-m", "langprune", "grid", "run", str(path), "--quick", "--out", str(tmp_path)],

@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+from conftest import real_corpus_missing, require_real_corpus
 
 pytestmark = pytest.mark.slow
 
@@ -61,16 +62,20 @@ def test_gemma_evaluation_on_real_data(gemma):
 
     model, tokenizer = gemma
     settings = EvalOptions(seqlen=256, batch_size=4, limit=8, translation_corpus="udhr")
-    dense = evaluate(model, tokenizer, ["ppl", "cloze", "mcq", "translation", "rankc"], ["fr"], settings)["tasks"]
+    reviews = real_corpus_missing("multiemo") is None  # MultiEmo feeds cloze and RankC; the rest runs regardless
+    tasks = ["ppl", "mcq", "translation", *(["cloze", "rankc"] if reviews else [])]
+    dense = evaluate(model, tokenizer, tasks, ["fr"], settings)["tasks"]
     assert 3 < dense["ppl"]["fr"]["ppl"] < 40 and 0.3 < dense["ppl"]["fr"]["bits_per_byte"] < 2
-    assert dense["multiemo"]["fr"]["n"] == 8 and dense["mmlu"]["fr"]["n"] == 8
+    assert dense["mmlu"]["fr"]["n"] == 8
     assert dense["translation"]["fr-en"]["chrf"] > 25  # 4-shot UDHR French to English is well within a 270M model
-    assert 0 < dense["rankc"]["multiemo"]["fr"]["rankc"] <= 1
     pruned, _ = load_model("gemma-3-270m")
     prune_model(pruned, None, "magnitude", "0.3")
     fidelity = evaluate(pruned, tokenizer, ["fidelity"], ["en"], settings, dense=model)["tasks"]["fidelity"]["en"]
     assert len(fidelity["layers"]) == 18 and fidelity["identical_layers"] == 0
     assert 0 < fidelity["snr_db"] < 60 and fidelity["pruning_error"] > 0
+    require_real_corpus("multiemo")  # everything above held; say that cloze and RankC could not run
+    assert dense["multiemo"]["fr"]["n"] == 8
+    assert 0 < dense["rankc"]["multiemo"]["fr"]["rankc"] <= 1
 
 
 def test_smollm2_alias_loads_and_prunes_as_a_llama():
