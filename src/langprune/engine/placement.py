@@ -12,8 +12,10 @@
   costs no memory there (1 GB for a Llama-3-8B head in bfloat16). The input
   embedding is set aside while the engine runs the blocks, from the moment
   its batches are embedded until it is released (or until something embeds
-  tokens meanwhile): the block loop never reads it, so a Llama-3-8B prune
-  holds another 1 GB less.
+  tokens meanwhile): the block loop never reads it. Where it is a real copy
+  (computed in another dtype than the checkpoint's, or on a GPU) that is its
+  whole size, 2 GB for a Llama-3-8B in float32; a checkpoint's own dtype on
+  the CPU is mapped from the file, and only its looked-up rows are resident.
 
 The block engine asks for a block with ``hold(index)`` (nested holds load it
 once) and pauses the placement while it only records calls (``paused``), so
