@@ -307,7 +307,10 @@ def test_report_to_wandb_logs_settings_metrics_and_files_offline(
     assert done.returncode == 0, done.stderr
     done = cli("eval", out, "--tasks", "ppl,cloze", "--langs", "en", "--limit", "6", "--report-to", "wandb")
     assert done.returncode == 0, done.stderr
-    prune_run, eval_run = _offline_runs(root)
+    # by job type: both runs may start within one second, and wandb's folder names then sort by their random ids
+    runs = {wandb_logged(run)["job_type"]: run for run in _offline_runs(root)}
+    assert sorted(runs) == ["eval", "prune"]
+    prune_run, eval_run = runs["prune"], runs["eval"]
     report = json.loads((out / "report.json").read_text())
     logged = wandb_logged(prune_run)
     assert logged["job_type"] == "prune" and logged["config"]["method"] == "wanda"
