@@ -386,11 +386,17 @@ def _prune_block(
         for statistic in gathered.values():
             statistic.synchronize()
     changes = {}
-    for leader, gathered in statistics.items():
+    # Widest input first: once its group is solved and its statistic freed, the other solves run beside small
+    # statistics only (a 14336-wide down projection's Hessian is 822 MB). Every statistic was gathered before any
+    # group changed, so the order changes no result; the changes keep the groups' own order.
+    order = [name for leader in statistics for name in groups.members(leader)]
+    for leader in sorted(statistics, key=lambda leader: -weight_matrix(layers[leader]).shape[1]):
+        gathered = statistics.pop(leader)
         group = {name: weight_matrix(layers[name]) for name in groups.members(leader)}
         changes.update(compressor.compress(group, gathered, sparsity, seed))
         for statistic in gathered.values():
             statistic.free()
+    changes = {name: changes[name] for name in order}
     return_freed_memory()
     if not dense:
         engine.run_block(index)
