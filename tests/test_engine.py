@@ -116,6 +116,30 @@ def test_layers_sharing_an_input_share_one_statistic():
     assert len(leaders) == 4 * 2  # four distinct inputs, two batches
 
 
+def test_the_widest_input_is_compressed_first_and_freed_before_the_rest(monkeypatch):
+    """The down projection (widest input) is solved first and its Hessian freed before the other groups solve, so
+    at most one wide statistic is alive during a solve; the result keeps the layers' own order."""
+    from langprune.compress.loop import Compressor
+    from langprune.engine.statistics import Hessian
+
+    events = []
+    compress, free = Compressor.compress, Hessian.free
+    monkeypatch.setattr(
+        Compressor,
+        "compress",
+        lambda self, group, *a: events.append(("solve", next(iter(group)))) or compress(self, group, *a),
+    )
+    monkeypatch.setattr(Hessian, "free", lambda self: events.append(("free", self.name)) or free(self))
+    model = tiny_model("llama")
+    assert model.config.intermediate_size > model.config.hidden_size
+    result = prune(model, token_ids(), "sparsegpt", 0.5)
+    block = [event for event in events if ".layers.0." in event[1]]
+    assert block[:2] == [("solve", "model.layers.0.mlp.down_proj"), ("free", "model.layers.0.mlp.down_proj")]
+    assert len(block) == 8  # four groups, each solved then freed
+    names = [name for name in result.changes if ".layers.0." in name]
+    assert names[0].endswith("q_proj") and names[-1].endswith("down_proj")
+
+
 def test_same_seed_gives_bit_identical_masks():
     for method in ("random", "wanda", "sparsegpt"):
         a = prune(tiny_model("gpt2"), token_ids(), method, "0.5", seed=3).masks
