@@ -41,7 +41,7 @@ def accumulate_gram_upper_(acc: torch.Tensor, x: torch.Tensor, block: int = 256)
 def symmetrize_upper_(acc: torch.Tensor, block: int = 256) -> torch.Tensor:
     """Mirror, in place and with no second matrix, the upper block triangle written by ``accumulate_gram_upper_``
     (at most one block wide, it computed the full product)."""
-    return mirror_upper_(acc) if acc.shape[0] > block else acc
+    return mirror_upper_(acc, block) if acc.shape[0] > block else acc
 
 
 CONTRAST = "contrast"
